@@ -1,0 +1,79 @@
+# feedrank: the two commands are `make demo` and `make test`; everything else is a building block.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+# maturin gets its own target directory: it builds the binding with other features than
+# `cargo build --workspace`, and sharing one would make each rebuild the other's work.
+MATURIN_TARGET := target-maturin
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/feedrank
+export REDIS_URL    ?= redis://127.0.0.1:6379/0
+
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
+API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql) $(RUST_SOURCES)
+
+.PHONY: help demo test venv develop api services migrate lint rust-test py-test bench
+
+help:
+	@echo "make demo   build everything, start the services, load demo data and show it working"
+	@echo "make test   the whole test suite (starts the services it needs)"
+	@echo "make bench  kernel benchmarks against scikit-learn, implicit and numpy"
+
+# --- set-up steps, each skipped when already done ------------------------------------------
+
+$(VENV)/.installed: requirements-dev.txt
+	@echo "==> python virtual environment $(VENV)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) install --quiet --upgrade pip
+	@$(PIP) install --quiet -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(VENV)/.feedrank-built: $(VENV)/.installed $(RUST_SOURCES) pyproject.toml $(shell find python -name '*.py' -o -name '*.pyi')
+	@echo "==> building the feedrank extension (maturin, release)"
+	@CARGO_TARGET_DIR=$(MATURIN_TARGET) $(VENV)/bin/maturin develop --release --quiet --uv 2>/dev/null \
+	  || CARGO_TARGET_DIR=$(MATURIN_TARGET) $(VENV)/bin/maturin develop --release --quiet
+	@touch $@
+
+develop: $(VENV)/.feedrank-built
+
+target/release/feedrank-api: $(API_SOURCES)
+	@echo "==> building the API (cargo, release)"
+	@cargo build --release -p feedrank-api --quiet
+	@touch $@
+
+api: target/release/feedrank-api
+
+services:
+	@scripts/services.sh up
+
+migrate: api services
+	@target/release/feedrank-api migrate
+
+# --- tests -----------------------------------------------------------------------------------
+
+lint:
+	@echo "==> cargo fmt --check, cargo clippy -D warnings"
+	@cargo fmt --all -- --check
+	@cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+rust-test: services
+	@echo "==> cargo test"
+	@cargo test --workspace --quiet
+
+py-test: develop services api
+	@echo "==> pytest"
+	@$(PY) -m pytest -q tests
+
+test: lint rust-test py-test
+
+# --- demo and benchmarks ---------------------------------------------------------------------
+
+demo: develop
+	@$(PY) -m feedrank.demo
+
+bench: develop
+	@$(PY) -m feedrank.bench kernels
