@@ -1,0 +1,156 @@
+"""Shared pytest fixtures: real PostgreSQL and Redis, never a user's data.
+
+- ``api_binary``: the ``feedrank-api`` binary, built (``cargo build --release -p feedrank-api``)
+  once per session unless ``FEEDRANK_API_BIN`` names one.
+- ``database_url``: a database created for this test session (random name), migrated with
+  ``feedrank-api migrate``, dropped at the end. While it exists, ``DATABASE_URL`` in the
+  environment points at it, so code that reads ``DATABASE_URL`` (and subprocesses) use it too.
+- ``fresh_database_url``: the same, for one test only (an empty, migrated database).
+- ``db_conn``: a psycopg connection to ``database_url``, closed after the test.
+- ``redis_client`` / ``redis_prefix``: a Redis client for ``REDIS_URL`` and a key prefix unique to
+  one test; every key under it is deleted afterwards.
+
+A test that needs PostgreSQL or Redis FAILS (never skips) when the service does not answer; the
+message says how to start it (``scripts/services.sh up``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from feedrank import db
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The server URL before any fixture points DATABASE_URL at a test database.
+_SERVER_URL = db.database_url()
+
+
+def _fail(what: str, url: str, error: Exception) -> None:
+    pytest.fail(
+        f"{what} is not reachable at {url}: {error}\n"
+        f"Start the services with `scripts/services.sh up` (or set DATABASE_URL / REDIS_URL).",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The URL of the PostgreSQL server the tests create their databases on (``DATABASE_URL`` as
+    it was at start-up, default ``postgres://postgres@127.0.0.1:5432/feedrank``), checked to
+    answer. Its own database is never written to."""
+    try:
+        with db.connect(db.with_database(_SERVER_URL, "postgres"), connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        _fail("PostgreSQL", _SERVER_URL, e)
+    return _SERVER_URL
+
+
+@pytest.fixture(scope="session")
+def api_binary() -> Path:
+    """The ``feedrank-api`` binary, up to date with the sources (cargo does nothing when it is)."""
+    explicit = os.environ.get("FEEDRANK_API_BIN")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            pytest.fail(f"FEEDRANK_API_BIN={explicit} is not a file", pytrace=False)
+        return path
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.fail("cargo is not installed: cannot build feedrank-api", pytrace=False)
+    done = subprocess.run(
+        [cargo, "build", "--release", "-p", "feedrank-api", "--quiet"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"building feedrank-api failed:\n{done.stderr}", pytrace=False)
+    return REPO_ROOT / "target" / "release" / "feedrank-api"
+
+
+def _new_database(server_url: str, binary: Path, label: str) -> tuple[str, str]:
+    name = f"feedrank_test_{label}_{secrets.token_hex(4)}"
+    url = db.create_database(name, server_url)
+    try:
+        db.migrate(url, binary=binary)
+    except Exception:
+        db.drop_database(name, server_url)
+        raise
+    return name, url
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str, api_binary: Path) -> Iterator[str]:
+    """A migrated database for the whole test session; ``DATABASE_URL`` points at it meanwhile."""
+    name, url = _new_database(postgres_server_url, api_binary, "s")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATABASE_URL", url)
+        try:
+            yield url
+        finally:
+            db.drop_database(name, postgres_server_url)
+
+
+@pytest.fixture
+def fresh_database_url(postgres_server_url: str, api_binary: Path) -> Iterator[str]:
+    """An empty, migrated database for one test, dropped after it."""
+    name, url = _new_database(postgres_server_url, api_binary, "f")
+    try:
+        yield url
+    finally:
+        db.drop_database(name, postgres_server_url)
+
+
+@pytest.fixture
+def db_conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection to the session database; rolled back and closed after the test."""
+    conn = db.connect(database_url)
+    try:
+        yield conn
+    finally:
+        if not conn.closed:
+            conn.rollback()
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    """A Redis client for ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``), checked to answer."""
+    import redis
+
+    url = db.redis_url()
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        _fail("Redis", url, e)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_client) -> Iterator[str]:
+    """A key prefix unique to this test (``feedrank_test_<hex>:``); its keys are deleted after."""
+    prefix = f"feedrank_test_{secrets.token_hex(6)}:"
+    try:
+        yield prefix
+    finally:
+        # Keys may contain glob characters in the part after the prefix, never in the prefix.
+        batch = []
+        for key in redis_client.scan_iter(match=prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                redis_client.unlink(*batch)
+                batch.clear()
+        if batch:
+            redis_client.unlink(*batch)
