@@ -12,9 +12,9 @@ export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/feedrank
 export REDIS_URL    ?= redis://127.0.0.1:6379/0
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
-API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql) $(RUST_SOURCES)
+API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo test venv develop api services migrate lint rust-test py-test bench
+.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -72,8 +72,17 @@ test: lint rust-test py-test
 
 # --- demo and benchmarks ---------------------------------------------------------------------
 
-demo: develop
+# The whole system, as a newcomer meets it (scripts/demo.sh says what it does; Ctrl-C stops it).
+demo:
+	@scripts/demo.sh
+
+# The kernels alone, in Python: the extension's runnable example.
+demo-kernels: develop
 	@$(PY) -m feedrank.demo
+
+# Runs `make demo` in the background, checks what it prints and the /demo page, stops it (< 10 min).
+demo-check: develop api
+	@$(PY) scripts/demo_check.py
 
 bench: develop
 	@$(PY) -m feedrank.bench kernels
