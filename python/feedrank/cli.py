@@ -1,0 +1,96 @@
+"""The ``feedrank`` command (console script ``feedrank = "feedrank.cli:main"``).
+
+Each subcommand is one function registered with :func:`subcommand`: it receives its own
+``argparse`` parser, adds its arguments and returns the function that runs it. Only the chosen
+subcommand is configured, and modules are imported inside that function, so one subcommand's
+dependencies never load for another and ``feedrank --help`` stays fast::
+
+    @subcommand("evaluate", "offline evaluation of the recommenders")
+    def _evaluate(parser: argparse.ArgumentParser) -> Runner:
+        from feedrank import evaluate
+        evaluate.add_arguments(parser)
+        return evaluate.run            # run(args) -> exit status (int) or None for 0
+
+A runner reports bad input by raising :class:`CommandError` (or ``ValueError``): the message is
+printed as ``feedrank <command>: error: ...`` and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["CommandError", "Runner", "build_parser", "main", "subcommand"]
+
+Runner = Callable[[argparse.Namespace], "int | None"]
+Configure = Callable[[argparse.ArgumentParser], Runner]
+
+
+class CommandError(Exception):
+    """A problem the user can fix (bad argument, non-empty database, missing file): printed
+    without a traceback."""
+
+
+# name -> (one-line help, configure function); filled by @subcommand, in registration order.
+_SUBCOMMANDS: dict[str, tuple[str, Configure]] = {}
+
+
+def subcommand(name: str, help: str) -> Callable[[Configure], Configure]:
+    """Registers ``configure(parser) -> runner`` as ``feedrank <name>``."""
+
+    def register(configure: Configure) -> Configure:
+        if name in _SUBCOMMANDS:
+            raise ValueError(f"feedrank subcommand {name!r} is registered twice")
+        _SUBCOMMANDS[name] = (help, configure)
+        return configure
+
+    return register
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+
+@subcommand("demo-data", "fill the database with a synthetic (default) or MovieLens data set")
+def _demo_data(parser: argparse.ArgumentParser) -> Runner:
+    from feedrank import demo_data
+
+    demo_data.add_arguments(parser)
+    return demo_data.run
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, just that subcommand gets its arguments (the others are
+    listed with their help line but not configured)."""
+    parser = argparse.ArgumentParser(
+        prog="feedrank", description="feedrank: personalized feed ranking tools."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, configure) in _SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            sub.set_defaults(_run=configure(sub), _parser=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=chosen).parse_args(argv)
+    try:
+        status = args._run(args)
+    except (CommandError, ValueError) as e:
+        args._parser.print_usage(sys.stderr)
+        print(f"{args._parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{args._parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

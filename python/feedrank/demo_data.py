@@ -1,0 +1,786 @@
+"""``feedrank demo-data``: fills the database with a synthetic Threads-like data set (the default) or
+a MovieLens directory.
+
+Synthetic data has planted structure, so that a recommender that learns it measurably beats random:
+
+- ``N_TOPICS`` topics, each with its own vocabulary; every post is written from one topic's words.
+- Users have a topic mixture (Dirichlet, concentrated on a few topics) and an activity level drawn
+  from a power law (a few heavy users, a long tail of light ones; some never interact).
+- Authors (also power-law) write posts on topics drawn from their own mixture, over the 30 days
+  before ``end``; posts have a latent quality (log-normal) that drives popularity.
+- Interactions come from exposures: a user sees a post mostly from their own topics (80%) and
+  sometimes from any topic. Each exposure is a ``view``; then ``click``, ``like`` and ``share``
+  follow with probabilities that grow with the user's affinity to the post's topic, and ``hide``
+  grows with its absence. Events follow the post's creation and each other in time.
+
+Everything is drawn from one seed with numpy (vectorized), including the UUIDs, so the same seed,
+sizes and ``end`` give the same rows. ``generate_synthetic`` returns the arrays (with the planted
+topics) without touching a database; ``write_dataset`` loads them.
+
+Loading uses ``COPY``: users and posts through psycopg's row writer, interactions as one binary
+``COPY`` stream built by numpy. The whole load is one transaction (all or nothing), and the
+interaction table's indexes and constraints (primary key, unique event id, foreign keys) are
+dropped before its ``COPY`` and rebuilt after it inside that transaction: building an index once
+over sorted data is much faster than updating it per row, and one foreign-key validation query
+replaces ten million trigger calls. ``--reset`` truncates feedrank's tables first (``TRUNCATE ...
+CASCADE``: anything referencing users or posts goes too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "INTERACTION_TYPES",
+    "TOPICS",
+    "Dataset",
+    "LoadReport",
+    "add_arguments",
+    "generate_synthetic",
+    "load_movielens",
+    "run",
+    "write_dataset",
+]
+
+INTERACTION_TYPES = ("view", "click", "like", "share", "hide")
+VIEW, CLICK, LIKE, SHARE, HIDE = range(5)
+
+# Topic vocabularies: distinct words per topic so that content similarity carries the signal.
+TOPICS: dict[str, tuple[str, ...]] = {
+    "cooking": ("sourdough", "recipe", "garlic", "braise", "cast-iron", "ramen", "umami", "pasta",
+                "kimchi", "roast", "brunch", "dumplings", "spice", "saffron", "risotto", "baking",
+                "ferment", "chili", "skillet", "broth", "noodles", "pesto", "tacos", "caramel"),
+    "fitness": ("deadlift", "squat", "cardio", "marathon", "protein", "reps", "mobility", "kettlebell",
+                "stretching", "sprint", "gym", "hiit", "plank", "rowing", "recovery", "pullups",
+                "tempo", "endurance", "lifting", "yoga", "pace", "stamina", "warmup", "macros"),
+    "tech": ("rust", "compiler", "kubernetes", "latency", "refactor", "database", "api", "typescript",
+             "cache", "deploy", "linux", "kernel", "postgres", "async", "benchmark", "terminal",
+             "opensource", "debugging", "webassembly", "monorepo", "serverless", "git", "vim", "llm"),
+    "travel": ("lisbon", "kyoto", "backpacking", "hostel", "itinerary", "layover", "passport",
+               "roadtrip", "island", "hiking", "airbnb", "patagonia", "sunrise", "train", "visa",
+               "souvenir", "coastline", "marrakech", "ferry", "iceland", "lagoon", "alps", "bazaar",
+               "jetlag"),
+    "music": ("vinyl", "synth", "playlist", "chorus", "guitar", "album", "setlist", "bassline",
+              "concert", "remix", "jazz", "drummer", "melody", "producer", "lyrics", "festival",
+              "acoustic", "ep", "mixtape", "soundcheck", "piano", "indie", "techno", "encore"),
+    "film": ("director", "screenplay", "cinematography", "sequel", "trailer", "noir", "premiere",
+             "oscars", "documentary", "cast", "plot", "horror", "criterion", "scene", "soundtrack",
+             "remake", "festival-cut", "villain", "anime", "studio", "blockbuster", "cameo", "reel",
+             "screening"),
+    "gaming": ("speedrun", "controller", "boss", "roguelike", "patch", "multiplayer", "indie-game",
+               "loot", "esports", "console", "quest", "pixel", "raid", "respawn", "leaderboard",
+               "modding", "nerf", "dungeon", "co-op", "glitch", "metroidvania", "fps", "rpg",
+               "savefile"),
+    "photography": ("aperture", "lens", "bokeh", "shutter", "portrait", "golden-hour", "film-camera",
+                    "exposure", "tripod", "lightroom", "35mm", "street-photo", "composition",
+                    "darkroom", "iso", "prime-lens", "mirrorless", "landscape", "macro", "silhouette",
+                    "grain", "contrast", "framing", "polaroid"),
+    "books": ("novel", "chapter", "bookclub", "paperback", "author", "memoir", "poetry", "library",
+              "fantasy-novel", "kindle", "bestseller", "annotate", "prose", "sci-fi", "trilogy",
+              "bookstore", "audiobook", "essay", "classic", "manuscript", "reread", "tbr",
+              "protagonist", "epilogue"),
+    "football": ("striker", "penalty", "derby", "midfield", "offside", "transfer", "keeper",
+                 "hattrick", "league", "var", "tactics", "pressing", "counterattack", "freekick",
+                 "stadium", "ultras", "fixture", "relegation", "kit", "matchday", "assist",
+                 "clean-sheet", "manager", "champions"),
+    "gardening": ("compost", "seedlings", "tomatoes", "raised-bed", "perennials", "mulch", "pruning",
+                  "succulents", "greenhouse", "pollinators", "soil", "herbs", "harvest", "bulbs",
+                  "monstera", "watering", "zucchini", "orchard", "weeds", "trellis", "fern",
+                  "germinate", "allotment", "repotting"),
+    "finance": ("index-fund", "budget", "dividends", "inflation", "mortgage", "savings", "etf",
+                "portfolio", "compound", "rates", "retirement", "taxes", "crypto", "frugal",
+                "emergency-fund", "stocks", "bonds", "spreadsheet", "networth", "rebalance",
+                "side-hustle", "fees", "equity", "yield"),
+    "pets": ("puppy", "kitten", "vet", "leash", "adoption", "rescue", "treats", "grooming", "litter",
+             "fetch", "corgi", "tabby", "zoomies", "catnip", "dogpark", "shelter", "paws", "walkies",
+             "goldfish", "parrot", "whiskers", "cuddle", "bark", "purr"),
+    "fashion": ("thrifted", "denim", "sneakers", "outfit", "vintage", "tailoring", "streetwear",
+                "capsule", "linen", "knitwear", "runway", "accessories", "boots", "layering",
+                "wardrobe", "silhouette-fit", "tote", "blazer", "palette", "secondhand", "hem",
+                "cardigan", "lookbook", "fabric"),
+    "science": ("telescope", "neutrino", "genome", "quantum", "fossil", "galaxy", "enzyme", "climate",
+                "experiment", "hypothesis", "microscope", "exoplanet", "protein-folding", "entropy",
+                "volcano", "vaccine", "particle", "nebula", "dataset", "peer-review", "crispr",
+                "orbit", "physics", "neuron"),
+    "art": ("watercolor", "sketchbook", "canvas", "gallery", "ceramics", "mural", "gouache", "linocut",
+            "charcoal", "brushes", "illustration", "sculpture", "palette-knife", "exhibition",
+            "printmaking", "acrylics", "inking", "collage", "kiln", "portfolio-review", "doodle",
+            "oil-paint", "studio-day", "commission"),
+}
+TOPIC_NAMES = tuple(TOPICS)
+N_TOPICS = len(TOPICS)
+
+_FILLER = ("today", "honestly", "finally", "new", "best", "really", "so", "this", "week", "weekend",
+           "love", "trying", "thoughts", "again", "little", "first", "time", "favorite", "great",
+           "still", "just", "morning", "tonight", "friends", "more", "good", "about", "small",
+           "big", "fun", "quick", "update", "notes", "learned", "working", "on")
+_OPENERS = ("Hot take:", "Just finished", "Can't stop thinking about", "Anyone else into",
+            "Weekend plans:", "Today I learned", "Unpopular opinion:", "Quick thread on",
+            "Finally tried", "PSA:", "Small win:", "Currently obsessed with", "Notes from",
+            "Asking for a friend:", "Lowkey", "Reminder:")
+_FIRST = ("maria", "james", "aiko", "liam", "sofia", "noah", "amara", "lucas", "priya", "mateo",
+          "chloe", "omar", "elena", "kenji", "zara", "diego", "nina", "arjun", "ines", "felix",
+          "yara", "leo", "hana", "samuel", "mila", "tariq", "isla", "jonas", "lea", "kwame",
+          "freya", "hugo", "anya", "ravi", "lucia", "theo", "nadia", "emil", "sara", "malik",
+          "ivy", "pablo", "alma", "ezra", "rosa", "caleb", "mei", "oskar", "ada", "tomas")
+_LAST = ("garcia", "smith", "tanaka", "nguyen", "rossi", "muller", "okafor", "silva", "kim",
+         "patel", "dubois", "jensen", "kowalski", "haddad", "lopez", "novak", "sato", "ahmed",
+         "johansson", "moreau", "costa", "fischer", "mensah", "ivanova", "park", "brown", "walsh",
+         "khan", "ortiz", "berg", "reyes", "lindqvist", "chen", "murphy", "farah", "weber",
+         "yilmaz", "santos", "cohen", "adeyemi")
+
+_DAY_US = 86_400_000_000
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary epoch
+
+
+@dataclass
+class Dataset:
+    """A data set in arrays, ready to load. Times are Unix microseconds (UTC); ids are UUIDs as a
+    ``(n, 16)`` uint8 array. ``user_topics`` / ``post_topics`` are the planted structure of a
+    synthetic set (``None`` for MovieLens)."""
+
+    source: str
+    user_ids: np.ndarray
+    usernames: list[str]
+    display_names: list[str]
+    avatar_urls: list[str]
+    user_created_at: np.ndarray
+    post_ids: np.ndarray
+    post_author: np.ndarray  # index into the users
+    post_content: list[str]
+    post_media_urls: list[list[str]]
+    post_created_at: np.ndarray
+    interaction_ids: np.ndarray
+    interaction_user: np.ndarray  # index into the users
+    interaction_post: np.ndarray  # index into the posts
+    interaction_type: np.ndarray  # code into INTERACTION_TYPES
+    interaction_created_at: np.ndarray
+    # Optional per-interaction jsonb, as codes into a small table of JSON texts (None = NULL).
+    interaction_metadata: np.ndarray | None = None
+    metadata_table: list[str | None] = field(default_factory=list)
+    user_topics: np.ndarray | None = None
+    post_topics: np.ndarray | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_posts(self) -> int:
+        return len(self.post_ids)
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.interaction_ids)
+
+
+def _uuid4_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` version-4 UUIDs from the generator's bits, as an ``(n, 16)`` uint8 array."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw
+
+
+def uuid_strings(ids: np.ndarray) -> list[str]:
+    """The ``(n, 16)`` uint8 ids as canonical UUID strings."""
+    return [str(uuid.UUID(bytes=row.tobytes())) for row in ids]
+
+
+def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One category per row of ``probs`` (rows sum to 1), vectorized."""
+    cum = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs))[:, None] * cum[:, -1:]
+    return np.minimum((cum < u).sum(axis=1), probs.shape[1] - 1)
+
+
+def _usernames(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
+    first = rng.integers(0, len(_FIRST), n)
+    last = rng.integers(0, len(_LAST), n)
+    style = rng.integers(0, 4, n)
+    number = rng.integers(1, 100, n)
+    names, displays, seen = [], [], set()
+    for i in range(n):
+        f, l = _FIRST[first[i]], _LAST[last[i]]
+        s = int(style[i])
+        name = (f"{f}.{l}", f"{f}_{l}{number[i]}", f"{f[0]}{l}", f"{f}{l}")[s]
+        if name in seen:  # unique by construction: the index makes a collision impossible
+            name = f"{name}_{i}"
+        seen.add(name)
+        names.append(name)
+        displays.append(f"{f.capitalize()} {l.capitalize()}")
+    return names, displays
+
+
+def _post_texts(
+    rng: np.random.Generator, topics: np.ndarray, post_ids: np.ndarray
+) -> tuple[list[str], list[list[str]]]:
+    """Post bodies written from each post's topic vocabulary, and optional image urls."""
+    m = len(topics)
+    vocab: list[str] = []
+    offsets = []
+    for words in TOPICS.values():
+        offsets.append(len(vocab))
+        vocab.extend(words)
+    vocab.extend(_FILLER)
+    filler_offset = len(vocab) - len(_FILLER)
+    offsets_arr = np.array(offsets)
+    sizes = np.array([len(w) for w in TOPICS.values()])
+    max_words = 16
+    n_words = rng.integers(5, max_words + 1, m)
+    # Topic words follow a Zipf-like profile inside the vocabulary; ~30% of words are filler.
+    rank = np.minimum(rng.zipf(1.6, size=(m, max_words)) - 1, sizes[topics][:, None] - 1)
+    topic_word = offsets_arr[topics][:, None] + rank
+    filler_word = filler_offset + rng.integers(0, len(_FILLER), (m, max_words))
+    words = np.where(rng.random((m, max_words)) < 0.3, filler_word, topic_word)
+    opener = rng.integers(0, len(_OPENERS), m)
+    tag = offsets_arr[topics] + rng.integers(0, 5, m)
+    has_media = rng.random(m) < 0.15
+    n_media = rng.integers(1, 4, m)
+    contents, media = [], []
+    for i in range(m):
+        body = " ".join([vocab[w] for w in words[i, : n_words[i]]])
+        contents.append(f"{_OPENERS[opener[i]]} {body} #{vocab[tag[i]].replace('-', '')}")
+        if has_media[i]:
+            key = post_ids[i, :6].tobytes().hex()
+            media.append([f"https://picsum.photos/seed/{key}{j}/1080/1350" for j in range(n_media[i])])
+        else:
+            media.append([])
+    return contents, media
+
+
+def default_end_time() -> dt.datetime:
+    """The start of the current UTC hour: data ends there, so a re-run in the same hour with the
+    same seed gives identical rows (``--end-time`` pins it)."""
+    return dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _to_us(t: dt.datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(round(t.timestamp() * 1_000_000))
+
+
+def generate_synthetic(
+    seed: int = 42,
+    users: int = 2_000,
+    posts: int = 10_000,
+    interactions: int = 200_000,
+    end: dt.datetime | None = None,
+) -> Dataset:
+    """The synthetic data set (see the module docstring), entirely determined by its arguments."""
+    for name, value, low in (("users", users, 1), ("posts", posts, 1), ("interactions", interactions, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    end_us = _to_us(end or default_end_time())
+    window_us = 30 * _DAY_US
+    # Independent streams: changing --interactions does not change the users or posts.
+    s_users, s_posts, s_inter, s_ids = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+
+    # Users: topic mixtures concentrated on a few topics; power-law activity and authorship.
+    user_ids = _uuid4_bytes(s_ids, users)
+    theta = s_users.dirichlet(np.full(N_TOPICS, 0.25), size=users)
+    # Power-law activity, capped so that no single account dominates; ~3% never interact (they
+    # are the cold-start users a recommender must still serve).
+    activity = np.minimum(s_users.pareto(1.2, users) + 1.0, 100.0)
+    activity[s_users.random(users) < 0.03] = 0.0
+    if not activity.any():
+        activity[:] = 1.0
+    authorship = (s_users.pareto(1.5, users) + 1.0) * np.sqrt(activity + 1.0)
+    usernames, displays = _usernames(s_users, users)
+    avatars = [f"https://api.dicebear.com/9.x/thumbs/svg?seed={u}" for u in usernames]
+    user_created = end_us - s_users.integers(31 * _DAY_US, 730 * _DAY_US, users)
+
+    # Posts: author by authorship weight, topic from the author's mixture, latent quality.
+    post_ids = _uuid4_bytes(s_ids, posts)
+    author = np.searchsorted(np.cumsum(authorship), s_posts.random(posts) * authorship.sum(), side="right")
+    author = np.minimum(author, users - 1)
+    post_topic = _sample_rows(s_posts, theta[author])
+    quality = s_posts.lognormal(0.0, 0.8, posts)
+    post_created = end_us - window_us + s_posts.integers(0, window_us, posts)
+    contents, media = _post_texts(s_posts, post_topic, post_ids)
+
+    i_user, i_post, i_type, i_time = _synthetic_interactions(
+        s_inter, interactions, theta, activity, post_topic, quality, post_created, end_us
+    )
+    return Dataset(
+        source=f"synthetic(seed={seed})",
+        user_ids=user_ids,
+        usernames=usernames,
+        display_names=displays,
+        avatar_urls=avatars,
+        user_created_at=user_created,
+        post_ids=post_ids,
+        post_author=author.astype(np.int64),
+        post_content=contents,
+        post_media_urls=media,
+        post_created_at=post_created,
+        interaction_ids=_uuid4_bytes(s_ids, len(i_user)),
+        interaction_user=i_user,
+        interaction_post=i_post,
+        interaction_type=i_type,
+        interaction_created_at=i_time,
+        user_topics=theta,
+        post_topics=post_topic,
+    )
+
+
+def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_created, end_us):
+    """Exactly ``n`` events from exposures (view, then click/like/share or hide), in time order."""
+    users = len(theta)
+    # Posts grouped by topic, with cumulative quality inside each topic laid out on [t, t+1):
+    # a post of topic t is drawn with one searchsorted of t + U(0, 1).
+    order = np.lexsort((np.arange(len(post_topic)), post_topic))
+    sorted_topic = post_topic[order]
+    per_topic = np.bincount(post_topic, minlength=N_TOPICS)
+    totals = np.bincount(post_topic, weights=quality, minlength=N_TOPICS)
+    cum = np.cumsum(quality[order])
+    topic_start_cum = np.concatenate(([0.0], np.cumsum(totals)))[sorted_topic]
+    layout = sorted_topic + (cum - topic_start_cum) / np.where(totals > 0, totals, 1.0)[sorted_topic]
+    # Each user's topic mixture laid out on [u, u+1): a topic of user u is one searchsorted of u + U.
+    theta_layout = (np.arange(users)[:, None] + np.cumsum(theta, axis=1) / theta.sum(axis=1, keepdims=True)).ravel()
+    theta_max = theta.max(axis=1)
+    p_user = activity / activity.sum()
+    event_low = np.array([0, 2, 5, 30, 1]) * 1_000_000  # delay after the view, per event type
+    event_span = np.array([1, 58, 295, 870, 19]) * 1_000_000
+
+    parts: list[tuple[np.ndarray, ...]] = []
+    produced = 0
+    while produced < n:
+        e = max(1024, int((n - produced) / 1.5) + 1)
+        # Exposures per user by activity; users come out sorted, which keeps the lookups below
+        # cache-friendly (the events are sorted by time at the end anyway).
+        user = np.repeat(np.arange(users), rng.multinomial(e, p_user))
+        explore = rng.random(e) < 0.2
+        own = np.searchsorted(theta_layout, user + rng.random(e) * (1 - 1e-12), side="right") - user * N_TOPICS
+        topic = np.where(explore, rng.integers(0, N_TOPICS, e), np.clip(own, 0, N_TOPICS - 1))
+        empty = per_topic[topic] == 0  # a topic nobody wrote about: any post instead
+        if empty.any():
+            topic[empty] = post_topic[rng.integers(0, len(post_topic), int(empty.sum()))]
+        pick = np.searchsorted(layout, topic + rng.random(e) * (1 - 1e-12), side="right")
+        post = order[np.clip(pick, 0, len(order) - 1)]
+        created = post_created[post]
+        horizon = end_us - 3_600_000_000
+        delay = (rng.exponential(1.5, e) * _DAY_US).astype(np.int64)
+        late = created + delay >= horizon
+        delay[late] = (rng.random(int(late.sum())) * np.maximum(horizon - created[late], 1)).astype(np.int64)
+        t0 = created + delay
+        affinity = theta[user, post_topic[post]] / theta_max[user]
+        hide = rng.random(e) < 0.12 * (1 - affinity) ** 2
+        click = ~hide & (rng.random(e) < 0.08 + 0.32 * affinity)
+        like = ~hide & (rng.random(e) < 0.02 + 0.38 * affinity)
+        share = ~hide & (rng.random(e) < 0.003 + 0.06 * affinity)
+        # Events of one exposure: view, then click? like? share? or hide?, each after the view.
+        flags = np.stack([np.ones(e, bool), click, like, share, hide], axis=1)
+        per_exposure = flags.sum(axis=1)
+        if per_exposure.sum() > n - produced:
+            # Too many: keep whole exposures, taken in random order, up to exactly what is left
+            # (cutting the tail instead would starve the last users); the loop fills any gap.
+            perm = rng.permutation(e)
+            keep = np.zeros(e, bool)
+            keep[perm[np.cumsum(per_exposure[perm]) <= n - produced]] = True
+            flags &= keep[:, None]
+        ev_exposure, ev_type = np.nonzero(flags)
+        take = len(ev_type)
+        parts.append((
+            user[ev_exposure],
+            post[ev_exposure],
+            ev_type.astype(np.int8),
+            t0[ev_exposure] + event_low[ev_type] + (rng.random(take) * event_span[ev_type]).astype(np.int64),
+        ))
+        produced += take
+    i_user, i_post, i_type, i_time = (np.concatenate(c) for c in zip(*parts)) if parts else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64))
+    by_time = np.argsort(i_time, kind="stable")
+    return i_user[by_time], i_post[by_time], i_type[by_time], i_time[by_time]
+
+
+# --- MovieLens -------------------------------------------------------------------------------------
+
+_ML_NAMESPACE = uuid.UUID("9b0c1d4e-3f7a-4c2b-8e61-5a0f7d2c9e13")
+_ML_CURATORS = 64
+
+
+def load_movielens(directory: str | Path, seed: int = 42) -> Dataset:
+    """A MovieLens directory (``ratings.csv``, ``movies.csv``, optional ``tags.csv``) as a data set.
+
+    Users are the raters (``ml_user_<userId>``); each movie is a post (content: title, genres and
+    tags) written by one of 64 curator accounts (so no rater ever sees their own post); each rating
+    is an interaction, ``like`` when rating >= 4 else ``view``, at the rating's timestamp, with
+    ``{"rating": r}`` as metadata. User and post ids are UUIDv5 of the MovieLens ids (stable across
+    loads); interaction ids come from ``seed``.
+    """
+    import polars as pl
+
+    root = Path(directory)
+    for name in ("ratings.csv", "movies.csv"):
+        if not (root / name).is_file():
+            raise ValueError(f"--movielens {root}: {name} not found (expected a MovieLens directory)")
+    ratings = pl.read_csv(root / "ratings.csv", schema_overrides={"userId": pl.Int64, "movieId": pl.Int64,
+                                                                  "rating": pl.Float64, "timestamp": pl.Int64})
+    movies = pl.read_csv(root / "movies.csv", schema_overrides={"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8})
+    tags_path = root / "tags.csv"
+    if tags_path.is_file():
+        tags = pl.read_csv(tags_path, schema_overrides={"userId": pl.Int64, "movieId": pl.Int64,
+                                                         "tag": pl.Utf8, "timestamp": pl.Int64})
+        tag_text = (
+            tags.filter(pl.col("tag").is_not_null())
+            .with_columns(pl.col("tag").str.strip_chars().str.to_lowercase())
+            .unique(["movieId", "tag"], maintain_order=True)
+            .group_by("movieId", maintain_order=True)
+            .agg(pl.col("tag").str.join(", ").alias("tags"))
+        )
+    else:
+        tag_text = pl.DataFrame({"movieId": [], "tags": []}, schema={"movieId": pl.Int64, "tags": pl.Utf8})
+    if ratings.height and not ratings["rating"].is_between(0.0, 5.0).all():
+        raise ValueError(f"--movielens {root}: ratings.csv has ratings outside 0..5")
+
+    movies = movies.sort("movieId").join(tag_text, on="movieId", how="left")
+    movie_ids = movies["movieId"].to_numpy()
+    # Raters, then the curator accounts that "post" the movies.
+    rater_ids = np.unique(ratings["userId"].to_numpy())
+    n_raters = len(rater_ids)
+    n_users = n_raters + _ML_CURATORS
+    usernames = [f"ml_user_{u}" for u in rater_ids] + [f"ml_curator_{k:02d}" for k in range(_ML_CURATORS)]
+    displays = [f"MovieLens user {u}" for u in rater_ids] + [f"MovieLens curator {k}" for k in range(_ML_CURATORS)]
+    user_uuid = np.frombuffer(b"".join(uuid.uuid5(_ML_NAMESPACE, n).bytes for n in usernames), np.uint8).reshape(-1, 16)
+    post_uuid = np.frombuffer(
+        b"".join(uuid.uuid5(_ML_NAMESPACE, f"movie:{m}").bytes for m in movie_ids), np.uint8
+    ).reshape(-1, 16)
+
+    r_user = np.searchsorted(rater_ids, ratings["userId"].to_numpy())
+    r_post = np.searchsorted(movie_ids, ratings["movieId"].to_numpy())
+    unknown = (r_post >= len(movie_ids)) | (movie_ids[np.minimum(r_post, len(movie_ids) - 1)] != ratings["movieId"].to_numpy())
+    if unknown.any():
+        raise ValueError(f"--movielens {root}: {int(unknown.sum())} ratings name a movieId missing from movies.csv")
+    r_time = ratings["timestamp"].to_numpy() * 1_000_000
+    rating = ratings["rating"].to_numpy()
+    r_type = np.where(rating >= 4.0, LIKE, VIEW).astype(np.int8)
+    # Metadata {"rating": r} for the half-star scale, as codes into a small table.
+    half_stars = np.rint(rating * 2).astype(np.int64)
+    metadata_table = [f'{{"rating": {h / 2:.1f}}}' for h in range(11)]
+    order = np.argsort(r_time, kind="stable")
+
+    t_min = int(r_time.min()) if len(r_time) else _to_us(dt.datetime(2000, 1, 1))
+    first_rating = np.full(len(movie_ids), np.iinfo(np.int64).max)
+    np.minimum.at(first_rating, r_post, r_time)
+    post_created = np.where(first_rating == np.iinfo(np.int64).max, t_min, first_rating)
+    user_first = np.full(n_users, t_min, dtype=np.int64)
+    if len(r_time):
+        first_by_user = np.full(n_raters, np.iinfo(np.int64).max)
+        np.minimum.at(first_by_user, r_user, r_time)
+        user_first[:n_raters] = first_by_user
+    contents = []
+    for title, genres, tag in zip(movies["title"].to_list(), movies["genres"].to_list(), movies["tags"].to_list()):
+        genre_text = "" if genres in (None, "(no genres listed)") else genres.replace("|", ", ")
+        parts = [title or "", genre_text] + ([f"tags: {tag}"] if tag else [])
+        contents.append(" | ".join(p for p in parts if p))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4D4C]))
+    return Dataset(
+        source=f"movielens({root})",
+        user_ids=user_uuid,
+        usernames=usernames,
+        display_names=displays,
+        avatar_urls=[f"https://api.dicebear.com/9.x/thumbs/svg?seed={u}" for u in usernames],
+        user_created_at=user_first,
+        post_ids=post_uuid,
+        post_author=n_raters + (movie_ids % _ML_CURATORS),
+        post_content=contents,
+        post_media_urls=[[] for _ in contents],
+        post_created_at=post_created,
+        interaction_ids=_uuid4_bytes(rng, len(order)),
+        interaction_user=r_user[order],
+        interaction_post=r_post[order],
+        interaction_type=r_type[order],
+        interaction_created_at=r_time[order],
+        interaction_metadata=half_stars[order],
+        metadata_table=metadata_table,
+    )
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+_FEEDRANK_TABLES = ("users", "posts", "user_interactions", "user_recommendations", "recommendation_runs")
+
+
+@dataclass
+class LoadReport:
+    users: int
+    posts: int
+    interactions: int
+    seconds: dict[str, float]
+
+
+def _be_bytes(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Big-endian bytes of each value, as an ``(n, itemsize)`` uint8 array."""
+    arr = np.ascontiguousarray(values.astype(dtype))
+    return arr.view(np.uint8).reshape(len(arr), -1)
+
+
+def _coded_table(entries: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    width = max((len(e) for e in entries if e is not None), default=0)
+    table = np.zeros((len(entries), width), np.uint8)
+    lengths = np.full(len(entries), -1, np.int32)
+    for i, e in enumerate(entries):
+        if e is not None:
+            table[i, : len(e)] = np.frombuffer(e, np.uint8)
+            lengths[i] = len(e)
+    return table, lengths
+
+
+def binary_copy_tuples(n: int, fields: list[tuple]) -> bytes:
+    """``n`` tuples of PostgreSQL's binary COPY format (no header or trailer), built with numpy.
+
+    Each field is ``("fixed", matrix)`` (every row's value is the ``(n, w)`` uint8 row) or
+    ``("coded", codes, table, lengths)`` (row ``i`` is ``table[codes[i]]`` of length
+    ``lengths[codes[i]]``, -1 for NULL), from :func:`_coded_table`. Variable widths are handled by
+    laying every value out at its field's widest and dropping the unused bytes with one boolean
+    mask, so no Python code runs per row.
+    """
+    blocks = [np.broadcast_to(np.array([len(fields)], ">i2").view(np.uint8), (n, 2))]
+    masks = [np.ones((n, 2), bool)]
+    variable = False
+    for f in fields:
+        if f[0] == "fixed":
+            mat = f[1]
+            blocks += [_be_bytes(np.full(n, mat.shape[1], np.int32), ">i4"), mat]
+            masks += [np.ones((n, 4 + mat.shape[1]), bool)]
+        else:
+            _, codes, table, lengths = f
+            lens = lengths[codes]
+            blocks += [_be_bytes(lens, ">i4"), table[codes]]
+            valid = np.arange(table.shape[1])[None, :] < lens[:, None]
+            masks += [np.ones((n, 4), bool), valid]
+            variable = variable or len(set(lengths.tolist())) > 1
+    rows = np.concatenate(blocks, axis=1)
+    if not variable:
+        return rows.tobytes()
+    return rows[np.concatenate(masks, axis=1)].tobytes()
+
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_TRAILER = b"\xff\xff"
+
+
+def _defer_constraints_and_indexes(cur, table: str) -> list[str]:
+    """Drops ``table``'s indexes, primary/unique keys (unless another table's foreign key needs
+    them) and outgoing foreign keys; returns the statements that recreate them, in a valid order.
+    Runs inside the caller's transaction, so a failed load puts everything back."""
+    cons = cur.execute(
+        """
+        SELECT c.conname, c.contype, pg_get_constraintdef(c.oid)
+        FROM pg_constraint c
+        WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'f')
+          AND NOT (c.contype IN ('p', 'u') AND EXISTS (
+                SELECT 1 FROM pg_constraint r
+                WHERE r.contype = 'f' AND r.confrelid = c.conrelid AND r.conindid = c.conindid))
+        ORDER BY c.contype = 'f' DESC, c.conname
+        """,
+        (table,),
+    ).fetchall()
+    idx = cur.execute(
+        """
+        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+        FROM pg_index i
+        WHERE i.indrelid = %s::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
+        ORDER BY 1
+        """,
+        (table,),
+    ).fetchall()
+    from psycopg import sql
+
+    for name, _, _ in cons:  # foreign keys first (ORDER BY above), then the keys
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(name)))
+    for name, _ in idx:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
+    keys = [(n, d) for n, t, d in cons if t != "f"]
+    fks = [(n, d) for n, t, d in cons if t == "f"]
+    restore = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in keys]
+    restore += [d for _, d in idx]
+    restore += [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in fks]
+    return restore
+
+
+def _check_empty(cur, reset: bool) -> None:
+    from psycopg import errors
+
+    try:
+        busy = [t for t in _FEEDRANK_TABLES if cur.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]]
+    except errors.UndefinedTable as e:
+        raise ValueError(
+            f"the schema is not applied to this database ({e.diag.message_primary}): "
+            "run `make migrate` (feedrank-api migrate) first"
+        ) from e
+    if busy and not reset:
+        raise ValueError(
+            f"the database is not empty (rows in {', '.join(busy)}): pass --reset to replace its "
+            "data (this deletes users, posts, interactions and recommendations)"
+        )
+
+
+def write_dataset(conn, ds: Dataset, reset: bool = False, chunk_rows: int = 1_000_000) -> LoadReport:
+    """Loads ``ds`` into the (migrated) database behind ``conn`` in one transaction.
+
+    Refuses a database that has rows in feedrank's tables unless ``reset``, which truncates them
+    (``CASCADE``) first.
+    """
+    from psycopg import sql
+
+    seconds: dict[str, float] = {}
+    user_str = uuid_strings(ds.user_ids)
+    post_str = uuid_strings(ds.post_ids)
+
+    def us_to_datetime(us: np.ndarray) -> list[dt.datetime]:
+        return (us.astype("datetime64[us]").astype(dt.datetime)).tolist()
+
+    with conn.transaction():
+        cur = conn.cursor()
+        _check_empty(cur, reset)
+        if reset:
+            cur.execute("TRUNCATE " + ", ".join(_FEEDRANK_TABLES) + " RESTART IDENTITY CASCADE")
+        # Bulk-load settings, local to this transaction.
+        cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
+
+        t = time.perf_counter()
+        created = us_to_datetime(ds.user_created_at)
+        with cur.copy("COPY users (id, username, display_name, avatar_url, created_at) FROM STDIN") as cp:
+            for row in zip(user_str, ds.usernames, ds.display_names, ds.avatar_urls, created):
+                cp.write_row(row)
+        seconds["users"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        created = us_to_datetime(ds.post_created_at)
+        authors = [user_str[a] for a in ds.post_author]
+        restore = _defer_constraints_and_indexes(cur, "posts")
+        with cur.copy(
+            "COPY posts (id, user_id, content, media_urls, created_at, updated_at) FROM STDIN"
+        ) as cp:
+            for row in zip(post_str, authors, ds.post_content, ds.post_media_urls, created, created):
+                cp.write_row(row)
+        for stmt in restore:
+            cur.execute(stmt)
+        seconds["posts"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        restore = _defer_constraints_and_indexes(cur, "user_interactions")
+        seconds["interactions_drop_indexes"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _copy_interactions(cur, ds, chunk_rows)
+        seconds["interactions_copy"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for stmt in restore:
+            cur.execute(stmt)
+        seconds["interactions_rebuild_indexes"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for table in ("users", "posts", "user_interactions"):
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        seconds["analyze"] = time.perf_counter() - t
+    return LoadReport(ds.n_users, ds.n_posts, ds.n_interactions, seconds)
+
+
+def _copy_interactions(cur, ds: Dataset, chunk_rows: int) -> None:
+    type_table, type_lengths = _coded_table([t.encode() for t in INTERACTION_TYPES])
+    columns = ["id", "user_id", "post_id", "interaction_type", "created_at"]
+    meta = None
+    if ds.interaction_metadata is not None:
+        columns.append("metadata")
+        # jsonb's binary form: a version byte (1) and the JSON text.
+        meta = _coded_table([None if m is None else b"\x01" + m.encode() for m in ds.metadata_table])
+    stmt = f"COPY user_interactions ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    with cur.copy(stmt) as cp:
+        cp.write(_SIGNATURE)
+        for start in range(0, ds.n_interactions, chunk_rows):
+            sl = slice(start, min(start + chunk_rows, ds.n_interactions))
+            fields = [
+                ("fixed", ds.interaction_ids[sl]),
+                ("fixed", ds.user_ids[ds.interaction_user[sl]]),
+                ("fixed", ds.post_ids[ds.interaction_post[sl]]),
+                ("coded", ds.interaction_type[sl], type_table, type_lengths),
+                ("fixed", _be_bytes(ds.interaction_created_at[sl] - _PG_EPOCH_US, ">i8")),
+            ]
+            if meta is not None:
+                fields.append(("coded", ds.interaction_metadata[sl], *meta))
+            cp.write(binary_copy_tuples(sl.stop - sl.start, fields))
+        cp.write(_TRAILER)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _end_time(value: str) -> dt.datetime:
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--end-time: not an ISO 8601 time: {value!r}") from e
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--synthetic", action="store_true",
+                     help="a synthetic Threads-like data set with planted topics (the default)")
+    src.add_argument("--movielens", metavar="DIR", type=Path,
+                     help="load a MovieLens directory (ratings.csv, movies.csv, tags.csv)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--users", type=int, default=2_000, help="synthetic users (default 2000)")
+    parser.add_argument("--posts", type=int, default=10_000, help="synthetic posts (default 10000)")
+    parser.add_argument("--interactions", type=int, default=200_000,
+                        help="synthetic interactions (default 200000)")
+    parser.add_argument("--end-time", type=_end_time, default=None, metavar="ISO",
+                        help="synthetic data covers the 30 days before this time "
+                             "(default: the start of the current UTC hour)")
+    parser.add_argument("--reset", action="store_true",
+                        help="replace existing data: TRUNCATE users, posts, interactions and "
+                             "recommendations (CASCADE) before loading")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL URL (default: $DATABASE_URL, else the project default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from feedrank import db
+
+    t0 = time.perf_counter()
+    if args.movielens is not None:
+        ds = load_movielens(args.movielens, seed=args.seed)
+    else:
+        ds = generate_synthetic(args.seed, args.users, args.posts, args.interactions, args.end_time)
+    t_gen = time.perf_counter() - t0
+    url = args.database_url or db.database_url()
+    try:
+        conn = db.connect(url)
+    except Exception as e:  # psycopg.OperationalError: say where, and how to fix it
+        raise ValueError(f"cannot connect to {url}: {e} (start the services: scripts/services.sh up)") from e
+    with conn:
+        report = write_dataset(conn, ds, reset=args.reset)
+    total = time.perf_counter() - t0
+    _print_summary(ds, report, db.database_name(url), t_gen, total)
+    return 0
+
+
+def _print_summary(ds: Dataset, report: LoadReport, dbname: str, t_gen: float, total: float) -> None:
+    counts = np.bincount(ds.interaction_type, minlength=len(INTERACTION_TYPES)) if ds.n_interactions else np.zeros(5, int)
+    share = {t: (c / max(ds.n_interactions, 1)) for t, c in zip(INTERACTION_TYPES, counts)}
+    active = len(np.unique(ds.interaction_user)) if ds.n_interactions else 0
+    print(f"demo-data: loaded {ds.source} into database {dbname}")
+    print(f"  users         {ds.n_users:>12,}   ({active:,} with interactions)")
+    print(f"  posts         {ds.n_posts:>12,}")
+    print(f"  interactions  {ds.n_interactions:>12,}   "
+          + ", ".join(f"{t} {100 * s:.1f}%" for t, s in share.items()))
+    if ds.n_interactions:
+        first = np.datetime64(int(ds.interaction_created_at.min()), "us")
+        last = np.datetime64(int(ds.interaction_created_at.max()), "us")
+        print(f"  time span     {str(first)[:19]}Z .. {str(last)[:19]}Z")
+    if ds.user_topics is not None:
+        print(f"  topics        {N_TOPICS} planted ({', '.join(TOPIC_NAMES[:6])}, ...)")
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    print(f"  time          {total:.1f}s total: generate/read {t_gen:.1f}s, {steps}")
