@@ -35,6 +35,7 @@ STEP=0
 T0=$SECONDS
 API_PID=""
 DAGSTER_PID=""
+STOP_SERVICES=0
 
 step() {
     STEP=$((STEP + 1))
@@ -74,6 +75,9 @@ cleanup() {
         stop_group "$API_PID" "the API"
         rm -f "$DEMO_DIR/pids"
         printf '    stopped.\n'
+    fi
+    if [[ $STOP_SERVICES == 1 ]]; then
+        scripts/services.sh down || true
     fi
     exit "$code"
 }
@@ -146,6 +150,11 @@ make_step "$API_BIN" "API binary $API_BIN"
 # --- 3. services, schema, data -------------------------------------------------------------------
 
 step "PostgreSQL and Redis (scripts/services.sh up)"
+# Services that were not running before are stopped again on exit (`services.sh down` stops only
+# what it started itself); the data stays in PostgreSQL.
+if ! scripts/services.sh status >/dev/null 2>&1; then
+    STOP_SERVICES=1
+fi
 scripts/services.sh up
 
 step "schema migrations (feedrank-api migrate)"
