@@ -1,0 +1,1 @@
+"""feedrank's Dagster code location (definitions in dagster_pipeline.definitions)."""

@@ -1,0 +1,693 @@
+"""The recommendation graph:
+
+    user_interactions_snapshot -> post_features, user_features -> recommendation_scores
+        -> user_recommendations
+
+Python here only moves arrays: PostgreSQL formats rows (COPY), polars parses and joins them,
+scipy assembles sparse matrices, and the numeric work (TF-IDF, similarities, hybrid scores, top-k,
+reasons, cache entries) is done by the ``feedrank`` extension in Rust. Every asset returns a
+bundle (see ``io_manager.py``) and metadata a person wants in the UI: counts, durations, score
+distribution.
+
+``recommendation_scores`` and ``user_recommendations`` are partitioned by user shard
+(``partitions.py``): a run can cover one shard or a range of shards; each shard is written as its
+own recommendation run, which becomes visible atomically.
+"""
+
+
+import io
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import feedrank
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from dagster_pipeline.config import RecommendationConfig, resolve_run
+from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, user_shards
+from dagster_pipeline.resources import PostgresResource, RedisResource
+
+ASSET_NAMES = (
+    "user_interactions_snapshot",
+    "post_features",
+    "user_features",
+    "recommendation_scores",
+    "user_recommendations",
+)
+COMPONENTS = ("collaborative", "content", "recency", "engagement")
+SHARD_POLICY = dg.BackfillPolicy.single_run()
+
+
+class Timer:
+    """Durations of the named steps of one asset, for its metadata."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def metadata(self) -> dict[str, Any]:
+        rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in self.steps.items())
+        return {
+            "duration_seconds": dg.MetadataValue.float(round(self.total(), 3)),
+            "step_durations": dg.MetadataValue.md(f"| step | seconds |\n|---|---|\n{rows}"),
+        }
+
+
+def _distribution(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    qs = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 0.99, 1.0])
+    return {
+        name: round(float(q), 5)
+        for name, q in zip(("min", "p10", "median", "p90", "p99", "max"), qs)
+    } | {"mean": round(float(values.mean()), 5)}
+
+
+def _shards(context: dg.AssetExecutionContext) -> list[str]:
+    return list(context.partition_keys)
+
+
+# ------------------------------------------------------------------------------------------------
+# user_interactions_snapshot
+
+
+@dg.asset(
+    description="Users, posts and the interactions of the last lookback_days, read in one "
+    "consistent snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices.",
+    kinds={"postgres", "polars"},
+)
+def user_interactions_snapshot(
+    context: dg.AssetExecutionContext, config: RecommendationConfig, postgres: PostgresResource
+):  # returns MaterializeResult(value=bundle): the annotation would declare no output
+    cfg = resolve_run(context, config)
+    timer = Timer()
+    types = list(cfg["interaction_weights"])  # the ScoringConfig's interaction types, in order
+    with postgres.connect() as conn:
+        conn.isolation_level = 3  # psycopg IsolationLevel.REPEATABLE_READ
+        with conn.cursor() as cur:
+            cur.execute("SELECT extract(epoch FROM now())::float8")
+            snapshot_at = float(cur.fetchone()[0])
+            with timer.step("copy users"):
+                users = postgres.copy_out(
+                    cur,
+                    sql.SQL("SELECT id, {} FROM users ORDER BY id").format(
+                        sql.SQL(SHARD_HASH_SQL).format(col=sql.Identifier("id"))
+                    ),
+                    None,
+                    {"user_id": pl.String, "shard_hash": pl.Int64},
+                )
+            with timer.step("copy posts"):
+                posts = postgres.copy_out(
+                    cur,
+                    sql.SQL(
+                        "SELECT id, user_id, extract(epoch FROM created_at)::float8, content "
+                        "FROM posts ORDER BY id"
+                    ),
+                    None,
+                    {
+                        "post_id": pl.String,
+                        "author_id": pl.String,
+                        "created_at": pl.Float64,
+                        "content": pl.String,
+                    },
+                )
+            with timer.step("copy interactions"):
+                raw = postgres.copy_out(
+                    cur,
+                    sql.SQL(
+                        "SELECT user_id, post_id, "
+                        "array_position(%s::text[], interaction_type::text) - 1, "
+                        "extract(epoch FROM created_at)::float8 "
+                        "FROM user_interactions "
+                        "WHERE created_at >= to_timestamp(%s) - make_interval(days => %s)"
+                    ),
+                    (types, snapshot_at, int(cfg["lookback_days"])),
+                    {
+                        "user_id": pl.String,
+                        "post_id": pl.String,
+                        "type": pl.Int8,
+                        "created_at": pl.Float64,
+                    },
+                )
+        conn.rollback()
+    with timer.step("map ids to indices"):
+        users = users.with_row_index("user_idx").with_columns(pl.col("user_idx").cast(pl.Int32))
+        posts = posts.with_row_index("post_idx").with_columns(pl.col("post_idx").cast(pl.Int32))
+        posts = posts.join(
+            users.select(pl.col("user_id").alias("author_id"), pl.col("user_idx").alias("author_idx")),
+            on="author_id",
+            how="left",
+            maintain_order="left",
+        ).with_columns(pl.col("author_idx").fill_null(-1))
+        interactions = (
+            raw.join(users.select("user_id", "user_idx"), on="user_id", how="inner")
+            .join(posts.select("post_id", "post_idx"), on="post_id", how="inner")
+            .select("user_idx", "post_idx", pl.col("type").fill_null(-1), "created_at")
+            .filter(pl.col("type") >= 0)
+        )
+    counts = interactions.group_by("type").len().sort("type")
+    per_type = {types[t]: int(n) for t, n in counts.iter_rows()}
+    active = interactions["user_idx"].n_unique() if interactions.height else 0
+    bundle = {
+        "users": users,
+        "posts": posts,
+        "interactions": interactions,
+        "snapshot_at": snapshot_at,
+        "lookback_days": int(cfg["lookback_days"]),
+        "interaction_types": types,
+    }
+    return dg.MaterializeResult(
+        value=bundle,
+        metadata={
+            "users": dg.MetadataValue.int(users.height),
+            "posts": dg.MetadataValue.int(posts.height),
+            "interactions": dg.MetadataValue.int(interactions.height),
+            "users_with_interactions": dg.MetadataValue.int(int(active)),
+            "interactions_by_type": dg.MetadataValue.json(per_type),
+            "lookback_days": dg.MetadataValue.int(int(cfg["lookback_days"])),
+            "snapshot_at": dg.MetadataValue.timestamp(snapshot_at),
+            **timer.metadata(),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# post_features
+
+
+def interaction_values(snapshot: dict[str, Any], cfg: dict[str, Any]) -> np.ndarray:
+    """Each interaction's weight, from its type (ScoringConfig.interaction_weights)."""
+    weights = np.array([cfg["interaction_weights"][t] for t in snapshot["interaction_types"]], np.float32)
+    return weights[snapshot["interactions"]["type"].to_numpy()]
+
+
+@dg.asset(
+    description="TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept as "
+    "JSON), age, recency and engagement (weighted interaction count) per post.",
+    kinds={"rust", "numpy"},
+)
+def post_features(
+    context: dg.AssetExecutionContext,
+    config: RecommendationConfig,
+    user_interactions_snapshot: dict[str, Any],
+):  # returns MaterializeResult(value=bundle): the annotation would declare no output
+    cfg = resolve_run(context, config)
+    snap = user_interactions_snapshot
+    timer = Timer()
+    posts: pl.DataFrame = snap["posts"]
+    n_posts = posts.height
+    with timer.step("tfidf (rust)"):
+        vectorizer = feedrank.TfidfVectorizer(min_df=1, max_df=1.0)
+        tfidf = sp.csr_matrix(vectorizer.fit_transform(posts["content"].to_list()), dtype=np.float32)
+        vocabulary_json = vectorizer.to_json()
+    with timer.step("recency and engagement"):
+        age_days = np.maximum(
+            (snap["snapshot_at"] - posts["created_at"].to_numpy()) / 86400.0, 0.0
+        ).astype(np.float32)
+        recency = np.exp(-age_days / np.float32(cfg["recency_tau_days"])).astype(np.float32)
+        inter = snap["interactions"]
+        engagement = np.bincount(
+            inter["post_idx"].to_numpy(),
+            weights=interaction_values(snap, cfg),
+            minlength=n_posts,
+        ).astype(np.float32)
+    bundle = {
+        "post_ids": posts.select("post_id"),
+        "post_author": posts["author_idx"].to_numpy().astype(np.int64),
+        "tfidf": tfidf,
+        "vocabulary_json": vocabulary_json,
+        "age_days": age_days,
+        "recency": recency,
+        "engagement": engagement,
+        "snapshot_at": snap["snapshot_at"],
+    }
+    nnz_per_post = tfidf.getnnz(axis=1)
+    return dg.MaterializeResult(
+        value=bundle,
+        metadata={
+            "posts": dg.MetadataValue.int(n_posts),
+            "vocabulary_size": dg.MetadataValue.int(int(tfidf.shape[1])),
+            "tfidf_nnz": dg.MetadataValue.int(int(tfidf.nnz)),
+            "posts_without_terms": dg.MetadataValue.int(int((nnz_per_post == 0).sum())),
+            "posts_without_interactions": dg.MetadataValue.int(int((engagement == 0).sum())),
+            "age_days": dg.MetadataValue.json(_distribution(age_days)),
+            "engagement": dg.MetadataValue.json(_distribution(engagement)),
+            **timer.metadata(),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# user_features
+
+
+@dg.asset(
+    description="Each user's weighted interaction vector (users x posts, interaction-type "
+    "weights from config), the posts they hid, and their content profile (their weighted "
+    "interactions times the posts' TF-IDF, l2-normalized).",
+    kinds={"scipy", "numpy"},
+)
+def user_features(
+    context: dg.AssetExecutionContext,
+    config: RecommendationConfig,
+    user_interactions_snapshot: dict[str, Any],
+):  # returns MaterializeResult(value=bundle): the annotation would declare no output
+    cfg = resolve_run(context, config)
+    snap = user_interactions_snapshot
+    timer = Timer()
+    users: pl.DataFrame = snap["users"]
+    n_users, n_posts = users.height, snap["posts"].height
+    inter = snap["interactions"]
+    with timer.step("interaction matrix"):
+        rows = inter["user_idx"].to_numpy()
+        cols = inter["post_idx"].to_numpy()
+        values = interaction_values(snap, cfg)
+        positive = values > 0
+        matrix = sp.csr_matrix(
+            (values[positive], (rows[positive], cols[positive])),
+            shape=(n_users, n_posts),
+            dtype=np.float32,
+        )
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+        hide_code = snap["interaction_types"].index("hide") if "hide" in snap["interaction_types"] else -1
+        hidden_mask = inter["type"].to_numpy() == hide_code
+        hidden = sp.csr_matrix(
+            (
+                np.ones(int(hidden_mask.sum()), np.float32),
+                (rows[hidden_mask], cols[hidden_mask]),
+            ),
+            shape=(n_users, n_posts),
+            dtype=np.float32,
+        )
+        hidden.sum_duplicates()
+        hidden.data[:] = 1.0
+    history = np.diff(matrix.indptr).astype(np.int32)
+    bundle = {
+        "user_ids": users.select("user_id"),
+        "shard_hash": users["shard_hash"].to_numpy(),
+        "interactions": matrix,
+        "hidden": hidden,
+        "history_length": history,
+        "snapshot_at": snap["snapshot_at"],
+    }
+    return dg.MaterializeResult(
+        value=bundle,
+        metadata={
+            "users": dg.MetadataValue.int(n_users),
+            "users_with_history": dg.MetadataValue.int(int((history > 0).sum())),
+            "cold_start_users": dg.MetadataValue.int(int((history == 0).sum())),
+            "matrix_nnz": dg.MetadataValue.int(int(matrix.nnz)),
+            "hidden_pairs": dg.MetadataValue.int(int(hidden.nnz)),
+            "history_length": dg.MetadataValue.json(_distribution(history[history > 0].astype(np.float64))),
+            **timer.metadata(),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# recommendation_scores
+
+
+def shard_users(shard_hash: np.ndarray, shard_key: str) -> np.ndarray:
+    index, count = parse_shard_key(shard_key)
+    return np.flatnonzero(np.asarray(shard_hash) % count == index).astype(np.int64)
+
+
+def validate_scores(
+    bundle: dict[str, Any], post_author: np.ndarray, hidden: sp.csr_matrix, weights: dict[str, float]
+) -> tuple[bool, dict[str, Any]]:
+    """The invariants a shard's scores must hold before anything is written."""
+    idx = bundle["indices"]
+    valid = idx >= 0
+    scores = bundle["scores"][valid]
+    comps = bundle["components"][valid]
+    users = bundle["user_idx"]
+    max_score = float(sum(weights.values())) + 1e-4
+    non_finite = int((~np.isfinite(scores)).sum() + (~np.isfinite(comps)).sum())
+    out_of_range = int(((scores < -1e-6) | (scores > max_score)).sum())
+    comps_out = int(((comps < -1e-6) | (comps > 1 + 1e-6)).sum())
+    own = int((post_author[np.where(valid, idx, 0)] == users[:, None])[valid].sum())
+    row_of = np.full(hidden.shape[0], -1, np.int64)
+    row_of[users] = np.arange(users.size)
+    hcoo = hidden.tocoo()
+    rows = row_of[hcoo.row]
+    sel = rows >= 0
+    hidden_hits = int((idx[rows[sel]] == hcoo.col[sel, None]).any(axis=1).sum()) if sel.any() else 0
+    duplicates = 0
+    if idx.size:
+        srt = np.sort(np.where(valid, idx, -1 - np.arange(idx.shape[1])), axis=1)
+        duplicates = int((srt[:, 1:] == srt[:, :-1]).sum())
+    facts = {
+        "non_finite": non_finite,
+        "scores_out_of_range": out_of_range,
+        "components_out_of_range": comps_out,
+        "own_posts": own,
+        "hidden_posts": hidden_hits,
+        "duplicate_posts": duplicates,
+    }
+    return all(v == 0 for v in facts.values()), facts
+
+
+@dg.asset(
+    description="Top top_k posts per user by the hybrid score (feedrank.hybrid_topk), in batches "
+    "of batch_size users, with each component kept. Users without history get fresh and popular "
+    "posts; posts without interactions compete through content and recency.",
+    partitions_def=user_shards,
+    backfill_policy=SHARD_POLICY,
+    kinds={"rust"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "scores_valid",
+            asset="recommendation_scores",
+            blocking=True,
+            description="Scores finite and within [0, sum(weights)], components in [0, 1], no "
+            "post of the user's own, none the user hid, no duplicates. Blocks the write.",
+        )
+    ],
+)
+def recommendation_scores(
+    context: dg.AssetExecutionContext,
+    config: RecommendationConfig,
+    post_features: dict[str, Any],
+    user_features: dict[str, Any],
+):  # returns MaterializeResult(value=bundle): the annotation would declare no output
+    cfg = resolve_run(context, config)
+    timer = Timer()
+    k, batch = int(cfg["top_k"]), int(cfg["batch_size"])
+    weights = dict(cfg["weights"])
+    interactions, hidden = user_features["interactions"], user_features["hidden"]
+    history = np.asarray(user_features["history_length"])
+    with timer.step("load arrays"):
+        tfidf = post_features["tfidf"]
+        age = np.asarray(post_features["age_days"])
+        engagement = np.asarray(post_features["engagement"])
+        author = np.asarray(post_features["post_author"])
+    outputs: dict[str, dict[str, Any]] = {}
+    kernel_seconds = 0.0
+    all_scores: list[np.ndarray] = []
+    per_shard: dict[str, dict[str, int]] = {}
+    for shard in _shards(context):
+        users = shard_users(user_features["shard_hash"], shard)
+        m = users.size
+        indices = np.full((m, k), -1, np.int32)
+        scores = np.zeros((m, k), np.float32)
+        components = np.zeros((m, k, 4), np.float32)
+        for start in range(0, m, batch):
+            part = users[start : start + batch]
+            t = time.perf_counter()
+            result = feedrank.hybrid_topk(
+                interactions,
+                tfidf,
+                age,
+                engagement,
+                author,
+                part,
+                k=k,
+                weights=weights,
+                neighbors=int(cfg["neighbors"]),
+                recency_tau_days=float(cfg["recency_tau_days"]),
+                collaborative=cfg["collaborative"],
+                weighting=cfg["weighting"],
+                exclude=hidden,
+            )
+            kernel_seconds += time.perf_counter() - t
+            got = result["indices"].shape[1]
+            indices[start : start + part.size, :got] = result["indices"]
+            scores[start : start + part.size, :got] = result["scores"]
+            components[start : start + part.size, :got] = result["components"]
+        with timer.step("package"):
+            user_ids = user_features["user_ids"].select(pl.col("user_id").gather(users))
+            outputs[shard] = {
+                "user_idx": users,
+                "user_ids": user_ids,
+                "post_ids": post_features["post_ids"],
+                "indices": indices,
+                "scores": scores,
+                "components": components,
+                "config": cfg,
+                "snapshot_at": user_features["snapshot_at"],
+                "shard": shard,
+            }
+            valid = indices >= 0
+            all_scores.append(scores[valid])
+            per_shard[shard] = {
+                "users": int(m),
+                "cold_start_users": int((history[users] == 0).sum()),
+                "users_without_recommendations": int((~valid.any(axis=1)).sum()),
+                "rows": int(valid.sum()),
+            }
+    timer.steps["hybrid_topk (rust)"] = kernel_seconds
+    with timer.step("validate"):
+        checks = {s: validate_scores(b, author, hidden, weights) for s, b in outputs.items()}
+    passed = all(ok for ok, _ in checks.values())
+    facts = {s: f for s, (_, f) in checks.items()}
+    flat = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
+    comp_means = {}
+    for i, name in enumerate(COMPONENTS):
+        vals = [b["components"][..., i][b["indices"] >= 0] for b in outputs.values()]
+        v = np.concatenate(vals) if vals else np.zeros(0)
+        comp_means[name] = round(float(v.mean()), 4) if v.size else 0.0
+    value: Any = outputs if len(outputs) > 1 else next(iter(outputs.values()))
+    totals = {key: sum(s[key] for s in per_shard.values()) for key in next(iter(per_shard.values()))}
+    return dg.MaterializeResult(
+        value=value,
+        metadata={
+            "shards": dg.MetadataValue.json(per_shard),
+            "users_covered": dg.MetadataValue.int(totals["users"] - totals["users_without_recommendations"]),
+            "cold_start_users": dg.MetadataValue.int(totals["cold_start_users"]),
+            "rows": dg.MetadataValue.int(totals["rows"]),
+            "top_k": dg.MetadataValue.int(k),
+            "batch_size": dg.MetadataValue.int(batch),
+            "weights": dg.MetadataValue.json(weights),
+            "score_distribution": dg.MetadataValue.json(_distribution(flat)),
+            "component_means": dg.MetadataValue.json(comp_means),
+            "kernel_seconds": dg.MetadataValue.float(round(kernel_seconds, 3)),
+            **timer.metadata(),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="scores_valid",
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"violations": dg.MetadataValue.json(facts)},
+            )
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# user_recommendations
+
+COPY_COLUMNS = (
+    "run_id",
+    "user_id",
+    "post_id",
+    "score",
+    "collaborative_score",
+    "content_score",
+    "recency_score",
+    "engagement_score",
+    "reason",
+    "generated_at",
+    "expires_at",
+)
+# Users per COPY chunk: bounds the CSV held in memory (about 150 bytes a row).
+WRITE_CHUNK_USERS = 5000
+REDIS_PIPELINE_USERS = 500
+
+
+def _rows_frame(
+    scores_bundle: dict[str, Any],
+    lo: int,
+    hi: int,
+    post_ids: pl.Series,
+    weights: dict[str, float],
+) -> pl.DataFrame:
+    idx = scores_bundle["indices"][lo:hi]
+    k = idx.shape[1]
+    valid = (idx >= 0).ravel()
+    flat_idx = idx.ravel()[valid]
+    comps = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, 4)[valid])
+    user_rows = np.repeat(np.arange(lo, hi), k)[valid]
+    return pl.DataFrame(
+        {
+            "user_id": scores_bundle["user_ids"]["user_id"].gather(user_rows),
+            "post_id": post_ids.gather(flat_idx),
+            "score": scores_bundle["scores"][lo:hi].ravel()[valid],
+            "collaborative_score": comps[:, 0],
+            "content_score": comps[:, 1],
+            "recency_score": comps[:, 2],
+            "engagement_score": comps[:, 3],
+            "reason": pl.Series(feedrank.reasons(comps, weights), dtype=pl.String),
+        }
+    )
+
+
+def write_shard(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    redis_res: RedisResource,
+    bundle: dict[str, Any],
+    timer: Timer,
+) -> dict[str, Any]:
+    """One shard: a recommendation run, its rows by COPY, the flip to complete, clean-up, Redis."""
+    cfg = bundle["config"]
+    weights = dict(cfg["weights"])
+    shard = bundle["shard"]
+    n_users = int(bundle["user_idx"].size)
+    post_ids = bundle["post_ids"]["post_id"]
+    run_config = {k: v for k, v in cfg.items()} | {"snapshot_at": bundle["snapshot_at"]}
+    with postgres.connect() as conn:
+        with timer.step("create run"), conn.transaction():
+            run_id, generated_at, expires_at = conn.execute(
+                "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config) "
+                "VALUES ('building', %s, %s, %s) "
+                "RETURNING id, extract(epoch FROM started_at)::float8, "
+                "to_char((started_at + make_interval(hours => %s)) AT TIME ZONE 'UTC', "
+                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                (shard, context.run.run_id, Jsonb(run_config), int(cfg["expires_after_hours"])),
+            ).fetchone()
+        generated_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at))
+        rows = 0
+        try:
+            with timer.step("copy rows"), conn.transaction():
+                with conn.cursor().copy(
+                    sql.SQL("COPY user_recommendations ({}) FROM STDIN (FORMAT csv)").format(
+                        sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
+                    )
+                ) as copy:
+                    for lo in range(0, n_users, WRITE_CHUNK_USERS):
+                        hi = min(lo + WRITE_CHUNK_USERS, n_users)
+                        frame = _rows_frame(bundle, lo, hi, post_ids, weights)
+                        rows += frame.height
+                        buf = io.BytesIO()
+                        frame.select(
+                            pl.lit(run_id).alias("run_id"),
+                            pl.all(),
+                            pl.lit(generated_iso).alias("generated_at"),
+                            pl.lit(expires_at).alias("expires_at"),
+                        ).write_csv(buf, include_header=False)
+                        copy.write(buf.getbuffer())
+            with timer.step("flip to complete"), conn.transaction():
+                conn.execute(
+                    "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
+                    "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
+                    (n_users, rows, run_id),
+                )
+        except BaseException:
+            conn.rollback()
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE recommendation_runs SET status = 'failed', completed_at = now() "
+                    "WHERE id = %s",
+                    (run_id,),
+                )
+            raise
+        with timer.step("clean up"), conn.transaction():
+            # Older runs of this shard, failed runs, runs stuck in 'building' for a day (their
+            # process died), then rows past their expiry (runs of another shard layout).
+            superseded = conn.execute(
+                "DELETE FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
+                "AND id < %s) OR status = 'failed' OR "
+                "(status = 'building' AND started_at < now() - interval '1 day') RETURNING id",
+                (shard, run_id),
+            ).fetchall()
+            expired = conn.execute(
+                "DELETE FROM user_recommendations WHERE expires_at < now()"
+            ).rowcount
+    # Redis only after the commit: a reader never finds a cached run the table does not have.
+    with timer.step("redis"):
+        cached = write_cache(redis_res, bundle, run_id, int(generated_at), int(cfg["cache_ttl_seconds"]))
+    return {
+        "run_id": int(run_id),
+        "users": n_users,
+        "rows": rows,
+        "cached_users": cached,
+        "runs_removed": len(superseded),
+        "expired_rows_removed": int(expired),
+    }
+
+
+def write_cache(
+    redis_res: RedisResource, bundle: dict[str, Any], run_id: int, generated_at: int, ttl: int
+) -> int:
+    """Each user's list as the shared cache entry (feedrank.encode_cache_entry), pipelined."""
+    weights = dict(bundle["config"]["weights"])
+    post_ids = bundle["post_ids"]["post_id"].to_numpy()
+    user_ids = bundle["user_ids"]["user_id"].to_list()
+    indices, scores, components = bundle["indices"], bundle["scores"], bundle["components"]
+    client = redis_res.client()
+    written = 0
+    try:
+        pipe = client.pipeline(transaction=False)
+        for row, user_id in enumerate(user_ids):
+            idx = indices[row]
+            n = int((idx >= 0).sum())  # -1 padding only at the end
+            entry = feedrank.encode_cache_entry(
+                run_id,
+                generated_at,
+                post_ids[idx[:n]].tolist(),
+                np.ascontiguousarray(scores[row, :n]),
+                np.ascontiguousarray(components[row, :n]),
+                weights,
+            )
+            pipe.set(feedrank.recommendations_key(redis_res.key_prefix, user_id), entry, ex=ttl)
+            written += 1
+            if written % REDIS_PIPELINE_USERS == 0:
+                pipe.execute()
+        pipe.execute()
+    finally:
+        client.close()
+    return written
+
+
+@dg.asset(
+    description="Recommendations written to PostgreSQL (one recommendation run per shard, rows by "
+    "COPY, made visible by one short transaction; older, failed and expired runs removed) and, "
+    "after the commit, each user's list to Redis (feedrank cache entry, TTL from config).",
+    partitions_def=user_shards,
+    backfill_policy=SHARD_POLICY,
+    kinds={"postgres", "redis"},
+)
+def user_recommendations(
+    context: dg.AssetExecutionContext,
+    config: RecommendationConfig,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    recommendation_scores: dict[str, Any],
+) -> dg.MaterializeResult:
+    resolve_run(context, config)
+    timer = Timer()
+    shards = _shards(context)
+    bundles = recommendation_scores if len(shards) > 1 else {shards[0]: recommendation_scores}
+    results = {shard: write_shard(context, postgres, redis, bundles[shard], timer) for shard in shards}
+    total = lambda key: sum(r[key] for r in results.values())  # noqa: E731
+    return dg.MaterializeResult(
+        metadata={
+            "recommendation_runs": dg.MetadataValue.json({s: r["run_id"] for s, r in results.items()}),
+            "users": dg.MetadataValue.int(total("users")),
+            "rows": dg.MetadataValue.int(total("rows")),
+            "cached_users": dg.MetadataValue.int(total("cached_users")),
+            "runs_removed": dg.MetadataValue.int(total("runs_removed")),
+            "expired_rows_removed": dg.MetadataValue.int(total("expired_rows_removed")),
+            **timer.metadata(),
+        },
+    )

@@ -1,0 +1,246 @@
+"""Asset checks of what the pipeline wrote, read back from PostgreSQL and Redis.
+
+They look at the recommendation runs this Dagster run wrote (``recommendation_runs.dagster_run_id``);
+run on their own (from the UI), at the newest complete run of each shard of the current layout.
+``recommendation_scores`` has its own blocking check (``scores_valid``, in assets.py) that stops a
+bad run before it writes anything.
+"""
+
+
+import random
+from typing import Any
+
+import dagster as dg
+import feedrank
+from psycopg import sql
+
+from dagster_pipeline.assets import user_recommendations
+from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, user_shards
+from dagster_pipeline.resources import PostgresResource, RedisResource
+
+REDIS_SAMPLE_USERS = 200
+
+
+def checked_runs(context: dg.AssetCheckExecutionContext, conn) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, shard, config FROM recommendation_runs "
+        "WHERE dagster_run_id = %s AND status = 'complete' ORDER BY id",
+        (context.run.run_id,),
+    ).fetchall()
+    if not rows:
+        rows = conn.execute(
+            "SELECT DISTINCT ON (shard) id, shard, config FROM recommendation_runs "
+            "WHERE status = 'complete' AND shard = ANY(%s) ORDER BY shard, id DESC",
+            (list(user_shards.get_partition_keys()),),
+        ).fetchall()
+    return [{"id": r[0], "shard": r[1], "config": r[2]} for r in rows]
+
+
+def _no_runs() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, metadata={"error": "no complete recommendation run found"})
+
+
+@dg.asset_check(
+    asset=user_recommendations,
+    description="Every user that existed at snapshot time has recommendations in the run that "
+    "covers their shard, and that run is the one readers get (current_recommendation_run).",
+)
+def every_user_has_recommendations(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    missing_total, not_current, expected_total = 0, 0, 0
+    examples: list[str] = []
+    with postgres.connect() as conn:
+        runs = checked_runs(context, conn)
+        if not runs:
+            return _no_runs()
+        for run in runs:
+            index, count = parse_shard_key(run["shard"])
+            shard_filter = sql.SQL(SHARD_HASH_SQL).format(col=sql.SQL("u.id"))
+            users_q = sql.SQL(
+                "SELECT u.id FROM users u WHERE {h} %% %s = %s "
+                "AND u.created_at <= to_timestamp(%s)"
+            ).format(h=shard_filter)
+            params = (count, index, float(run["config"]["snapshot_at"]))
+            expected = conn.execute(
+                sql.SQL("SELECT count(*) FROM ({}) s").format(users_q), params
+            ).fetchone()[0]
+            missing = conn.execute(
+                sql.SQL(
+                    "SELECT s.id::text FROM ({}) s WHERE NOT EXISTS (SELECT 1 FROM "
+                    "user_recommendations r WHERE r.user_id = s.id AND r.run_id = %s)"
+                ).format(users_q),
+                (*params, run["id"]),
+            ).fetchall()
+            stale = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM ({}) s WHERE current_recommendation_run(s.id) "
+                    "IS DISTINCT FROM %s AND EXISTS (SELECT 1 FROM user_recommendations r "
+                    "WHERE r.user_id = s.id AND r.run_id = %s)"
+                ).format(users_q),
+                (*params, run["id"], run["id"]),
+            ).fetchone()[0]
+            expected_total += expected
+            missing_total += len(missing)
+            not_current += stale
+            examples += [m[0] for m in missing[:5]]
+    return dg.AssetCheckResult(
+        passed=missing_total == 0 and not_current == 0,
+        metadata={
+            "runs": dg.MetadataValue.json([r["id"] for r in runs]),
+            "users_expected": dg.MetadataValue.int(expected_total),
+            "users_missing": dg.MetadataValue.int(missing_total),
+            "users_served_another_run": dg.MetadataValue.int(not_current),
+            "examples": dg.MetadataValue.json(examples[:10]),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=user_recommendations,
+    description="Stored scores are finite and within [0, sum of weights]; components in [0, 1].",
+)
+def stored_scores_in_range(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    bad_total, rows_total = 0, 0
+    with postgres.connect() as conn:
+        runs = checked_runs(context, conn)
+        if not runs:
+            return _no_runs()
+        for run in runs:
+            max_score = float(sum(run["config"]["weights"].values())) + 1e-4
+            bad, n = conn.execute(
+                "SELECT count(*) FILTER (WHERE NOT (score BETWEEN 0 AND %s) "
+                "OR score = 'NaN'::float8 "
+                "OR NOT (collaborative_score BETWEEN 0 AND 1.000001) "
+                "OR NOT (content_score BETWEEN 0 AND 1.000001) "
+                "OR NOT (recency_score BETWEEN 0 AND 1.000001) "
+                "OR NOT (engagement_score BETWEEN 0 AND 1.000001)), count(*) "
+                "FROM user_recommendations WHERE run_id = %s",
+                (max_score, run["id"]),
+            ).fetchone()
+            bad_total += bad
+            rows_total += n
+    return dg.AssetCheckResult(
+        passed=bad_total == 0 and rows_total > 0,
+        metadata={
+            "rows_checked": dg.MetadataValue.int(rows_total),
+            "rows_out_of_range": dg.MetadataValue.int(bad_total),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=user_recommendations,
+    description="No stored recommendation points at a deleted post, at the user's own post or at "
+    "a post the user hid.",
+)
+def no_deleted_own_or_hidden_posts(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    counts = {"deleted": 0, "own": 0, "hidden": 0}
+    with postgres.connect() as conn:
+        runs = checked_runs(context, conn)
+        if not runs:
+            return _no_runs()
+        ids = [r["id"] for r in runs]
+        deleted, own = conn.execute(
+            "SELECT count(*) FILTER (WHERE p.id IS NULL), count(*) FILTER (WHERE p.user_id = r.user_id) "
+            "FROM user_recommendations r LEFT JOIN posts p ON p.id = r.post_id "
+            "WHERE r.run_id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+        hidden = conn.execute(
+            "SELECT count(*) FROM user_recommendations r WHERE r.run_id = ANY(%s) AND EXISTS "
+            "(SELECT 1 FROM user_interactions i WHERE i.user_id = r.user_id "
+            "AND i.post_id = r.post_id AND i.interaction_type = 'hide')",
+            (ids,),
+        ).fetchone()[0]
+        counts = {"deleted": deleted, "own": own, "hidden": hidden}
+    return dg.AssetCheckResult(
+        passed=sum(counts.values()) == 0,
+        metadata={f"{k}_posts": dg.MetadataValue.int(int(v)) for k, v in counts.items()},
+    )
+
+
+@dg.asset_check(
+    asset=user_recommendations,
+    description=f"For a sample of up to {REDIS_SAMPLE_USERS} users, the Redis entry decodes "
+    "(feedrank.decode_cache_entry) and lists the table's rows of the same run in the same order "
+    "with the same scores.",
+)
+def redis_matches_table(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, redis: RedisResource
+) -> dg.AssetCheckResult:
+    mismatches: list[dict[str, Any]] = []
+    sampled = 0
+    client = redis.client()
+    try:
+        with postgres.connect() as conn:
+            runs = checked_runs(context, conn)
+            if not runs:
+                return _no_runs()
+            for run in runs:
+                users = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT user_id::text FROM user_recommendations WHERE run_id = %s",
+                        (run["id"],),
+                    ).fetchall()
+                ]
+                rng = random.Random(run["id"])
+                sample = rng.sample(users, min(len(users), max(1, REDIS_SAMPLE_USERS // len(runs))))
+                for user_id in sample:
+                    sampled += 1
+                    rows = conn.execute(
+                        "SELECT post_id::text, score FROM user_recommendations "
+                        "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
+                        (run["id"], user_id),
+                    ).fetchall()
+                    raw = client.get(feedrank.recommendations_key(redis.key_prefix, user_id))
+                    problem = _compare(raw, run["id"], rows)
+                    if problem:
+                        mismatches.append({"user_id": user_id, "problem": problem})
+    finally:
+        client.close()
+    return dg.AssetCheckResult(
+        passed=not mismatches and sampled > 0,
+        metadata={
+            "users_sampled": dg.MetadataValue.int(sampled),
+            "mismatches": dg.MetadataValue.int(len(mismatches)),
+            "examples": dg.MetadataValue.json(mismatches[:5]),
+        },
+    )
+
+
+def _compare(raw: bytes | None, run_id: int, rows: list[tuple[str, float]]) -> str | None:
+    if raw is None:
+        return "no Redis entry"
+    try:
+        entry = feedrank.decode_cache_entry(raw)
+    except ValueError as e:
+        return f"entry does not decode: {e}"
+    if entry["run_id"] != run_id:
+        return f"entry is of run {entry['run_id']}, table of run {run_id}"
+    items = entry["items"]
+    if len(items) != len(rows):
+        return f"{len(items)} cached items, {len(rows)} rows"
+    cached = {it["post_id"]: it["score"] for it in items}
+    table = {p: float(sc) for p, sc in rows}
+    if cached.keys() != table.keys():
+        return "post ids differ"
+    # The table stores the float32 score as float8: equal up to float32 precision.
+    if any(abs(cached[p] - table[p]) > 1e-6 * max(1.0, abs(table[p])) for p in table):
+        return "scores differ"
+    if any(a["score"] < b["score"] for a, b in zip(items, items[1:])):
+        return "cached items not in descending score order"
+    return None
+
+
+ALL_CHECKS = [
+    every_user_has_recommendations,
+    stored_scores_in_range,
+    no_deleted_own_or_hidden_posts,
+    redis_matches_table,
+]

@@ -1,0 +1,60 @@
+"""User shards: the scoring and writing steps can be split by a stable hash of the user id.
+
+A user's shard is ``shard_hash(user_id) % shard_count`` where ``shard_hash`` is the first 32 bits
+of ``md5(user_id::text)``. The hash is computed by PostgreSQL (``SHARD_HASH_SQL``) when the
+snapshot is read and by the asset checks, so the Python side never re-implements it; md5 is stable
+across versions and machines (unlike Python's salted ``hash``) and spreads time-ordered UUIDs
+(v7) as evenly as random ones.
+
+The shard count is fixed when the code location loads (Dagster partitions are static):
+``FEEDRANK_USER_SHARDS`` (default 4). Changing it changes which users a shard holds; runs of the
+old layout stay served until their rows expire (``expires_after_hours``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+DEFAULT_SHARDS = 4
+
+
+def shard_count_from_env() -> int:
+    raw = os.environ.get("FEEDRANK_USER_SHARDS", str(DEFAULT_SHARDS))
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"FEEDRANK_USER_SHARDS: must be an integer >= 1, got {raw!r}") from None
+    if not 1 <= n <= 1024:
+        raise ValueError(f"FEEDRANK_USER_SHARDS: must be between 1 and 1024, got {n}")
+    return n
+
+
+SHARD_COUNT = shard_count_from_env()
+
+
+def shard_keys(count: int) -> list[str]:
+    """Partition keys ``"00-of-04"`` ... : sortable, and they name the layout they belong to."""
+    width = len(str(count - 1)) if count > 1 else 1
+    width = max(width, 2)
+    return [f"{i:0{width}d}-of-{count:0{width}d}" for i in range(count)]
+
+
+def parse_shard_key(key: str) -> tuple[int, int]:
+    """``"03-of-08"`` -> ``(3, 8)``."""
+    try:
+        index, count = key.split("-of-")
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ValueError(f"shard key: expected 'I-of-N', got {key!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard key: index {i} out of range for {n} shards")
+    return i, n
+
+
+user_shards = dg.StaticPartitionsDefinition(shard_keys(SHARD_COUNT))
+
+# 32-bit shard hash of a uuid column, as bigint. Parameterless SQL fragment (column name inserted
+# by the caller through psycopg.sql.Identifier).
+SHARD_HASH_SQL = "('x' || substr(md5({col}::text), 1, 8))::bit(32)::bigint"

@@ -1,0 +1,106 @@
+"""Clients of the services the pipeline reads and writes, as Dagster resources.
+
+Configured in ``definitions.py`` through ``dg.EnvVar`` (``DATABASE_URL``, ``REDIS_URL``), so the
+values are read when a run starts, never when the code location is imported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import psycopg
+import redis
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """PostgreSQL, by URL (``postgres://user@host:port/db``)."""
+
+    database_url: str
+
+    @contextmanager
+    def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+        conn = psycopg.connect(self.database_url, autocommit=autocommit)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def copy_out(
+        cur: psycopg.Cursor,
+        query: sql.Composable,
+        params: tuple | None,
+        schema: dict[str, pl.DataType],
+    ) -> pl.DataFrame:
+        """Runs ``COPY (query) TO STDOUT`` (CSV) and parses the bytes with polars.
+
+        The bulk path: PostgreSQL formats the rows and polars parses them in Rust, with no Python
+        object per row. ``params`` are bound client-side by psycopg; ``schema`` names and types
+        the columns in the query's order.
+        """
+        statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+        buf = io.BytesIO()
+        with cur.copy(statement, params) as copy:
+            for chunk in copy:
+                buf.write(chunk)
+        if buf.tell() == 0:
+            return pl.DataFrame(schema=schema)
+        buf.seek(0)
+        return pl.read_csv(buf, has_header=False, new_columns=list(schema), schema=schema)
+
+
+class RedisResource(dg.ConfigurableResource):
+    """Redis, by URL, with the key prefix of this installation (empty in production; tests set
+    one so that they never touch real keys)."""
+
+    redis_url: str
+    key_prefix: str = ""
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+
+class AlertNotifier(dg.ConfigurableResource):
+    """Where run failures are reported.
+
+    By default a log line (WARNING, logger ``dagster_pipeline.alerts``). When a webhook URL is
+    configured, or the environment variable named by ``webhook_url_env`` (``ALERT_WEBHOOK_URL``)
+    is set when the sensor runs, the alert is also POSTed there as JSON
+    ``{"text", "job", "run_id", "error"}`` (Slack-compatible ``text``).
+    """
+
+    webhook_url: str | None = None
+    webhook_url_env: str = "ALERT_WEBHOOK_URL"
+    timeout_seconds: float = 10.0
+
+    def target_url(self) -> str | None:
+        return self.webhook_url or os.environ.get(self.webhook_url_env) or None
+
+    def notify(self, *, job: str, run_id: str, error: str) -> dict[str, Any]:
+        text = f"feedrank pipeline: run {run_id} of job {job} failed: {error}"
+        payload = {"text": text, "job": job, "run_id": run_id, "error": error}
+        logging.getLogger("dagster_pipeline.alerts").warning(text)
+        url = self.target_url()
+        if url:
+            req = urllib.request.Request(
+                url,
+                data=json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(req, timeout=self.timeout_seconds) as resp:
+                if resp.status >= 300:
+                    raise RuntimeError(f"webhook_url: POST answered {resp.status}")
+        return payload
