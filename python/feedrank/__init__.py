@@ -1,5 +1,40 @@
-"""feedrank: personalized feed ranking kernels (Rust) for Python."""
+"""feedrank: personalized feed ranking kernels (Rust) for Python.
 
-from feedrank._core import __version__
+Every function releases the GIL while it computes and validates its arguments: a wrong dtype or
+type raises ``TypeError``, a bad value ``ValueError``, and the message starts with the argument's
+name (``"k: must be >= 1, got 0"``).
 
-__all__ = ["__version__"]
+>>> import numpy as np, feedrank
+>>> feedrank.permutation(5, seed=42).tolist() == feedrank.shuffle(np.arange(5), seed=42).tolist()
+True
+"""
+
+from feedrank._core import (
+    __version__,
+    component_names,
+    decode_cache_entry,
+    default_config,
+    encode_cache_entry,
+    metrics_at_k,
+    permutation,
+    ranking_metrics,
+    reasons,
+    recommendations_key,
+    shuffle,
+    validate_config,
+)
+
+__all__ = [
+    "__version__",
+    "component_names",
+    "decode_cache_entry",
+    "default_config",
+    "encode_cache_entry",
+    "metrics_at_k",
+    "permutation",
+    "ranking_metrics",
+    "reasons",
+    "recommendations_key",
+    "shuffle",
+    "validate_config",
+]

@@ -1,0 +1,190 @@
+//! The shared contracts of `feedrank-core` (config.rs, cache.rs) for the pipeline: the same code
+//! the API runs, so writer and reader cannot drift apart.
+
+use feedrank_core::cache::{self, CachedFeed, CachedRecommendation};
+use feedrank_core::config::{HybridWeights, Reason, ScoringConfig, COMPONENTS};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::convert::{floats_1d, floats_2d};
+use crate::error::{type_error, value_error, IntoPyResult};
+
+fn json_loads<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (s,))
+}
+
+fn json_dumps(py: Python<'_>, obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<String> {
+    py.import("json")?
+        .call_method1("dumps", (obj,))
+        .map_err(|e| type_error(arg, format!("must be JSON-serializable: {e}")))?
+        .extract()
+}
+
+/// Hybrid weights from a 4-sequence `(collaborative, content, recency, engagement)` or a dict
+/// with exactly those keys; validated (finite, >= 0, not all zero).
+pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {
+    let w = if let Ok(d) = obj.cast::<PyDict>() {
+        let mut w = [0f32; 4];
+        for (key, _) in d.iter() {
+            let key: String = key
+                .extract()
+                .map_err(|_| type_error("weights", "keys must be strings"))?;
+            if !COMPONENTS.contains(&key.as_str()) {
+                return Err(value_error(
+                    "weights",
+                    format!("unknown component {key:?} (expected {COMPONENTS:?})"),
+                ));
+            }
+        }
+        for (slot, name) in w.iter_mut().zip(COMPONENTS) {
+            let v = d
+                .get_item(name)?
+                .ok_or_else(|| value_error("weights", format!("missing {name:?}")))?;
+            *slot = v
+                .extract::<f64>()
+                .map_err(|_| type_error("weights", format!("{name} must be a number")))?
+                as f32;
+        }
+        HybridWeights::from_array(w)
+    } else if let Ok(cfg) = obj.extract::<Vec<f64>>() {
+        if cfg.len() != 4 {
+            return Err(value_error(
+                "weights",
+                format!("expected 4 weights {COMPONENTS:?}, got {}", cfg.len()),
+            ));
+        }
+        HybridWeights::from_array([cfg[0] as f32, cfg[1] as f32, cfg[2] as f32, cfg[3] as f32])
+    } else {
+        return Err(type_error(
+            "weights",
+            "expected a sequence of 4 numbers or a dict of the 4 components",
+        ));
+    };
+    w.validate().py()?;
+    Ok(w)
+}
+
+/// The default scoring configuration (`ScoringConfig::default()`) as a dict.
+#[pyfunction]
+pub fn default_config(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    json_loads(py, &ScoringConfig::default().to_json())
+}
+
+/// Validates a (partial) scoring configuration and returns it complete: missing fields take their
+/// defaults, unknown fields and bad values raise ValueError naming the field.
+#[pyfunction]
+pub fn validate_config<'py>(
+    py: Python<'py>,
+    cfg: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !cfg.is_instance_of::<PyDict>() {
+        return Err(type_error("cfg", "expected a dict"));
+    }
+    let s = json_dumps(py, cfg, "cfg")?;
+    let parsed = ScoringConfig::from_json(&s).py()?;
+    json_loads(py, &parsed.to_json())
+}
+
+/// The reason (strongest weighted component) of each row of an `n x 4` components array.
+#[pyfunction]
+pub fn reasons(
+    components: &Bound<'_, PyAny>,
+    weights: &Bound<'_, PyAny>,
+) -> PyResult<Vec<&'static str>> {
+    let w = parse_weights(weights)?;
+    let (c, _, cols) = floats_2d("components", components)?;
+    if cols != 4 {
+        return Err(value_error(
+            "components",
+            format!("must have 4 columns, got {cols}"),
+        ));
+    }
+    Ok(c.chunks_exact(4)
+        .map(|r| Reason::strongest(&w, [r[0], r[1], r[2], r[3]]).as_str())
+        .collect())
+}
+
+/// The Redis key of a user's recommendations: `{prefix}recommendations:{user_id}`.
+#[pyfunction]
+pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
+    cache::recommendations_key(prefix, user_id)
+}
+
+/// The Redis value of a user's recommendations (JSON bytes, see cache.rs), items in the given
+/// order; each item's reason is `Reason::strongest` of its components under `weights`.
+#[pyfunction]
+pub fn encode_cache_entry<'py>(
+    py: Python<'py>,
+    run_id: i64,
+    generated_at: i64,
+    post_ids: Vec<String>,
+    scores: &Bound<'py, PyAny>,
+    components: &Bound<'py, PyAny>,
+    weights: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let w = parse_weights(weights)?;
+    let scores = floats_1d("scores", scores)?;
+    let (comps, rows, cols) = floats_2d("components", components)?;
+    if scores.len() != post_ids.len() {
+        return Err(value_error(
+            "scores",
+            format!(
+                "has {} values for {} post_ids",
+                scores.len(),
+                post_ids.len()
+            ),
+        ));
+    }
+    if rows != post_ids.len() || cols != 4 {
+        return Err(value_error(
+            "components",
+            format!("must be {} x 4, got {rows} x {cols}", post_ids.len()),
+        ));
+    }
+    let items = post_ids
+        .into_iter()
+        .zip(scores)
+        .zip(comps.chunks_exact(4))
+        .map(|((post_id, score), c)| {
+            let components = [c[0], c[1], c[2], c[3]];
+            CachedRecommendation {
+                post_id,
+                score,
+                reason: Reason::strongest(&w, components),
+                components,
+            }
+        })
+        .collect();
+    let bytes = cache::encode(&CachedFeed::new(run_id, generated_at, items));
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Decodes a cache entry (rejects other format versions) into a dict.
+#[pyfunction]
+pub fn decode_cache_entry<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let feed = cache::decode(data).py()?;
+    let items = PyList::empty(py);
+    for it in feed.items {
+        let d = PyDict::new(py);
+        d.set_item("post_id", it.post_id)?;
+        d.set_item("score", it.score as f64)?;
+        d.set_item("reason", it.reason.as_str())?;
+        d.set_item(
+            "components",
+            PyList::new(py, it.components.iter().map(|&x| x as f64))?,
+        )?;
+        items.append(d)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("v", feed.v)?;
+    out.set_item("run_id", feed.run_id)?;
+    out.set_item("generated_at", feed.generated_at)?;
+    out.set_item("items", items)?;
+    Ok(out.into_any())
+}
+
+/// The four component names, in array order.
+#[pyfunction]
+pub fn component_names(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, COMPONENTS)
+}
