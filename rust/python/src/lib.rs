@@ -1,10 +1,28 @@
 //! The Python binding of feedrank-core. Only argument conversion, GIL release, calls into the
 //! core and error mapping live here; every algorithm is in `feedrank-core`.
 
+mod contracts;
+mod convert;
+mod error;
+mod kernels;
+
 use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // contracts
+    m.add_function(wrap_pyfunction!(contracts::default_config, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::validate_config, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::reasons, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::recommendations_key, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::encode_cache_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::decode_cache_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::component_names, m)?)?;
+    // kernels
+    m.add_function(wrap_pyfunction!(kernels::shuffle, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::permutation, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::ranking_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::metrics_at_k, m)?)?;
     Ok(())
 }
