@@ -11,7 +11,6 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod recommenders;
 pub mod shuffle;
 pub mod sparse;
 pub mod topk;
