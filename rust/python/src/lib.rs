@@ -5,6 +5,7 @@ mod contracts;
 mod convert;
 mod error;
 mod kernels;
+mod recommenders;
 
 use pyo3::prelude::*;
 
@@ -24,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernels::permutation, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::ranking_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::metrics_at_k, m)?)?;
+    m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
     Ok(())
 }

@@ -1,0 +1,379 @@
+//! Collaborative models stronger than plain cosine neighbours, in the same output layout as
+//! item neighbours (an `items x items` CSR `S`, a user's scores being `x_u · S`), so that the
+//! same scoring path serves them.
+//!
+//! [`ridge_item_neighbors`]: a neighbourhood-restricted ridge regression of each item on its
+//! nearest items. EASE (Steck 2019) solves this regression against *all* items with one dense
+//! `items x items` inverse, which is cubic in the number of items; restricting item `j`'s
+//! regressors to its `k` strongest co-occurring items makes it `k x k` per item, linear in the
+//! number of items, and keeps the result sparse (`k` entries per item).
+//!
+//! For item `j` with neighbours `N` (top-`k` by co-occurrence `G = Xᵀ X`, `j` excluded, which is
+//! EASE's zero-diagonal constraint), the weights are `b = (G_NN + λ I)⁻¹ G_Nj` and `S[a, j] = b_a`.
+//! `G_NN` is exact: it is accumulated from the users of the neighbours, each user adding the
+//! outer product of the neighbours it interacted with, so no `items x items` matrix is ever
+//! formed. (Reading `G_NN` from truncated co-occurrence lists instead breaks positive
+//! definiteness and, with it, the model.)
+
+use rayon::prelude::*;
+
+use crate::sparse::{from_sorted_rows, Csr, CsrRef};
+use crate::topk::{Scored, TopK};
+use crate::{Error, Result};
+
+/// Parameters of [`ridge_item_neighbors`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RidgeParams {
+    /// Regressors per item (the `k` nearest items by co-occurrence).
+    pub neighbors: usize,
+    /// The ridge penalty λ (> 0), in units of co-occurrence counts.
+    pub l2: f32,
+}
+
+impl RidgeParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.neighbors == 0 {
+            return Err(Error::invalid("neighbors", "must be >= 1"));
+        }
+        if !(self.l2.is_finite() && self.l2 > 0.0) {
+            return Err(Error::invalid(
+                "l2",
+                format!("must be finite and > 0, got {}", self.l2),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Per item, its `keep` largest co-occurrences with other items (descending, ties by lower
+/// index), and the item's own squared norm `G_jj`.
+fn cooccurrence_top(x: CsrRef<f32>, xt: CsrRef<f32>, keep: usize) -> (Vec<Vec<Scored>>, Vec<f64>) {
+    let n_items = x.ncols;
+    (0..n_items)
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; n_items], Vec::<u32>::new(), TopK::new(keep)),
+            |(acc, touched, top), j| {
+                let (users, xv) = xt.row(j);
+                let mut diag = 0f64;
+                for (&u, &w) in users.iter().zip(xv) {
+                    diag += (w as f64) * (w as f64);
+                    let (items, vals) = x.row(u as usize);
+                    for (&b, &v) in items.iter().zip(vals) {
+                        let slot = &mut acc[b as usize];
+                        if *slot == 0.0 {
+                            touched.push(b);
+                        }
+                        *slot += w * v;
+                    }
+                }
+                top.clear();
+                for &b in touched.iter() {
+                    let v = acc[b as usize];
+                    if b as usize != j && v > 0.0 {
+                        top.push(b, v);
+                    }
+                    acc[b as usize] = 0.0;
+                }
+                touched.clear();
+                let mut out = Vec::new();
+                top.drain_sorted(&mut out);
+                (out, diag)
+            },
+        )
+        .unzip()
+}
+
+/// Solves `a · x = b` in place (`a` is `n x n`, row-major) by Gaussian elimination with partial
+/// pivoting; `None` when `a` is numerically singular.
+fn solve_dense(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
+    for col in 0..n {
+        let pivot =
+            (col..n).max_by(|&p, &q| a[p * n + col].abs().total_cmp(&a[q * n + col].abs()))?;
+        if a[pivot * n + col].abs() < 1e-12 {
+            return None;
+        }
+        if pivot != col {
+            for c in 0..n {
+                a.swap(pivot * n + c, col * n + c);
+            }
+            b.swap(pivot, col);
+        }
+        let d = a[col * n + col];
+        for r in col + 1..n {
+            let f = a[r * n + col] / d;
+            if f != 0.0 {
+                for c in col..n {
+                    a[r * n + c] -= f * a[col * n + c];
+                }
+                b[r] -= f * b[col];
+            }
+        }
+    }
+    for r in (0..n).rev() {
+        let mut s = b[r];
+        for c in r + 1..n {
+            s -= a[r * n + c] * b[c];
+        }
+        b[r] = s / a[r * n + r];
+    }
+    Some(())
+}
+
+/// The neighbourhood ridge item-item model of the module docs, from a users x items matrix of
+/// non-negative interaction values (binary or weighted). Returns `S` (`items x items`, at most
+/// `neighbors` entries per column); score a user with `x_u · S`.
+pub fn ridge_item_neighbors(x: CsrRef<f32>, params: RidgeParams) -> Result<Csr<f32>> {
+    params.validate()?;
+    x.check_finite("interactions")?;
+    x.check_non_negative("interactions")?;
+    let n_items = x.ncols;
+    let xt = x.transpose();
+    let (lists, diag) = cooccurrence_top(x, xt.view(), params.neighbors);
+    let l2 = params.l2 as f64;
+    let xt = xt.view();
+    // Column j of S, as (row index, weight) sorted by row index.
+    let columns: Vec<Vec<(u32, f32)>> = (0..n_items)
+        .into_par_iter()
+        .map_init(
+            || (Vec::<f64>::new(), Vec::<(u32, u32, f32)>::new()),
+            |(gram, pairs), j| {
+                let nb = &lists[j];
+                let n = nb.len();
+                if n == 0 {
+                    return Vec::new();
+                }
+                // (user, local neighbour index, value), grouped by user.
+                pairs.clear();
+                for (p, e) in nb.iter().enumerate() {
+                    let (users, vals) = xt.row(e.index as usize);
+                    pairs.extend(users.iter().zip(vals).map(|(&u, &v)| (u, p as u32, v)));
+                }
+                pairs.sort_unstable_by_key(|t| (t.0, t.1));
+                gram.clear();
+                gram.resize(n * n, 0.0);
+                let mut start = 0;
+                while start < pairs.len() {
+                    let mut end = start + 1;
+                    while end < pairs.len() && pairs[end].0 == pairs[start].0 {
+                        end += 1;
+                    }
+                    let group = &pairs[start..end];
+                    for (q, &(_, a, va)) in group.iter().enumerate() {
+                        let row = a as usize * n;
+                        for &(_, b, vb) in &group[q + 1..] {
+                            gram[row + b as usize] += (va as f64) * (vb as f64);
+                        }
+                    }
+                    start = end;
+                }
+                for p in 0..n {
+                    gram[p * n + p] = diag[nb[p].index as usize] + l2;
+                    for q in p + 1..n {
+                        gram[q * n + p] = gram[p * n + q];
+                    }
+                }
+                let mut rhs: Vec<f64> = nb.iter().map(|e| e.score as f64).collect();
+                if solve_dense(gram, &mut rhs, n).is_none() {
+                    return Vec::new();
+                }
+                let mut col: Vec<(u32, f32)> = nb
+                    .iter()
+                    .zip(&rhs)
+                    .filter(|(_, &w)| w != 0.0)
+                    .map(|(e, &w)| (e.index, w as f32))
+                    .collect();
+                col.sort_unstable_by_key(|e| e.0);
+                col
+            },
+        )
+        .collect();
+    // Rows of Sᵀ are the columns of S.
+    let st = from_sorted_rows(n_items, columns);
+    Ok(st.view().transpose())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(nrows: usize, ncols: usize, entries: &[(usize, usize)]) -> Csr<f32> {
+        let mut rows = vec![Vec::new(); nrows];
+        for &(r, c) in entries {
+            rows[r].push((c as u32, 1.0f32));
+        }
+        for r in rows.iter_mut() {
+            r.sort_unstable_by_key(|e| e.0);
+        }
+        from_sorted_rows(ncols, rows)
+    }
+
+    /// Dense reference: EASE restricted to each item's neighbour set, solved by the normal equations.
+    fn dense_gram(x: &Csr<f32>) -> Vec<Vec<f64>> {
+        let n = x.ncols;
+        let mut g = vec![vec![0f64; n]; n];
+        for u in 0..x.nrows {
+            let (idx, val) = x.view().row(u);
+            for (&a, &va) in idx.iter().zip(val) {
+                for (&b, &vb) in idx.iter().zip(val) {
+                    g[a as usize][b as usize] += (va * vb) as f64;
+                }
+            }
+        }
+        g
+    }
+
+    #[test]
+    fn with_all_items_as_neighbours_it_is_ease() {
+        // 6 users x 4 items, every item co-occurs with every other, so k = 3 is "all other items"
+        // and the model must equal EASE: B = I - P diag(1/diag P), P = (G + λI)^-1, diag(B) = 0.
+        let x = csr(
+            6,
+            4,
+            &[
+                (0, 0),
+                (0, 1),
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (2, 1),
+                (2, 2),
+                (2, 3),
+                (3, 0),
+                (3, 3),
+                (4, 0),
+                (4, 1),
+                (4, 2),
+                (4, 3),
+                (5, 2),
+                (5, 0),
+            ],
+        );
+        let lam = 0.5;
+        let s = ridge_item_neighbors(
+            x.view(),
+            RidgeParams {
+                neighbors: 3,
+                l2: lam,
+            },
+        )
+        .unwrap();
+        let g = dense_gram(&x);
+        // Column j of EASE solves (G_{-j,-j} + λI) b = G_{-j,j}.
+        for j in 0..4 {
+            let others: Vec<usize> = (0..4).filter(|&a| a != j).collect();
+            let n = others.len();
+            let mut a = vec![0f64; n * n];
+            let mut b: Vec<f64> = others.iter().map(|&o| g[o][j]).collect();
+            for p in 0..n {
+                for q in 0..n {
+                    a[p * n + q] = g[others[p]][others[q]] + if p == q { lam as f64 } else { 0.0 };
+                }
+            }
+            solve_dense(&mut a, &mut b, n).unwrap();
+            for (p, &o) in others.iter().enumerate() {
+                let (idx, val) = s.view().row(o);
+                let got = idx
+                    .iter()
+                    .position(|&c| c as usize == j)
+                    .map(|q| val[q])
+                    .unwrap_or(0.0);
+                assert!(
+                    (got as f64 - b[p]).abs() < 1e-5,
+                    "S[{o},{j}] = {got}, want {}",
+                    b[p]
+                );
+            }
+            // The diagonal stays empty: an item never explains itself.
+            let (idx, _) = s.view().row(j);
+            assert!(!idx.contains(&(j as u32)));
+        }
+    }
+
+    #[test]
+    fn keeps_at_most_k_regressors_per_item_and_none_for_isolated_items() {
+        // Item 4 is only ever seen alone: nothing co-occurs with it.
+        let x = csr(
+            5,
+            5,
+            &[
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (1, 0),
+                (1, 1),
+                (2, 2),
+                (2, 3),
+                (3, 4),
+                (4, 1),
+                (4, 2),
+            ],
+        );
+        let s = ridge_item_neighbors(
+            x.view(),
+            RidgeParams {
+                neighbors: 2,
+                l2: 1.0,
+            },
+        )
+        .unwrap();
+        let st = s.view().transpose();
+        for j in 0..5 {
+            assert!(st.view().row(j).0.len() <= 2);
+        }
+        assert!(st.view().row(4).0.is_empty());
+        assert!(s.view().row(4).0.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_parameters_and_values() {
+        let x = csr(2, 2, &[(0, 0), (0, 1), (1, 1)]);
+        let err = |p: RidgeParams| ridge_item_neighbors(x.view(), p).unwrap_err().to_string();
+        assert!(err(RidgeParams {
+            neighbors: 0,
+            l2: 1.0
+        })
+        .starts_with("neighbors:"));
+        assert!(err(RidgeParams {
+            neighbors: 1,
+            l2: 0.0
+        })
+        .starts_with("l2:"));
+        let mut bad = x.clone();
+        bad.data[0] = -1.0;
+        let e = ridge_item_neighbors(
+            bad.view(),
+            RidgeParams {
+                neighbors: 1,
+                l2: 1.0,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("interactions:"), "{e}");
+    }
+
+    #[test]
+    fn deterministic_whatever_the_thread_count() {
+        let entries: Vec<(usize, usize)> = (0..40)
+            .flat_map(|u| {
+                (0..12)
+                    .filter(move |i| (u * 7 + i * 3) % 5 < 2)
+                    .map(move |i| (u, i))
+            })
+            .collect();
+        let x = csr(40, 12, &entries);
+        let p = RidgeParams {
+            neighbors: 4,
+            l2: 2.0,
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let a = one.install(|| ridge_item_neighbors(x.view(), p).unwrap());
+        let b = ridge_item_neighbors(x.view(), p).unwrap();
+        assert_eq!(a, b);
+    }
+}
