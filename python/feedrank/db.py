@@ -184,16 +184,20 @@ def migrate(url: str | None = None, binary: Path | None = None) -> str:
 
 @contextmanager
 def temporary_database(
-    url: str | None = None, prefix: str = "feedrank_tmp", migrated: bool = True
+    url: str | None = None,
+    prefix: str = "feedrank_tmp",
+    migrated: bool = True,
+    binary: Path | None = None,
 ) -> Iterator[str]:
-    """A fresh database with a random name on the server behind ``url``, migrated unless
-    ``migrated=False``; yields its URL and drops it afterwards, even after an error."""
+    """A fresh database with a random name on the server behind ``url``, migrated (with
+    ``binary``, default :func:`api_binary`) unless ``migrated=False``; yields its URL and drops it
+    afterwards, even after an error."""
     base = url or database_url()
     name = f"{prefix}_{secrets.token_hex(6)}"
     created = create_database(name, base)
     try:
         if migrated:
-            migrate(created)
+            migrate(created, binary=binary)
         yield created
     finally:
         drop_database(name, base)
