@@ -1,3 +1,27 @@
 //! feedrank-api: the feed and tracking API, and the one migration runner of the project.
+//!
+//! `main.rs` reads the configuration, builds an [`AppState`] and serves [`router`]; tests build
+//! the same router and drive it with `tower::ServiceExt::oneshot`.
 
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod feed;
+pub mod http;
+pub mod memo;
+pub mod metrics;
 pub mod migrate;
+pub mod redis_store;
+pub mod state;
+
+pub use http::router;
+pub use state::AppState;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,261 @@
+//! Every SQL statement of the API, parameterised and prepared once per connection.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use feedrank_core::cache::CachedRecommendation;
+use feedrank_core::config::{HybridWeights, Reason};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::http::feeds::{FeedPost, FeedUser};
+
+/// A pool that never waits longer than `timeout` for a connection (or to open one), so that a
+/// database outage answers 503 quickly; broken connections are dropped when they come back to
+/// the pool, so the pool heals by itself when the database returns.
+pub fn pool(database_url: &str, size: usize, timeout: Duration) -> Result<Pool, String> {
+    let mut pg: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    pg.connect_timeout(timeout);
+    pg.application_name("feedrank-api");
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("database pool: {e}"))
+}
+
+pub async fn user_exists(pool: &Pool, id: Uuid) -> ApiResult<bool> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1")
+        .await?;
+    Ok(client.query_opt(&stmt, &[&id]).await?.is_some())
+}
+
+/// Post bodies with their authors, for the given ids (deleted posts are simply absent).
+pub async fn posts_by_ids(pool: &Pool, ids: &[Uuid]) -> ApiResult<Vec<FeedPost>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT p.id, p.user_id, p.content, p.media_urls, p.created_at, p.updated_at,
+                    u.username, u.display_name, u.avatar_url
+             FROM posts p JOIN users u ON u.id = p.user_id
+             WHERE p.id = ANY($1)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| FeedPost {
+            id: r.get(0),
+            user_id: r.get(1),
+            content: r.get(2),
+            media_urls: r.get(3),
+            created_at: r.get(4),
+            updated_at: r.get(5),
+            user: FeedUser {
+                id: r.get(1),
+                username: r.get(6),
+                display_name: r.get(7),
+                avatar_url: r.get(8),
+            },
+            score: None,
+            reason: None,
+        })
+        .collect())
+}
+
+/// The user's current recommendations (newest complete run, unexpired), by descending score:
+/// `(run_id, generated_at unix seconds, latest expiry, items)`, or `None` when there are none.
+pub async fn current_recommendations(
+    pool: &Pool,
+    user: Uuid,
+) -> ApiResult<Option<(i64, i64, DateTime<Utc>, Vec<CachedRecommendation>)>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT post_id, score, collaborative_score, content_score, recency_score,
+                    engagement_score, reason, run_id, generated_at, expires_at
+             FROM user_recommendations
+             WHERE user_id = $1 AND run_id = current_recommendation_run($1) AND expires_at > now()
+             ORDER BY score DESC, post_id",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&user]).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let weights = HybridWeights::default();
+    let mut generated_at = i64::MIN;
+    let mut expires_at: Option<DateTime<Utc>> = None;
+    let run_id: i64 = rows[0].get(7);
+    let items = rows
+        .iter()
+        .map(|r| {
+            let components = [
+                r.get::<_, f64>(2) as f32,
+                r.get::<_, f64>(3) as f32,
+                r.get::<_, f64>(4) as f32,
+                r.get::<_, f64>(5) as f32,
+            ];
+            let reason_text: String = r.get(6);
+            let g: DateTime<Utc> = r.get(8);
+            let e: DateTime<Utc> = r.get(9);
+            generated_at = generated_at.max(g.timestamp());
+            expires_at = Some(expires_at.map_or(e, |x| x.min(e)));
+            CachedRecommendation {
+                post_id: r.get::<_, Uuid>(0).to_string(),
+                score: r.get::<_, f64>(1) as f32,
+                // The row's own reason; a value this build does not know is recomputed from the
+                // components with the one implementation of "strongest component".
+                reason: Reason::parse(&reason_text)
+                    .unwrap_or_else(|| Reason::strongest(&weights, components)),
+                components,
+            }
+        })
+        .collect();
+    Ok(Some((
+        run_id,
+        generated_at,
+        expires_at.expect("rows is not empty"),
+        items,
+    )))
+}
+
+/// One of the user's interactions, as the serve-time filters need it.
+pub struct InteractionMark {
+    pub post_id: Uuid,
+    pub hide: bool,
+    pub at_ms: i64,
+}
+
+/// The user's hides (any time) and other interactions since `since_ms`, newest first, bounded.
+pub async fn interaction_marks(
+    pool: &Pool,
+    user: Uuid,
+    since_ms: i64,
+) -> ApiResult<Vec<InteractionMark>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT post_id, interaction_type = 'hide',
+                    (extract(epoch FROM created_at) * 1000)::bigint
+             FROM user_interactions
+             WHERE user_id = $1
+               AND (interaction_type = 'hide' OR created_at >= to_timestamp($2::bigint / 1000.0))
+             ORDER BY created_at DESC
+             LIMIT 20000",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&user, &since_ms]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| InteractionMark {
+            post_id: r.get(0),
+            hide: r.get(1),
+            at_ms: r.get(2),
+        })
+        .collect())
+}
+
+/// The `n` most recent posts, `(post id, author id)`: the random fallback's candidate pool.
+pub async fn recent_posts(pool: &Pool, n: usize) -> ApiResult<Vec<(Uuid, Uuid)>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT id, user_id FROM posts ORDER BY created_at DESC, id DESC LIMIT $1")
+        .await?;
+    let rows = client.query(&stmt, &[&(n as i64)]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A stored (or already stored) interaction.
+pub struct Stored {
+    pub id: Uuid,
+    pub post_id: Uuid,
+    pub at_ms: i64,
+    /// False when the event id was seen before and nothing new was stored.
+    pub created: bool,
+}
+
+/// Stores one interaction, idempotently per `(user, event_id)`. Committed (autocommit) before it
+/// returns, so a 2xx is only sent for a durable row.
+pub async fn insert_interaction(
+    client: &deadpool_postgres::Client,
+    user: Uuid,
+    post: Uuid,
+    kind: &str,
+    metadata: Option<&serde_json::Value>,
+    event_id: Option<&str>,
+) -> ApiResult<Stored> {
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO user_interactions (user_id, post_id, interaction_type, metadata, event_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, event_id) DO NOTHING
+             RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+        )
+        .await?;
+    let row = client
+        .query_opt(&insert, &[&user, &post, &kind, &metadata, &event_id])
+        .await
+        .map_err(|e| match e.as_db_error().map(|d| d.code().clone()) {
+            Some(tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => ApiError::NotFound {
+                what: "post",
+                id: post.to_string(),
+            },
+            Some(tokio_postgres::error::SqlState::CHECK_VIOLATION) => {
+                ApiError::bad("body", format!("rejected by the database: {e}"))
+            }
+            _ => ApiError::from(e),
+        })?;
+    if let Some(r) = row {
+        return Ok(Stored {
+            id: r.get(0),
+            post_id: post,
+            at_ms: r.get(1),
+            created: true,
+        });
+    }
+    // The event id is already stored: answer with the original interaction.
+    let select = client
+        .prepare_cached(
+            "SELECT id, post_id, (extract(epoch FROM created_at) * 1000)::bigint
+             FROM user_interactions WHERE user_id = $1 AND event_id = $2",
+        )
+        .await?;
+    let r = client
+        .query_one(&select, &[&user, &event_id])
+        .await
+        .map_err(|e| ApiError::Internal(format!("event id conflict without a row: {e}")))?;
+    Ok(Stored {
+        id: r.get(0),
+        post_id: r.get(1),
+        at_ms: r.get(2),
+        created: false,
+    })
+}
+
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,431 @@
+//! How a feed page is assembled: the order of sources (Redis entry, the database's current
+//! recommendations, the random fallback), the serve-time filters and the paging.
+//!
+//! Every source produces one ordered candidate list; the same steps then apply to all:
+//! drop deleted posts and the posts the user hid or already saw, re-rank so that no author has
+//! more than `cap` posts in any `limit` consecutive posts, and cut the page at `offset`. Those
+//! steps are deterministic, so pages of one list (same limit, same seed, same page sequence)
+//! never repeat or skip a post.
+//!
+//! "Already saw" means an interaction after the recommendations were built and before the page
+//! sequence began (the request at offset 0): posts viewed while paging do not shift later pages.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use feedrank_core::cache::{CachedFeed, CachedRecommendation};
+use feedrank_core::config::Reason;
+use uuid::Uuid;
+
+use crate::db;
+use crate::error::ApiResult;
+use crate::http::feeds::{FeedMetadata, FeedPost, FeedResponse};
+use crate::metrics::Source;
+use crate::now_ms;
+use crate::redis_store::{FeedRead, Mirrored, SEEN_RETENTION_MS};
+use crate::state::{AppState, PoolSnapshot};
+
+/// Seeds are kept within JavaScript's safe integers, so a browser can pass one back unchanged.
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+/// A validated feed request.
+#[derive(Debug, Clone)]
+pub struct FeedRequest {
+    pub limit: usize,
+    pub offset: usize,
+    pub refresh: bool,
+    pub seed: Option<u64>,
+    /// Skip the recommendations and answer with the random fallback (the demo page compares).
+    pub fallback_only: bool,
+}
+
+/// One candidate of an ordered list.
+#[derive(Debug, Clone)]
+struct Candidate {
+    post: Uuid,
+    author: Uuid,
+    score: Option<f32>,
+    reason: Option<Reason>,
+}
+
+/// The default fallback seed: the user and the UTC day, so a user's random feed is stable for a
+/// day and different from other users'. FNV-1a, written out so it never changes with a library.
+pub fn default_seed(user: Uuid, unix_ms: i64) -> u64 {
+    let day = unix_ms.div_euclid(86_400_000);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.as_bytes().iter().chain(day.to_le_bytes().iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h & MAX_SEED
+}
+
+/// Re-ranks `items` so that no author appears more than `cap` times in any `window` consecutive
+/// items, moving an item down as little as possible; items that cannot be placed (an author with
+/// too many posts) are left out. Deterministic.
+pub fn diversify<T>(
+    items: Vec<T>,
+    author: impl Fn(&T) -> Uuid,
+    window: usize,
+    cap: usize,
+) -> Vec<T> {
+    let n = items.len();
+    let authors: Vec<Uuid> = items.iter().map(&author).collect();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    let mut placed: Vec<usize> = Vec::with_capacity(n);
+    // Counts over the last `window - 1` placed items: an item fits if its author is below `cap`.
+    let mut counts: HashMap<Uuid, usize> = HashMap::new();
+    let mut deferred: HashMap<Uuid, VecDeque<usize>> = HashMap::new();
+    let mut next = 0;
+    loop {
+        while next < n && counts.get(&authors[next]).copied().unwrap_or(0) >= cap {
+            deferred.entry(authors[next]).or_default().push_back(next);
+            next += 1;
+        }
+        let waiting = deferred
+            .iter()
+            .filter(|(a, _)| counts.get(*a).copied().unwrap_or(0) < cap)
+            .map(|(_, q)| q[0])
+            .min();
+        let pick = match (waiting, next < n) {
+            (Some(w), true) => w.min(next),
+            (Some(w), false) => w,
+            (None, true) => next,
+            (None, false) => break,
+        };
+        if pick == next {
+            next += 1;
+        } else {
+            let a = authors[pick];
+            let q = deferred.get_mut(&a).expect("a waiting author");
+            q.pop_front();
+            if q.is_empty() {
+                deferred.remove(&a);
+            }
+        }
+        placed.push(pick);
+        *counts.entry(authors[pick]).or_default() += 1;
+        if window >= 1 && placed.len() >= window {
+            let old = placed[placed.len() - window];
+            if let Some(c) = counts.get_mut(&authors[old]) {
+                *c -= 1;
+            }
+        }
+    }
+    placed
+        .into_iter()
+        .map(|i| slots[i].take().expect("each index is placed once"))
+        .collect()
+}
+
+/// Post bodies for `ids`, from the in-process cache, the misses from PostgreSQL in one query.
+/// Deleted posts are absent from the result.
+async fn hydrate(state: &AppState, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, Arc<FeedPost>>> {
+    let mut found = HashMap::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match state.posts.get(id) {
+            Some(p) => {
+                found.insert(*id, p);
+            }
+            None => missing.push(*id),
+        }
+    }
+    if !missing.is_empty() {
+        for p in db::posts_by_ids(&state.pg, &missing).await? {
+            let p = Arc::new(p);
+            state.posts.insert(p.id, p.clone());
+            found.insert(p.id, p);
+        }
+    }
+    Ok(found)
+}
+
+/// Posts to leave out: hidden ones, and those seen in `[seen_from_ms, as_of_ms)`.
+struct Exclusions {
+    posts: HashSet<Uuid>,
+}
+
+impl Exclusions {
+    fn from_redis(read: &FeedRead, seen_from_ms: i64, as_of_ms: i64) -> Exclusions {
+        let mut posts = HashSet::new();
+        for p in &read.hidden {
+            if let Ok(id) = Uuid::parse_str(p) {
+                posts.insert(id);
+            }
+        }
+        for (p, at) in &read.seen {
+            if *at >= seen_from_ms && *at < as_of_ms {
+                if let Ok(id) = Uuid::parse_str(p) {
+                    posts.insert(id);
+                }
+            }
+        }
+        Exclusions { posts }
+    }
+
+    fn from_marks(marks: &[db::InteractionMark], seen_from_ms: i64, as_of_ms: i64) -> Exclusions {
+        let posts = marks
+            .iter()
+            .filter(|m| m.hide || (m.at_ms >= seen_from_ms && m.at_ms < as_of_ms))
+            .map(|m| m.post_id)
+            .collect();
+        Exclusions { posts }
+    }
+}
+
+/// The ordered, filtered, re-ranked list of a recommendations entry.
+async fn recommended_list(
+    state: &AppState,
+    items: &[CachedRecommendation],
+    excluded: &Exclusions,
+    limit: usize,
+) -> ApiResult<(Vec<Candidate>, HashMap<Uuid, Arc<FeedPost>>)> {
+    let ids: Vec<Uuid> = items
+        .iter()
+        .filter_map(|i| Uuid::parse_str(&i.post_id).ok())
+        .filter(|id| !excluded.posts.contains(id))
+        .collect();
+    let bodies = hydrate(state, &ids).await?;
+    let list: Vec<Candidate> = items
+        .iter()
+        .filter_map(|i| {
+            let id = Uuid::parse_str(&i.post_id).ok()?;
+            if excluded.posts.contains(&id) {
+                return None;
+            }
+            let body = bodies.get(&id)?;
+            Some(Candidate {
+                post: id,
+                author: body.user_id,
+                score: Some(i.score),
+                reason: Some(i.reason),
+            })
+        })
+        .collect();
+    let list = diversify(list, |c| c.author, limit, state.cfg.author_diversity_cap);
+    Ok((list, bodies))
+}
+
+fn page(
+    list: &[Candidate],
+    bodies: &HashMap<Uuid, Arc<FeedPost>>,
+    req: &FeedRequest,
+    source: Source,
+    seed: Option<u64>,
+) -> FeedResponse {
+    let posts = list
+        .iter()
+        .skip(req.offset)
+        .take(req.limit)
+        .filter_map(|c| {
+            let body = bodies.get(&c.post)?;
+            let mut p = FeedPost::clone(body);
+            p.score = c.score;
+            p.reason = c.reason.map(|r| r.as_str().to_string());
+            Some(p)
+        })
+        .collect();
+    FeedResponse {
+        posts,
+        metadata: FeedMetadata {
+            total: list.len(),
+            offset: req.offset,
+            limit: req.limit,
+            source: source.as_str().to_string(),
+            seed,
+        },
+    }
+}
+
+/// Builds one feed page for `user`.
+pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult<FeedResponse> {
+    let now = now_ms();
+    let user_key = user.to_string();
+    let read = state
+        .redis
+        .read_feed(&user_key, (req.offset == 0).then_some(now), &state.metrics)
+        .await;
+    // The start of the page sequence: this request at offset 0, else the marker of the first page.
+    let as_of = match (&read, req.offset) {
+        (Some(r), o) if o > 0 => r.session_start_ms.unwrap_or(now),
+        _ => now,
+    };
+
+    if !req.fallback_only {
+        // 1. The Redis entry.
+        if !req.refresh {
+            if let Some(r) = &read {
+                state.metrics.cache_lookup(r.recommendations.is_some());
+                if let Some(feed) = &r.recommendations {
+                    let excluded = Exclusions::from_redis(r, feed.generated_at * 1000, as_of);
+                    let (list, bodies) =
+                        recommended_list(state, &feed.items, &excluded, req.limit).await?;
+                    if !list.is_empty() {
+                        state.metrics.feed_served(Source::Cache);
+                        return Ok(page(&list, &bodies, req, Source::Cache, None));
+                    }
+                }
+            }
+        }
+        // 2. The database's current recommendations, written back to Redis.
+        if let Some((run_id, generated_at, expires_at, items)) =
+            db::current_recommendations(&state.pg, user).await?
+        {
+            let marks = db::interaction_marks(&state.pg, user, generated_at * 1000).await?;
+            let ttl = (expires_at.timestamp_millis() - now).max(1000) as u64;
+            let ttl = state.cfg.feed_cache_ttl.min(Duration::from_millis(ttl));
+            let mirrored: Vec<Mirrored> = marks
+                .iter()
+                .map(|m| Mirrored {
+                    post_id: m.post_id.to_string(),
+                    at_ms: m.at_ms,
+                    hide: m.hide,
+                })
+                .collect();
+            let entry = CachedFeed::new(run_id, generated_at, items);
+            state
+                .redis
+                .write_feed(&user_key, &entry, ttl, &mirrored, &state.metrics)
+                .await;
+            let excluded = Exclusions::from_marks(&marks, generated_at * 1000, as_of);
+            let (list, bodies) =
+                recommended_list(state, &entry.items, &excluded, req.limit).await?;
+            if !list.is_empty() {
+                state.metrics.feed_served(Source::Db);
+                return Ok(page(&list, &bodies, req, Source::Db, None));
+            }
+        }
+    }
+
+    // 3. The random fallback: a seeded shuffle of the recent-posts pool.
+    let seed = req.seed.unwrap_or_else(|| default_seed(user, now));
+    let pool = fallback_pool(state).await?;
+    let marks = db::interaction_marks(&state.pg, user, as_of - SEEN_RETENTION_MS).await?;
+    let excluded = Exclusions::from_marks(&marks, as_of - SEEN_RETENTION_MS, as_of);
+    let mut order: Vec<(Uuid, Uuid)> = pool.posts.clone();
+    feedrank_core::shuffle::shuffle(&mut order, seed);
+    let list: Vec<Candidate> = order
+        .into_iter()
+        .filter(|(p, _)| !excluded.posts.contains(p))
+        .map(|(post, author)| Candidate {
+            post,
+            author,
+            score: None,
+            reason: None,
+        })
+        .collect();
+    let list = diversify(
+        list,
+        |c| c.author,
+        req.limit,
+        state.cfg.author_diversity_cap,
+    );
+    let page_ids: Vec<Uuid> = list
+        .iter()
+        .skip(req.offset)
+        .take(req.limit)
+        .map(|c| c.post)
+        .collect();
+    let bodies = hydrate(state, &page_ids).await?;
+    state.metrics.feed_served(Source::Fallback);
+    Ok(page(&list, &bodies, req, Source::Fallback, Some(seed)))
+}
+
+/// The current snapshot of the recent-posts pool, reloaded when older than the refresh interval
+/// (one reload at a time; the others keep using the old snapshot meanwhile, if there is one).
+async fn fallback_pool(state: &AppState) -> ApiResult<Arc<PoolSnapshot>> {
+    let fresh = |s: &Option<Arc<PoolSnapshot>>| {
+        s.as_ref()
+            .filter(|s| s.loaded_at.elapsed() < state.cfg.fallback_pool_refresh)
+            .cloned()
+    };
+    let current = state
+        .fallback_pool
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(s) = fresh(&current) {
+        return Ok(s);
+    }
+    let guard = match (&current, state.fallback_refresh.try_lock()) {
+        (_, Ok(g)) => g,
+        (Some(old), Err(_)) => return Ok(old.clone()),
+        (None, Err(_)) => state.fallback_refresh.lock().await,
+    };
+    let again = state
+        .fallback_pool
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(s) = fresh(&again) {
+        return Ok(s);
+    }
+    let posts = db::recent_posts(&state.pg, state.cfg.fallback_pool_size).await?;
+    let snap = Arc::new(PoolSnapshot {
+        loaded_at: Instant::now(),
+        posts,
+    });
+    *state
+        .fallback_pool
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
+    drop(guard);
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authors(v: &[u8]) -> Vec<(usize, Uuid)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, a)| (i, Uuid::from_u128(*a as u128)))
+            .collect()
+    }
+
+    #[test]
+    fn diversify_caps_every_window_and_keeps_order_otherwise() {
+        // Author 1 owns the first six posts; cap 2 per window of 4.
+        let items = authors(&[1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7]);
+        let out = diversify(items, |x| x.1, 4, 2);
+        for w in out.windows(4) {
+            let ones = w.iter().filter(|x| x.1 == Uuid::from_u128(1)).count();
+            assert!(ones <= 2, "{out:?}");
+        }
+        assert_eq!(out[0].0, 0);
+        assert_eq!(out[1].0, 1);
+        assert_eq!(out[2].0, 6, "the next other author moves up");
+        // Nothing is duplicated.
+        let mut idx: Vec<usize> = out.iter().map(|x| x.0).collect();
+        idx.sort();
+        idx.dedup();
+        assert_eq!(idx.len(), out.len());
+    }
+
+    #[test]
+    fn diversify_without_conflicts_is_the_identity() {
+        let items = authors(&[1, 2, 3, 4, 5]);
+        let out = diversify(items.clone(), |x| x.1, 3, 1);
+        assert_eq!(out, items);
+    }
+
+    #[test]
+    fn diversify_drops_what_cannot_be_placed() {
+        let items = authors(&[1, 1, 1, 1]);
+        let out = diversify(items, |x| x.1, 10, 2);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn default_seed_is_stable_per_user_and_day() {
+        let u = Uuid::from_u128(42);
+        let day = 1_764_201_600_000;
+        assert_eq!(default_seed(u, day), default_seed(u, day + 3_600_000));
+        assert_ne!(default_seed(u, day), default_seed(u, day + 86_400_000));
+        assert_ne!(default_seed(u, day), default_seed(Uuid::from_u128(43), day));
+        assert!(default_seed(u, day) <= MAX_SEED);
+    }
+}

@@ -1,0 +1,243 @@
+//! GET /api/feeds: the user's feed page.
+
+use axum::extract::{RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::feed::{self, FeedRequest, MAX_SEED};
+use crate::http::AuthUser;
+use crate::state::AppState;
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/feeds", get(get_feed))
+}
+
+/// A post's author, as the feed shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeedUser {
+    pub id: Uuid,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// One post of a feed page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeedPost {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub content: String,
+    pub media_urls: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub user: FeedUser,
+    /// The recommendation score (recommended posts only; absent in the random fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// Why the post was recommended: the strongest component of its score, one of
+    /// `similar_users`, `similar_content`, `fresh`, `popular` (recommended posts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeedMetadata {
+    /// Posts available to page through from this source (after the serve-time filters).
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    /// `cache`, `db` or `fallback`.
+    pub source: String,
+    /// The random fallback's seed; pass it back as `seed` to get the next page of the same order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedResponse {
+    pub posts: Vec<FeedPost>,
+    pub metadata: FeedMetadata,
+}
+
+/// Query parameters of GET /api/feeds. Out-of-range or malformed values are a 400 naming the
+/// parameter; they are never clamped. Unknown parameters are ignored.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// Posts per page, 1..=100 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// Posts to skip, 0..=FEED_MAX_OFFSET (default 0; FEED_MAX_OFFSET defaults to 10000).
+    #[param(value_type = Option<u32>, minimum = 0)]
+    pub offset: Option<String>,
+    /// `true` reads the recommendations from the database instead of the cache (and refreshes
+    /// the cache). Default false.
+    #[param(value_type = Option<bool>)]
+    pub refresh: Option<String>,
+    /// Seed of the random fallback, 0..=2^53-1 (default: a hash of the user and the UTC day).
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9007199254740991_u64)]
+    pub seed: Option<String>,
+    /// `fallback` answers with the random fallback even when recommendations exist (for
+    /// comparison); `auto` (default) follows the usual order of sources.
+    #[param(value_type = Option<String>)]
+    pub source: Option<String>,
+}
+
+fn parse_int(field: &'static str, s: &str, min: u64, max: u64) -> ApiResult<u64> {
+    let v: u64 = s.trim().parse().map_err(|_| {
+        ApiError::bad(
+            field,
+            format!("must be an integer in {min}..={max}, got {s:?}"),
+        )
+    })?;
+    if v < min || v > max {
+        return Err(ApiError::bad(
+            field,
+            format!("must be in {min}..={max}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+impl FeedParams {
+    pub fn parse(raw: Option<&str>) -> ApiResult<FeedParams> {
+        // Parsed as pairs first, so that a repeated parameter is reported by name.
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad("query", format!("malformed query string: {e}")))?;
+        let mut p = FeedParams::default();
+        for (k, v) in pairs {
+            let slot = match k.as_str() {
+                "limit" => &mut p.limit,
+                "offset" => &mut p.offset,
+                "refresh" => &mut p.refresh,
+                "seed" => &mut p.seed,
+                "source" => &mut p.source,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(ApiError::bad(k, "given more than once"));
+            }
+            *slot = Some(v);
+        }
+        Ok(p)
+    }
+
+    pub fn validate(&self, max_offset: u32) -> ApiResult<FeedRequest> {
+        let limit = match &self.limit {
+            None => DEFAULT_LIMIT,
+            Some(s) => parse_int("limit", s, 1, MAX_LIMIT as u64)? as usize,
+        };
+        let offset = match &self.offset {
+            None => 0,
+            Some(s) => parse_int("offset", s, 0, max_offset as u64)? as usize,
+        };
+        let refresh = match self.refresh.as_deref() {
+            None => false,
+            Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "refresh",
+                    format!("must be true or false, got {other:?}"),
+                ))
+            }
+        };
+        let seed = match &self.seed {
+            None => None,
+            Some(s) => Some(parse_int("seed", s, 0, MAX_SEED)?),
+        };
+        let fallback_only = match self.source.as_deref() {
+            None | Some("auto") => false,
+            Some("fallback") => true,
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "source",
+                    format!("must be auto or fallback, got {other:?}"),
+                ))
+            }
+        };
+        Ok(FeedRequest {
+            limit,
+            offset,
+            refresh,
+            seed,
+            fallback_only,
+        })
+    }
+}
+
+/// The authenticated user's feed: recommended posts (from the Redis cache or the database) with
+/// their score and reason, or a seeded random order of recent posts when there are none.
+#[utoipa::path(
+    get,
+    path = "/api/feeds",
+    tag = "feed",
+    params(FeedParams),
+    security(("bearer" = []), ("nextauth_session" = [])),
+    responses(
+        (status = 200, description = "A feed page", body = FeedResponse),
+        (status = 400, description = "A query parameter is malformed or out of range", body = ErrorBody),
+        (status = 401, description = "Missing, expired, forged or malformed credentials", body = ErrorBody),
+        (status = 403, description = "The token's subject is not a user of this app", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_feed(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<FeedResponse>> {
+    let req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
+    Ok(Json(feed::build(&state, user, &req).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(raw: &str) -> String {
+        match FeedParams::parse(Some(raw)).and_then(|p| p.validate(10_000)) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("{raw}: expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(field("limit=0"), "limit");
+        assert_eq!(field("limit=101"), "limit");
+        assert_eq!(field("limit=ten"), "limit");
+        assert_eq!(field("offset=-1"), "offset");
+        assert_eq!(field("offset=10001"), "offset");
+        assert_eq!(field("refresh=maybe"), "refresh");
+        assert_eq!(field("seed=9007199254740992"), "seed");
+        assert_eq!(field("limit=5&limit=6"), "limit");
+        assert_eq!(field("source=magic"), "source");
+    }
+
+    #[test]
+    fn defaults_and_valid_values() {
+        let r = FeedParams::parse(None).unwrap().validate(10_000).unwrap();
+        assert_eq!((r.limit, r.offset, r.refresh, r.seed), (50, 0, false, None));
+        let r = FeedParams::parse(Some("limit=100&offset=10000&refresh=true&seed=7&_=1"))
+            .unwrap()
+            .validate(10_000)
+            .unwrap();
+        assert_eq!(
+            (r.limit, r.offset, r.refresh, r.seed),
+            (100, 10_000, true, Some(7))
+        );
+    }
+}

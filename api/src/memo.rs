@@ -1,0 +1,123 @@
+//! A bounded in-process cache with a TTL: post bodies and known users, so that the cached feed
+//! path does not ask PostgreSQL on every request.
+//!
+//! Sharded `Mutex<HashMap>`s: lookups take one short lock on one shard. When a shard is full, an
+//! insert first drops the expired entries and, if that is not enough, an arbitrary eighth of the
+//! shard: the size bound holds, and the cache does not need an access list.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+
+pub struct TtlCache<K, V> {
+    shards: Vec<Mutex<HashMap<K, (Instant, V)>>>,
+    hasher: RandomState,
+    per_shard: usize,
+    ttl: Duration,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
+    /// A cache of at most `capacity` entries (rounded up to a multiple of the shard count), each
+    /// kept at most `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        TtlCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard,
+            ttl,
+        }
+    }
+
+    fn shard(&self, k: &K) -> &Mutex<HashMap<K, (Instant, V)>> {
+        &self.shards[(self.hasher.hash_one(k) as usize) % SHARDS]
+    }
+
+    pub fn get(&self, k: &K) -> Option<V> {
+        let now = Instant::now();
+        let shard = self.shard(k).lock().unwrap_or_else(|p| p.into_inner());
+        match shard.get(k) {
+            Some((expires, v)) if *expires > now => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn insert(&self, k: K, v: V) {
+        let now = Instant::now();
+        let mut shard = self.shard(&k).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= self.per_shard && !shard.contains_key(&k) {
+            shard.retain(|_, (expires, _)| *expires > now);
+            if shard.len() >= self.per_shard {
+                let drop_n = (self.per_shard / 8).max(1);
+                let victims: Vec<K> = shard.keys().take(drop_n).cloned().collect();
+                for victim in victims {
+                    shard.remove(&victim);
+                }
+            }
+        }
+        shard.insert(k, (now + self.ttl, v));
+    }
+
+    pub fn remove(&self, k: &K) {
+        self.shard(k)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(k);
+    }
+
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_its_capacity() {
+        let c = TtlCache::new(64, Duration::from_secs(60));
+        for i in 0..10_000u32 {
+            c.insert(i, i);
+        }
+        assert!(c.len() <= 64, "{} entries", c.len());
+        assert_eq!(c.get(&9_999), Some(9_999), "the newest entry is kept");
+    }
+
+    #[test]
+    fn entries_expire() {
+        let c = TtlCache::new(64, Duration::from_millis(20));
+        c.insert("a", 1);
+        assert_eq!(c.get(&"a"), Some(1));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.get(&"a"), None);
+    }
+
+    #[test]
+    fn remove_and_clear() {
+        let c = TtlCache::new(64, Duration::from_secs(60));
+        c.insert(1, "x");
+        c.insert(2, "y");
+        c.remove(&1);
+        assert_eq!(c.get(&1), None);
+        assert_eq!(c.get(&2), Some("y"));
+        c.clear();
+        assert!(c.is_empty());
+    }
+}

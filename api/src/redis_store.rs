@@ -1,0 +1,269 @@
+//! The API's Redis: the recommendations entry (format owned by `feedrank_core::cache`), and three
+//! small per-user keys the API keeps itself:
+//!
+//! - `{prefix}feed_session:{user}`: when the user's current page sequence began (unix ms), set by
+//!   a request at offset 0 and read by the next pages, so that posts seen while paging do not
+//!   shift later pages;
+//! - `{prefix}seen:{user}`: sorted set, post id -> unix ms of the user's latest interaction with
+//!   it, the last few days (the cached path's "seen after the recommendations were built");
+//! - `{prefix}hidden:{user}`: set of post ids the user hid.
+//!
+//! Redis is an accelerator, never a dependency: every call has a timeout, a failure opens a short
+//! circuit (no calls for a second, one warning), and callers treat failures as cache misses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use feedrank_core::cache::{self, CachedFeed};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::metrics::Metrics;
+use crate::now_ms;
+
+/// How long the per-user seen set keeps interactions.
+pub const SEEN_RETENTION_MS: i64 = 3 * 24 * 3600 * 1000;
+/// Most entries kept in one user's seen set.
+pub const SEEN_MAX_ENTRIES: isize = 5000;
+/// TTL of the hidden set (refreshed at each hide and each write-back).
+pub const HIDDEN_TTL_SECS: u64 = 30 * 24 * 3600;
+/// TTL of a page-sequence marker.
+pub const FEED_SESSION_TTL_SECS: u64 = 3600;
+/// How long Redis is skipped after a failure.
+const CIRCUIT_OPEN_MS: u64 = 1000;
+
+pub struct RedisStore {
+    manager: ConnectionManager,
+    prefix: String,
+    down_until_ms: AtomicU64,
+}
+
+/// What one feed request reads from Redis, in one round trip.
+pub struct FeedRead {
+    /// The user's recommendations entry; `None` on a miss or an undecodable entry.
+    pub recommendations: Option<CachedFeed>,
+    /// When the user's page sequence began (ms), if this request continues one.
+    pub session_start_ms: Option<i64>,
+    /// Post id -> ms of the latest interaction, the last few days.
+    pub seen: Vec<(String, i64)>,
+    pub hidden: Vec<String>,
+}
+
+/// An interaction to mirror into the seen/hidden keys after it is stored in PostgreSQL.
+pub struct Mirrored {
+    pub post_id: String,
+    pub at_ms: i64,
+    pub hide: bool,
+}
+
+impl RedisStore {
+    /// Builds the client without connecting: the first command connects, so the API starts (and
+    /// serves from PostgreSQL) while Redis is down.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<RedisStore> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        Ok(RedisStore {
+            manager: ConnectionManager::new_lazy_with_config(client, config)?,
+            prefix: prefix.to_string(),
+            down_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn recommendations_key(&self, user: &str) -> String {
+        cache::recommendations_key(&self.prefix, user)
+    }
+    fn session_key(&self, user: &str) -> String {
+        format!("{}feed_session:{user}", self.prefix)
+    }
+    fn seen_key(&self, user: &str) -> String {
+        format!("{}seen:{user}", self.prefix)
+    }
+    fn hidden_key(&self, user: &str) -> String {
+        format!("{}hidden:{user}", self.prefix)
+    }
+
+    /// False while the circuit is open after a failure.
+    pub fn available(&self) -> bool {
+        (now_ms() as u64) >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, what: &str, e: &redis::RedisError, metrics: &Metrics) {
+        metrics.redis_error();
+        let was_up = self.available();
+        self.down_until_ms
+            .store(now_ms() as u64 + CIRCUIT_OPEN_MS, Ordering::Relaxed);
+        if was_up {
+            tracing::warn!(error = %e, "redis {what} failed; serving from PostgreSQL for now");
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+        metrics: &Metrics,
+    ) -> Option<T> {
+        if !self.available() {
+            return None;
+        }
+        let mut conn = self.manager.clone();
+        match pipe.query_async::<T>(&mut conn).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.failed(what, &e, metrics);
+                None
+            }
+        }
+    }
+
+    /// Reads everything a feed request needs; at offset 0 it also starts a new page sequence.
+    pub async fn read_feed(
+        &self,
+        user: &str,
+        new_session_at_ms: Option<i64>,
+        metrics: &Metrics,
+    ) -> Option<FeedRead> {
+        let mut pipe = redis::pipe();
+        pipe.get(self.recommendations_key(user));
+        match new_session_at_ms {
+            Some(ms) => {
+                pipe.cmd("SET")
+                    .arg(self.session_key(user))
+                    .arg(ms)
+                    .arg("EX")
+                    .arg(FEED_SESSION_TTL_SECS)
+                    .ignore();
+                // Keep the reply shape the same: a GET of the value just set.
+                pipe.get(self.session_key(user));
+            }
+            None => {
+                pipe.get(self.session_key(user));
+            }
+        }
+        pipe.cmd("ZRANGE")
+            .arg(self.seen_key(user))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        pipe.smembers(self.hidden_key(user));
+        type Reply = (
+            Option<Vec<u8>>,
+            Option<i64>,
+            Vec<(String, f64)>,
+            Vec<String>,
+        );
+        let (recs, session, seen, hidden): Reply = self.run("read", &pipe, metrics).await?;
+        let recommendations = match recs {
+            None => None,
+            Some(bytes) => match cache::decode(&bytes) {
+                Ok(feed) => Some(feed),
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "unreadable recommendations entry, treated as a miss");
+                    None
+                }
+            },
+        };
+        Some(FeedRead {
+            recommendations,
+            session_start_ms: session,
+            seen: seen.into_iter().map(|(p, s)| (p, s as i64)).collect(),
+            hidden,
+        })
+    }
+
+    /// Writes a user's recommendations back (after a database read), with the interactions that
+    /// the cached path will need to filter them.
+    pub async fn write_feed(
+        &self,
+        user: &str,
+        feed: &CachedFeed,
+        ttl: Duration,
+        interactions: &[Mirrored],
+        metrics: &Metrics,
+    ) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.recommendations_key(user))
+            .arg(cache::encode(feed))
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        self.add_mirrored(&mut pipe, user, interactions);
+        let _: Option<()> = self.run("write", &pipe, metrics).await;
+    }
+
+    /// Mirrors stored interactions; a hide also drops the user's cached recommendations, so the
+    /// next feed is rebuilt from the database without the hidden post.
+    pub async fn record_interactions(
+        &self,
+        user: &str,
+        interactions: &[Mirrored],
+        metrics: &Metrics,
+    ) {
+        if interactions.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        self.add_mirrored(&mut pipe, user, interactions);
+        if interactions.iter().any(|m| m.hide) {
+            pipe.del(self.recommendations_key(user)).ignore();
+        }
+        let _: Option<()> = self.run("record", &pipe, metrics).await;
+    }
+
+    fn add_mirrored(&self, pipe: &mut redis::Pipeline, user: &str, interactions: &[Mirrored]) {
+        let cutoff = now_ms() - SEEN_RETENTION_MS;
+        let recent: Vec<&Mirrored> = interactions.iter().filter(|m| m.at_ms > cutoff).collect();
+        if !recent.is_empty() {
+            let seen = self.seen_key(user);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&seen).arg("GT");
+            for m in &recent {
+                zadd.arg(m.at_ms).arg(&m.post_id);
+            }
+            pipe.add_command(zadd).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&seen)
+                .arg("-inf")
+                .arg(cutoff)
+                .ignore();
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&seen)
+                .arg(0)
+                .arg(-(SEEN_MAX_ENTRIES + 1))
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&seen)
+                .arg(SEEN_RETENTION_MS)
+                .ignore();
+        }
+        let hides: Vec<&str> = interactions
+            .iter()
+            .filter(|m| m.hide)
+            .map(|m| m.post_id.as_str())
+            .collect();
+        if !hides.is_empty() {
+            let hidden = self.hidden_key(user);
+            pipe.sadd(&hidden, hides).ignore();
+            pipe.expire(&hidden, HIDDEN_TTL_SECS as i64).ignore();
+        }
+    }
+
+    /// PING, bypassing the circuit (readiness must say what is true now).
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.manager.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

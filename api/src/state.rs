@@ -1,0 +1,82 @@
+//! The state every handler shares: configuration, the database pool, Redis, the authenticator,
+//! the in-process caches and the metrics registry.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::http::feeds::FeedPost;
+use crate::memo::TtlCache;
+use crate::metrics::{Metrics, PoolGauge};
+use crate::redis_store::RedisStore;
+
+/// How long a user id, once found in `users`, is trusted without asking the database again.
+const KNOWN_USER_TTL: Duration = Duration::from_secs(300);
+const KNOWN_USER_CAPACITY: usize = 100_000;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub cfg: Config,
+    pub pg: deadpool_postgres::Pool,
+    pub redis: RedisStore,
+    pub auth: Authenticator,
+    /// Post bodies with their authors, by post id.
+    pub posts: TtlCache<Uuid, Arc<FeedPost>>,
+    /// User ids known to exist.
+    pub users: TtlCache<Uuid, ()>,
+    /// The random fallback's current candidate pool.
+    pub fallback_pool: std::sync::RwLock<Option<Arc<PoolSnapshot>>>,
+    pub fallback_refresh: tokio::sync::Mutex<()>,
+    pub metrics: Metrics,
+}
+
+/// The most recent posts at one moment, `(post id, author id)`, newest first.
+pub struct PoolSnapshot {
+    pub loaded_at: Instant,
+    pub posts: Vec<(Uuid, Uuid)>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state without connecting to anything: the API starts while PostgreSQL or Redis
+    /// is down, answers 503 (or serves without Redis) and recovers when they come back.
+    pub fn new(cfg: Config) -> Result<AppState, String> {
+        let pg = crate::db::pool(&cfg.database_url, cfg.pg_pool_size, cfg.pg_pool_timeout)?;
+        let redis = RedisStore::new(&cfg.redis_url, &cfg.redis_key_prefix, cfg.redis_timeout)
+            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        let auth = Authenticator::new(&cfg.auth_secret, cfg.nextauth_secret.as_deref());
+        Ok(AppState(Arc::new(Inner {
+            posts: TtlCache::new(cfg.post_cache_capacity, cfg.post_cache_ttl),
+            users: TtlCache::new(KNOWN_USER_CAPACITY, KNOWN_USER_TTL),
+            fallback_pool: std::sync::RwLock::new(None),
+            fallback_refresh: tokio::sync::Mutex::new(()),
+            metrics: Metrics::default(),
+            cfg,
+            pg,
+            redis,
+            auth,
+        })))
+    }
+
+    pub fn pool_gauge(&self) -> PoolGauge {
+        let s = self.pg.status();
+        PoolGauge {
+            max_size: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        }
+    }
+}
