@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dagster_pipeline.config import RecommendationConfig, resolve_run
-from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, user_shards
+from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
 from dagster_pipeline.resources import PostgresResource, RedisResource
 
 ASSET_NAMES = (
@@ -41,7 +41,6 @@ ASSET_NAMES = (
     "user_recommendations",
 )
 COMPONENTS = ("collaborative", "content", "recency", "engagement")
-SHARD_POLICY = dg.BackfillPolicy.single_run()
 
 
 class Timer:
@@ -81,6 +80,9 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
 
 
 def _shards(context: dg.AssetExecutionContext) -> list[str]:
+    """The user shards this step covers: its partition keys, or the whole user base."""
+    if context.assets_def.partitions_def is None:
+        return [WHOLE]
     return list(context.partition_keys)
 
 
@@ -88,11 +90,6 @@ def _shards(context: dg.AssetExecutionContext) -> list[str]:
 # user_interactions_snapshot
 
 
-@dg.asset(
-    description="Users, posts and the interactions of the last lookback_days, read in one "
-    "consistent snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices.",
-    kinds={"postgres", "polars"},
-)
 def user_interactions_snapshot(
     context: dg.AssetExecutionContext, config: RecommendationConfig, postgres: PostgresResource
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
@@ -198,11 +195,6 @@ def interaction_values(snapshot: dict[str, Any], cfg: dict[str, Any]) -> np.ndar
     return weights[snapshot["interactions"]["type"].to_numpy()]
 
 
-@dg.asset(
-    description="TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept as "
-    "JSON), age, recency and engagement (weighted interaction count) per post.",
-    kinds={"rust", "numpy"},
-)
 def post_features(
     context: dg.AssetExecutionContext,
     config: RecommendationConfig,
@@ -258,12 +250,6 @@ def post_features(
 # user_features
 
 
-@dg.asset(
-    description="Each user's weighted interaction vector (users x posts, interaction-type "
-    "weights from config), the posts they hid, and their content profile (their weighted "
-    "interactions times the posts' TF-IDF, l2-normalized).",
-    kinds={"scipy", "numpy"},
-)
 def user_features(
     context: dg.AssetExecutionContext,
     config: RecommendationConfig,
@@ -366,23 +352,6 @@ def validate_scores(
     return all(v == 0 for v in facts.values()), facts
 
 
-@dg.asset(
-    description="Top top_k posts per user by the hybrid score (feedrank.hybrid_topk), in batches "
-    "of batch_size users, with each component kept. Users without history get fresh and popular "
-    "posts; posts without interactions compete through content and recency.",
-    partitions_def=user_shards,
-    backfill_policy=SHARD_POLICY,
-    kinds={"rust"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "scores_valid",
-            asset="recommendation_scores",
-            blocking=True,
-            description="Scores finite and within [0, sum(weights)], components in [0, 1], no "
-            "post of the user's own, none the user hid, no duplicates. Blocks the write.",
-        )
-    ],
-)
 def recommendation_scores(
     context: dg.AssetExecutionContext,
     config: RecommendationConfig,
@@ -649,7 +618,7 @@ def write_cache(
                 np.ascontiguousarray(components[row, :n]),
                 weights,
             )
-            pipe.set(feedrank.recommendations_key(redis_res.key_prefix, user_id), entry, ex=ttl)
+            pipe.set(feedrank.recommendations_key(redis_res.prefix(), user_id), entry, ex=ttl)
             written += 1
             if written % REDIS_PIPELINE_USERS == 0:
                 pipe.execute()
@@ -659,14 +628,6 @@ def write_cache(
     return written
 
 
-@dg.asset(
-    description="Recommendations written to PostgreSQL (one recommendation run per shard, rows by "
-    "COPY, made visible by one short transaction; older, failed and expired runs removed) and, "
-    "after the commit, each user's list to Redis (feedrank cache entry, TTL from config).",
-    partitions_def=user_shards,
-    backfill_policy=SHARD_POLICY,
-    kinds={"postgres", "redis"},
-)
 def user_recommendations(
     context: dg.AssetExecutionContext,
     config: RecommendationConfig,
@@ -691,3 +652,64 @@ def user_recommendations(
             **timer.metadata(),
         },
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the asset definitions
+
+
+def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.AssetsDefinition]:
+    """The five assets. With ``shards`` (user-shard partitions), ``recommendation_scores`` and
+    ``user_recommendations`` are partitioned, and every asset gets a single-run backfill policy so
+    that one run (the schedule's, or ``dagster asset materialize --partition-range``) can cover a
+    range of shards."""
+    policy = dg.BackfillPolicy.single_run() if shards is not None else None
+    sharded = {"partitions_def": shards, "backfill_policy": policy}
+    return [
+        dg.asset(
+            description="Users, posts and the interactions of the last lookback_days, read in "
+            "one consistent snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense "
+            "indices.",
+            kinds={"postgres", "polars"},
+            backfill_policy=policy,
+        )(user_interactions_snapshot),
+        dg.asset(
+            description="TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept "
+            "as JSON), age, recency and engagement (weighted interaction count) per post.",
+            kinds={"rust", "numpy"},
+            backfill_policy=policy,
+        )(post_features),
+        dg.asset(
+            description="Each user's weighted interaction vector (users x posts, interaction-type "
+            "weights from config) and the posts they hid; hybrid_topk builds the content profiles "
+            "from these per batch.",
+            kinds={"scipy", "numpy"},
+            backfill_policy=policy,
+        )(user_features),
+        dg.asset(
+            description="Top top_k posts per user by the hybrid score (feedrank.hybrid_topk), in "
+            "batches of batch_size users, with each component kept. Users without history get "
+            "fresh and popular posts; posts without interactions compete through content and "
+            "recency.",
+            kinds={"rust"},
+            check_specs=[
+                dg.AssetCheckSpec(
+                    "scores_valid",
+                    asset="recommendation_scores",
+                    blocking=True,
+                    description="Scores finite and within [0, sum(weights)], components in "
+                    "[0, 1], no post of the user's own, none the user hid, no duplicates. Blocks "
+                    "the write.",
+                )
+            ],
+            **sharded,
+        )(recommendation_scores),
+        dg.asset(
+            description="Recommendations written to PostgreSQL (one recommendation run per shard, "
+            "rows by COPY, made visible by one short transaction; older, failed and expired runs "
+            "removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL "
+            "from config).",
+            kinds={"postgres", "redis"},
+            **sharded,
+        )(user_recommendations),
+    ]

@@ -14,11 +14,11 @@ import dagster as dg
 import feedrank
 from psycopg import sql
 
-from dagster_pipeline.assets import user_recommendations
-from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, user_shards
+from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, shard_keys
 from dagster_pipeline.resources import PostgresResource, RedisResource
 
 REDIS_SAMPLE_USERS = 200
+USER_RECOMMENDATIONS = dg.AssetKey("user_recommendations")
 
 
 def checked_runs(context: dg.AssetCheckExecutionContext, conn) -> list[dict[str, Any]]:
@@ -28,10 +28,16 @@ def checked_runs(context: dg.AssetCheckExecutionContext, conn) -> list[dict[str,
         (context.run.run_id,),
     ).fetchall()
     if not rows:
+        # Run on its own: the newest complete run of each shard of the newest run's layout.
+        newest = conn.execute(
+            "SELECT shard FROM recommendation_runs WHERE status = 'complete' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if newest is None:
+            return []
         rows = conn.execute(
             "SELECT DISTINCT ON (shard) id, shard, config FROM recommendation_runs "
             "WHERE status = 'complete' AND shard = ANY(%s) ORDER BY shard, id DESC",
-            (list(user_shards.get_partition_keys()),),
+            (shard_keys(parse_shard_key(newest[0])[1]),),
         ).fetchall()
     return [{"id": r[0], "shard": r[1], "config": r[2]} for r in rows]
 
@@ -41,7 +47,7 @@ def _no_runs() -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset=user_recommendations,
+    asset=USER_RECOMMENDATIONS,
     description="Every user that existed at snapshot time has recommendations in the run that "
     "covers their shard, and that run is the one readers get (current_recommendation_run).",
 )
@@ -97,7 +103,7 @@ def every_user_has_recommendations(
 
 
 @dg.asset_check(
-    asset=user_recommendations,
+    asset=USER_RECOMMENDATIONS,
     description="Stored scores are finite and within [0, sum of weights]; components in [0, 1].",
 )
 def stored_scores_in_range(
@@ -132,7 +138,7 @@ def stored_scores_in_range(
 
 
 @dg.asset_check(
-    asset=user_recommendations,
+    asset=USER_RECOMMENDATIONS,
     description="No stored recommendation points at a deleted post, at the user's own post or at "
     "a post the user hid.",
 )
@@ -165,7 +171,7 @@ def no_deleted_own_or_hidden_posts(
 
 
 @dg.asset_check(
-    asset=user_recommendations,
+    asset=USER_RECOMMENDATIONS,
     description=f"For a sample of up to {REDIS_SAMPLE_USERS} users, the Redis entry decodes "
     "(feedrank.decode_cache_entry) and lists the table's rows of the same run in the same order "
     "with the same scores.",
@@ -198,7 +204,7 @@ def redis_matches_table(
                         "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
                         (run["id"], user_id),
                     ).fetchall()
-                    raw = client.get(feedrank.recommendations_key(redis.key_prefix, user_id))
+                    raw = client.get(feedrank.recommendations_key(redis.prefix(), user_id))
                     problem = _compare(raw, run["id"], rows)
                     if problem:
                         mismatches.append({"user_id": user_id, "problem": problem})

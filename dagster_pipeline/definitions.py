@@ -1,32 +1,52 @@
-"""The code location: `dg dev -m dagster_pipeline.definitions` (or `dg check defs`)."""
+"""The code location: `dg dev -m dagster_pipeline.definitions` (or `dg check defs`).
 
-from __future__ import annotations
+``FEEDRANK_USER_SHARDS=N`` (read once, when the location loads) splits scoring and writing into
+N user-shard partitions; unset, one run scores every user (see partitions.py).
+"""
 
 import dagster as dg
 
-from dagster_pipeline import assets
+from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.io_manager import BundleIOManager
-from dagster_pipeline.jobs import build_recommendations
+from dagster_pipeline.partitions import shard_count_from_env, user_shards
 from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
-from dagster_pipeline.schedules import daily_recommendations
+from dagster_pipeline.schedules import build_daily_schedule
 from dagster_pipeline.sensors import alert_on_run_failure
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([assets]),
-    asset_checks=ALL_CHECKS,
-    jobs=[build_recommendations],
-    schedules=[daily_recommendations],
-    sensors=[alert_on_run_failure],
-    resources={
+JOB_NAME = "build_recommendations"
+
+
+def default_resources() -> dict:
+    return {
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
         "redis": RedisResource(redis_url=dg.EnvVar("REDIS_URL")),
         "notifier": AlertNotifier(),
         "io_manager": BundleIOManager(),
-    },
-)
+    }
+
+
+def build_definitions(shard_count: int | None, resources: dict | None = None) -> dg.Definitions:
+    shards = user_shards(shard_count) if shard_count else None
+    job = dg.define_asset_job(
+        JOB_NAME,
+        selection=dg.AssetSelection.all(),
+        description="Snapshot, features, scores and the swap-in of everyone's recommendations.",
+    )
+    return dg.Definitions(
+        assets=build_assets(shards),
+        asset_checks=ALL_CHECKS,
+        jobs=[job],
+        schedules=[build_daily_schedule(job, shards)],
+        sensors=[alert_on_run_failure],
+        resources=resources or default_resources(),
+    )
+
+
+defs = build_definitions(shard_count_from_env())
 
 
 def build_recommendations_job() -> dg.JobDefinition:
-    """The resolved job, for `dg.reconstructable` (multiprocess execution outside a server)."""
-    return defs.resolve_job_def("build_recommendations")
+    """The job as configured by the environment now, for `dg.reconstructable` (each process of
+    the multiprocess executor calls this again, so they agree on the shard layout)."""
+    return build_definitions(shard_count_from_env()).resolve_job_def(JOB_NAME)

@@ -7,8 +7,11 @@ across versions and machines (unlike Python's salted ``hash``) and spreads time-
 (v7) as evenly as random ones.
 
 The shard count is fixed when the code location loads (Dagster partitions are static):
-``FEEDRANK_USER_SHARDS`` (default 4). Changing it changes which users a shard holds; runs of the
-old layout stay served until their rows expire (``expires_after_hours``).
+``FEEDRANK_USER_SHARDS`` unset means no partitions (one run scores every user, and
+``dagster asset materialize --select '*'`` works as is); ``FEEDRANK_USER_SHARDS=N`` partitions
+``recommendation_scores`` and ``user_recommendations`` into N shards. Changing the layout changes
+which users a shard holds; runs of the old layout stay served until their rows expire
+(``expires_after_hours``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import os
 
 import dagster as dg
 
-DEFAULT_SHARDS = 4
 
-
-def shard_count_from_env() -> int:
-    raw = os.environ.get("FEEDRANK_USER_SHARDS", str(DEFAULT_SHARDS))
+def shard_count_from_env() -> int | None:
+    """``FEEDRANK_USER_SHARDS``: unset or empty -> ``None`` (the graph is not partitioned, one run
+    scores every user); ``N`` -> N user-shard partitions."""
+    raw = os.environ.get("FEEDRANK_USER_SHARDS", "").strip()
+    if not raw:
+        return None
     try:
         n = int(raw)
     except ValueError:
@@ -31,13 +36,9 @@ def shard_count_from_env() -> int:
     return n
 
 
-SHARD_COUNT = shard_count_from_env()
-
-
 def shard_keys(count: int) -> list[str]:
     """Partition keys ``"00-of-04"`` ... : sortable, and they name the layout they belong to."""
-    width = len(str(count - 1)) if count > 1 else 1
-    width = max(width, 2)
+    width = max(2, len(str(count)))
     return [f"{i:0{width}d}-of-{count:0{width}d}" for i in range(count)]
 
 
@@ -53,8 +54,13 @@ def parse_shard_key(key: str) -> tuple[int, int]:
     return i, n
 
 
-user_shards = dg.StaticPartitionsDefinition(shard_keys(SHARD_COUNT))
+def user_shards(count: int) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(shard_keys(count))
+
+
+# The shard key of an unpartitioned run: one shard holding every user.
+WHOLE = shard_keys(1)[0]
 
 # 32-bit shard hash of a uuid column, as bigint. Parameterless SQL fragment (column name inserted
-# by the caller through psycopg.sql.Identifier).
+# by the caller through psycopg.sql).
 SHARD_HASH_SQL = "('x' || substr(md5({col}::text), 1, 8))::bit(32)::bigint"

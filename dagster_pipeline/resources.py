@@ -63,10 +63,19 @@ class PostgresResource(dg.ConfigurableResource):
 
 class RedisResource(dg.ConfigurableResource):
     """Redis, by URL, with the key prefix of this installation (empty in production; tests set
-    one so that they never touch real keys)."""
+    one so that they never touch real keys).
+
+    ``key_prefix`` unset: the ``REDIS_KEY_PREFIX`` environment variable when a run starts (the
+    variable the API reads too), else empty.
+    """
 
     redis_url: str
-    key_prefix: str = ""
+    key_prefix: str | None = None
+
+    def prefix(self) -> str:
+        if self.key_prefix is not None:
+            return self.key_prefix
+        return os.environ.get("REDIS_KEY_PREFIX", "")
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
