@@ -183,6 +183,9 @@ pub enum CollaborativeModel {
     UserUser,
     /// Item-item: sum over the user's items of their k nearest items' similarities.
     ItemItem,
+    /// Neighbourhood ridge item-item (`recommenders::ridge_item_neighbors`): each item regressed
+    /// on its `neighbors` strongest co-occurring items with penalty `ridge_l2`; EASE made sparse.
+    Ridge,
 }
 
 /// How the users x items interaction matrix is weighted before similarities are computed
@@ -207,8 +210,13 @@ pub struct ScoringConfig {
     pub weighting: InteractionWeighting,
     /// Recency time constant: recency = exp(-age / tau).
     pub recency_tau_days: f32,
-    /// Neighbours kept per user (user-user) or per item (item-item).
+    /// Neighbours kept per user (user-user) or per item (item-item, ridge).
     pub neighbors: usize,
+    /// Ridge penalty of the `ridge` collaborative model, in co-occurrence counts.
+    pub ridge_l2: f32,
+    /// Recency of the user's own interactions: the user's n-th most recent interaction weighs
+    /// `0.5^(n / history_half_life)` in their history. 0 = every interaction weighs the same.
+    pub history_half_life: f32,
     /// Recommendations kept per user.
     pub top_k: usize,
     /// Interactions older than this are not read.
@@ -228,6 +236,8 @@ impl Default for ScoringConfig {
             weighting: InteractionWeighting::None,
             recency_tau_days: 30.0,
             neighbors: 50,
+            ridge_l2: 100.0,
+            history_half_life: 0.0,
             top_k: 200,
             lookback_days: 30,
             cache_ttl_seconds: 3600,
@@ -248,6 +258,18 @@ impl ScoringConfig {
         }
         if self.neighbors == 0 {
             return Err(Error::invalid("neighbors", "must be >= 1"));
+        }
+        if !(self.ridge_l2.is_finite() && self.ridge_l2 > 0.0) {
+            return Err(Error::invalid(
+                "ridge_l2",
+                format!("must be finite and > 0, got {}", self.ridge_l2),
+            ));
+        }
+        if !(self.history_half_life.is_finite() && self.history_half_life >= 0.0) {
+            return Err(Error::invalid(
+                "history_half_life",
+                format!("must be finite and >= 0, got {}", self.history_half_life),
+            ));
         }
         if self.top_k == 0 {
             return Err(Error::invalid("top_k", "must be >= 1"));
@@ -328,6 +350,20 @@ mod tests {
         assert_eq!(ScoringConfig::from_json("{}").unwrap(), c);
         assert!(ScoringConfig::from_json(r#"{"top_kk": 3}"#).is_err());
         assert!(ScoringConfig::from_json(r#"{"weights": {"collaborative": -1}}"#).is_err());
+        let tuned = ScoringConfig::from_json(
+            r#"{"collaborative": "ridge", "ridge_l2": 30, "history_half_life": 7.5}"#,
+        )
+        .unwrap();
+        assert_eq!(tuned.collaborative, CollaborativeModel::Ridge);
+        assert_eq!((tuned.ridge_l2, tuned.history_half_life), (30.0, 7.5));
+        assert!(ScoringConfig::from_json(r#"{"ridge_l2": 0}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("ridge_l2:"));
+        assert!(ScoringConfig::from_json(r#"{"history_half_life": -1}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("history_half_life:"));
     }
 
     #[test]
