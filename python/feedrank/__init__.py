@@ -21,8 +21,10 @@ from feedrank._core import (
     reasons,
     recommendations_key,
     shuffle,
+    tokenize,
     validate_config,
 )
+from feedrank.tfidf import TfidfVectorizer
 
 __all__ = [
     "__version__",
@@ -36,5 +38,7 @@ __all__ = [
     "reasons",
     "recommendations_key",
     "shuffle",
+    "tokenize",
+    "TfidfVectorizer",
     "validate_config",
 ]

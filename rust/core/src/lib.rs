@@ -11,9 +11,9 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod recommenders;
 pub mod shuffle;
 pub mod sparse;
+pub mod tfidf;
 pub mod topk;
 
 pub use error::{Error, Result};

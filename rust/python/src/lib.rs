@@ -5,7 +5,7 @@ mod contracts;
 mod convert;
 mod error;
 mod kernels;
-mod recommenders;
+mod tfidf;
 
 use pyo3::prelude::*;
 
@@ -25,6 +25,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernels::permutation, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::ranking_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::metrics_at_k, m)?)?;
-    m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
+    m.add_function(wrap_pyfunction!(tfidf::tfidf_fit_transform, m)?)?;
+    m.add_function(wrap_pyfunction!(tfidf::tokenize, m)?)?;
+    m.add_class::<tfidf::PyTfidfModel>()?;
     Ok(())
 }
