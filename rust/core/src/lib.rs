@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod recommenders;
 pub mod shuffle;
 pub mod sparse;
 pub mod tfidf;

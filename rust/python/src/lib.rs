@@ -5,6 +5,7 @@ mod contracts;
 mod convert;
 mod error;
 mod kernels;
+mod recommenders;
 mod tfidf;
 
 use pyo3::prelude::*;
@@ -28,5 +29,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tfidf::tfidf_fit_transform, m)?)?;
     m.add_function(wrap_pyfunction!(tfidf::tokenize, m)?)?;
     m.add_class::<tfidf::PyTfidfModel>()?;
+    m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
     Ok(())
 }
