@@ -59,6 +59,22 @@ def _demo_data(parser: argparse.ArgumentParser) -> Runner:
     return demo_data.run
 
 
+@subcommand("evaluate", "offline evaluation of the recommenders (shared/EVAL.md protocol)")
+def _evaluate(parser: argparse.ArgumentParser) -> Runner:
+    from feedrank import evaluate
+
+    evaluate.add_arguments(parser)
+    return evaluate.run
+
+
+@subcommand("tune", "choose the hybrid's configuration on a validation split; writes a config file")
+def _tune(parser: argparse.ArgumentParser) -> Runner:
+    from feedrank import tune
+
+    tune.add_arguments(parser)
+    return tune.run
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
