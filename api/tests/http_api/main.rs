@@ -1,0 +1,9 @@
+//! HTTP tests of the whole router against real PostgreSQL and Redis (tower `oneshot`, no socket).
+//! Each test gets its own database and Redis key prefix (see common.rs).
+
+mod common;
+
+mod auth;
+mod feeds;
+mod ops;
+mod track;
