@@ -1,0 +1,30 @@
+"""Fixtures of the evaluation tests: MovieLens ml-latest-small from ../shared/data (read in place,
+never copied into the repository) and its EVAL.md split, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import feedrank.evaluate as ev
+
+MOVIELENS = Path(
+    os.environ.get(
+        "FEEDRANK_MOVIELENS",
+        Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens-latest-small",
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def movielens() -> ev.Dataset:
+    if not (MOVIELENS / "ratings.csv").is_file():
+        pytest.fail(f"MovieLens ml-latest-small not found at {MOVIELENS} (set FEEDRANK_MOVIELENS)")
+    return ev.load_movielens(MOVIELENS)
+
+
+@pytest.fixture(scope="session")
+def movielens_split(movielens: ev.Dataset) -> ev.Split:
+    return ev.temporal_split(movielens)
