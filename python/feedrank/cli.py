@@ -102,6 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args._parser.print_usage(sys.stderr)
         print(f"{args._parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        # psycopg, polars, redis, dagster: the optional `pipeline` extra.
+        print(
+            f"{args._parser.prog}: error: needs the Python package {e.name!r}; "
+            "install it with: pip install 'feedrank[pipeline]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"{args._parser.prog}: interrupted", file=sys.stderr)
         return 130
