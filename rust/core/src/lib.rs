@@ -12,9 +12,12 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod recommenders;
+pub mod score;
 pub mod shuffle;
+pub mod similarity;
 pub mod sparse;
 pub mod tfidf;
 pub mod topk;
+pub mod weighting;
 
 pub use error::{Error, Result};

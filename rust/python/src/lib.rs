@@ -6,6 +6,7 @@ mod convert;
 mod error;
 mod kernels;
 mod recommenders;
+mod similarity;
 mod tfidf;
 
 use pyo3::prelude::*;
@@ -29,6 +30,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tfidf::tfidf_fit_transform, m)?)?;
     m.add_function(wrap_pyfunction!(tfidf::tokenize, m)?)?;
     m.add_class::<tfidf::PyTfidfModel>()?;
+    m.add_function(wrap_pyfunction!(similarity::weight_interactions, m)?)?;
+    m.add_function(wrap_pyfunction!(similarity::cosine_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(similarity::item_neighbors, m)?)?;
+    m.add_function(wrap_pyfunction!(similarity::recommend_items, m)?)?;
+    m.add_function(wrap_pyfunction!(similarity::hybrid_topk, m)?)?;
     m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
     Ok(())
 }

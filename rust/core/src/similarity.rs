@@ -1,0 +1,428 @@
+//! Exact cosine top-k between the rows of sparse matrices, and item-item neighbours.
+//!
+//! One query row at a time against all item rows, sparse-accumulator style (SpGEMM): the items'
+//! transpose lists, per feature, the items that have it; a per-thread dense scratch of
+//! `n_items` accumulates the dot products of the query with every item that shares a feature.
+//! Queries run in parallel blocks (rayon); memory is `O(nnz + threads x n_items + rows x k)`,
+//! never a dense `n x n` matrix. Results are ordered by descending score, ties by the lower
+//! index; zero similarities are not returned (rows are padded with `-1` / `0.0`).
+
+use rayon::prelude::*;
+
+use crate::config::InteractionWeighting;
+use crate::sparse::{Csr, CsrRef};
+use crate::topk::{write_row, Scored, TopK};
+use crate::weighting::weight_interactions;
+use crate::{Error, Result};
+
+/// Rows of top-k results: `rows x k`, row-major, `-1`/`0.0` padded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKRows {
+    pub rows: usize,
+    pub k: usize,
+    pub indices: Vec<i64>,
+    pub scores: Vec<f32>,
+}
+
+impl TopKRows {
+    pub fn row(&self, r: usize) -> (&[i64], &[f32]) {
+        (
+            &self.indices[r * self.k..(r + 1) * self.k],
+            &self.scores[r * self.k..(r + 1) * self.k],
+        )
+    }
+
+    /// As a CSR matrix with `ncols` columns (padding dropped, indices sorted within rows).
+    pub fn to_csr(&self, ncols: usize) -> Csr<f32> {
+        let mut indptr = Vec::with_capacity(self.rows + 1);
+        let mut indices = Vec::new();
+        let mut data = Vec::new();
+        indptr.push(0);
+        let mut row: Vec<(u32, f32)> = Vec::with_capacity(self.k);
+        for r in 0..self.rows {
+            let (idx, sc) = self.row(r);
+            row.clear();
+            row.extend(
+                idx.iter()
+                    .zip(sc)
+                    .filter(|(&i, _)| i >= 0)
+                    .map(|(&i, &s)| (i as u32, s)),
+            );
+            row.sort_unstable_by_key(|e| e.0);
+            for &(i, s) in &row {
+                indices.push(i);
+                data.push(s);
+            }
+            indptr.push(indices.len());
+        }
+        Csr {
+            nrows: self.rows,
+            ncols,
+            indptr,
+            indices,
+            data,
+        }
+    }
+}
+
+/// Per-thread scratch of the sparse accumulator.
+pub struct Accumulator {
+    pub acc: Vec<f32>,
+    pub seen: Vec<bool>,
+    pub touched: Vec<u32>,
+    pub topk: TopK,
+    pub sorted: Vec<Scored>,
+}
+
+impl Accumulator {
+    pub fn new(n: usize, k: usize) -> Self {
+        Accumulator {
+            acc: vec![0.0; n],
+            seen: vec![false; n],
+            touched: Vec::new(),
+            topk: TopK::new(k),
+            sorted: Vec::with_capacity(k),
+        }
+    }
+
+    #[inline]
+    pub fn add(&mut self, i: u32, v: f32) {
+        let iu = i as usize;
+        if !self.seen[iu] {
+            self.seen[iu] = true;
+            self.touched.push(i);
+        }
+        self.acc[iu] += v;
+    }
+}
+
+/// Rows per parallel task.
+const BLOCK: usize = 64;
+
+fn inverse(norms: &[f32]) -> Vec<f32> {
+    norms
+        .iter()
+        .map(|&n| if n > 0.0 { 1.0 / n } else { 0.0 })
+        .collect()
+}
+
+/// Cosine top-k of each row of `queries` against the rows of `items` (or of `queries` itself
+/// when `items` is None; `exclude_self` then drops the pair `(i, i)`).
+pub fn cosine_topk(
+    queries: CsrRef<f32>,
+    items: Option<CsrRef<f32>>,
+    k: usize,
+    exclude_self: bool,
+) -> Result<TopKRows> {
+    if k == 0 {
+        return Err(Error::invalid("k", "must be >= 1"));
+    }
+    queries.check_finite("queries")?;
+    let same = items.is_none();
+    let items = items.unwrap_or(queries);
+    items.check_finite("items")?;
+    if items.ncols != queries.ncols {
+        return Err(Error::invalid(
+            "items",
+            format!(
+                "has {} columns but queries has {}",
+                items.ncols, queries.ncols
+            ),
+        ));
+    }
+    let items_t = items.transpose();
+    let q_inv = inverse(&queries.row_norms());
+    let i_inv = if same {
+        q_inv.clone()
+    } else {
+        inverse(&items.row_norms())
+    };
+    let n_items = items.nrows;
+    let mut out = TopKRows {
+        rows: queries.nrows,
+        k,
+        indices: vec![-1; queries.nrows * k],
+        scores: vec![0.0; queries.nrows * k],
+    };
+    let it = items_t.view();
+    out.indices
+        .par_chunks_mut(BLOCK * k)
+        .zip(out.scores.par_chunks_mut(BLOCK * k))
+        .enumerate()
+        .for_each_init(
+            || Accumulator::new(n_items, k),
+            |a, (block, (idx_out, sc_out))| {
+                let first = block * BLOCK;
+                for (r, (io, so)) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).enumerate() {
+                    let q = first + r;
+                    let (feats, vals) = queries.row(q);
+                    for (&f, &v) in feats.iter().zip(vals) {
+                        let (users, ws) = it.row(f as usize);
+                        for (&i, &w) in users.iter().zip(ws) {
+                            a.add(i, v * w);
+                        }
+                    }
+                    let qi = q_inv[q];
+                    for t in 0..a.touched.len() {
+                        let i = a.touched[t];
+                        let iu = i as usize;
+                        let s = a.acc[iu] * qi * i_inv[iu];
+                        a.acc[iu] = 0.0;
+                        a.seen[iu] = false;
+                        if s != 0.0 && !(same && exclude_self && iu == q) {
+                            a.topk.push(i, s);
+                        }
+                    }
+                    a.touched.clear();
+                    let mut sorted = std::mem::take(&mut a.sorted);
+                    a.topk.drain_sorted(&mut sorted);
+                    write_row(&sorted, io, so);
+                    a.sorted = sorted;
+                }
+            },
+        );
+    Ok(out)
+}
+
+/// The top-k cosine neighbours of every item (columns of the users x items `interactions`,
+/// weighted first), as an items x items CSR matrix: what `implicit`'s `CosineRecommender.fit`
+/// computes (it keeps the item itself among the K; `exclude_self = false` does the same).
+pub fn item_neighbors(
+    interactions: CsrRef<f32>,
+    k: usize,
+    weighting: InteractionWeighting,
+    k1: f32,
+    b: f32,
+    exclude_self: bool,
+) -> Result<Csr<f32>> {
+    interactions.check_finite("interactions")?;
+    let w = weight_interactions(interactions, weighting, k1, b)?;
+    let wt = w.view().transpose();
+    let top = cosine_topk(wt.view(), None, k, exclude_self)?;
+    Ok(top.to_csr(interactions.ncols))
+}
+
+/// Top-k items for each of `users`: `score = x_u · S` (S = item neighbours), excluding the
+/// items the user interacted with when asked. As `implicit`'s `ItemItemRecommender.recommend`.
+pub fn recommend_items(
+    interactions: CsrRef<f32>,
+    neighbors: CsrRef<f32>,
+    users: &[usize],
+    k: usize,
+    exclude_interacted: bool,
+) -> Result<TopKRows> {
+    if k == 0 {
+        return Err(Error::invalid("k", "must be >= 1"));
+    }
+    if neighbors.nrows != interactions.ncols || neighbors.ncols != interactions.ncols {
+        return Err(Error::invalid(
+            "item_neighbors",
+            format!(
+                "must be items x items ({0} x {0}), got {1} x {2}",
+                interactions.ncols, neighbors.nrows, neighbors.ncols
+            ),
+        ));
+    }
+    if let Some(&u) = users.iter().find(|&&u| u >= interactions.nrows) {
+        return Err(Error::invalid(
+            "users",
+            format!("index {u} out of range 0..{}", interactions.nrows),
+        ));
+    }
+    let n_items = interactions.ncols;
+    let mut out = TopKRows {
+        rows: users.len(),
+        k,
+        indices: vec![-1; users.len() * k],
+        scores: vec![0.0; users.len() * k],
+    };
+    out.indices
+        .par_chunks_mut(BLOCK * k)
+        .zip(out.scores.par_chunks_mut(BLOCK * k))
+        .zip(users.par_chunks(BLOCK))
+        .for_each_init(
+            || Accumulator::new(n_items, k),
+            |a, ((idx_out, sc_out), us)| {
+                for ((io, so), &u) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).zip(us) {
+                    let (items, vals) = interactions.row(u);
+                    for (&i, &x) in items.iter().zip(vals) {
+                        let (nb, sims) = neighbors.row(i as usize);
+                        for (&j, &s) in nb.iter().zip(sims) {
+                            a.add(j, x * s);
+                        }
+                    }
+                    if exclude_interacted {
+                        for &i in items {
+                            // seen but zeroed: never pushed below
+                            a.acc[i as usize] = f32::NAN;
+                        }
+                    }
+                    for t in 0..a.touched.len() {
+                        let j = a.touched[t] as usize;
+                        let s = a.acc[j];
+                        a.acc[j] = 0.0;
+                        a.seen[j] = false;
+                        if s != 0.0 && !s.is_nan() {
+                            a.topk.push(j as u32, s);
+                        }
+                    }
+                    if exclude_interacted {
+                        for &i in items {
+                            a.acc[i as usize] = 0.0;
+                        }
+                    }
+                    a.touched.clear();
+                    let mut sorted = std::mem::take(&mut a.sorted);
+                    a.topk.drain_sorted(&mut sorted);
+                    write_row(&sorted, io, so);
+                    a.sorted = sorted;
+                }
+            },
+        );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn random_csr(nrows: usize, ncols: usize, cells: &[(usize, usize, i8)]) -> Csr<f32> {
+        let mut dense = vec![0f32; nrows * ncols];
+        for &(r, c, v) in cells {
+            dense[(r % nrows) * ncols + c % ncols] = v as f32;
+        }
+        let mut indptr = vec![0];
+        let mut indices = vec![];
+        let mut data = vec![];
+        for r in 0..nrows {
+            for c in 0..ncols {
+                let v = dense[r * ncols + c];
+                if v != 0.0 {
+                    indices.push(c as u32);
+                    data.push(v);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        Csr::from_parts("m", nrows, ncols, indptr, indices, data).unwrap()
+    }
+
+    fn dense_cos(m: &Csr<f32>, a: usize, b: usize) -> f64 {
+        let row = |r: usize| {
+            let mut v = vec![0f64; m.ncols];
+            let (i, d) = m.view().row(r);
+            for (&c, &x) in i.iter().zip(d) {
+                v[c as usize] = x as f64;
+            }
+            v
+        };
+        let (x, y) = (row(a), row(b));
+        let dot: f64 = x.iter().zip(&y).map(|(p, q)| p * q).sum();
+        let nx = x.iter().map(|p| p * p).sum::<f64>().sqrt();
+        let ny = y.iter().map(|p| p * p).sum::<f64>().sqrt();
+        if nx == 0.0 || ny == 0.0 {
+            0.0
+        } else {
+            dot / (nx * ny)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn topk_equals_brute_force_and_is_symmetric(
+            cells in proptest::collection::vec((0usize..30, 0usize..12, -3i8..4), 0..120),
+            k in 1usize..8,
+        ) {
+            let m = random_csr(17, 9, &cells);
+            let all = cosine_topk(m.view(), None, m.nrows, true).unwrap();
+            let top = cosine_topk(m.view(), None, k, true).unwrap();
+            for q in 0..m.nrows {
+                // brute force, same order: descending score, ties by lower index; zeros dropped
+                let mut want: Vec<(usize, f64)> = (0..m.nrows)
+                    .filter(|&i| i != q)
+                    .map(|i| (i, dense_cos(&m, q, i)))
+                    .filter(|&(_, s)| s.abs() > 1e-6)
+                    .collect();
+                let (ai, asc) = all.row(q);
+                let got: Vec<(usize, f32)> = ai.iter().zip(asc).filter(|(&i, _)| i >= 0).map(|(&i, &s)| (i as usize, s)).collect();
+                prop_assert_eq!(got.len(), want.len());
+                for &(i, s) in &got {
+                    prop_assert!((-1.0001..=1.0001).contains(&s));
+                    let w = want.iter().find(|e| e.0 == i).unwrap().1;
+                    prop_assert!((s as f64 - w).abs() < 1e-5);
+                    // symmetric
+                    let (bi, bs) = all.row(i);
+                    let back = bi.iter().position(|&j| j == q as i64).map(|p| bs[p]);
+                    prop_assert!(back.is_some_and(|b| (b - s).abs() < 1e-6));
+                }
+                // the top-k is the best k of the full ranking (scores non-increasing, then the
+                // exact top-k prefix up to float ties)
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let (ti, ts) = top.row(q);
+                for (slot, (&i, &s)) in ti.iter().zip(ts).enumerate() {
+                    if slot < want.len() {
+                        prop_assert!((s as f64 - want[slot].1).abs() < 1e-5, "slot {} got {} want {:?}", slot, i, want[slot]);
+                    } else {
+                        prop_assert_eq!(i, -1);
+                    }
+                }
+                prop_assert!(ts.windows(2).all(|w| w[0] >= w[1] || w[1] == 0.0));
+            }
+        }
+
+        #[test]
+        fn recommendations_exclude_interacted_and_match_brute_force(
+            cells in proptest::collection::vec((0usize..20, 0usize..15, 1i8..4), 1..100),
+            k in 1usize..6,
+        ) {
+            let x = random_csr(8, 11, &cells);
+            let s = item_neighbors(x.view(), 4, InteractionWeighting::None, 0.0, 0.0, true).unwrap();
+            let users: Vec<usize> = (0..x.nrows).collect();
+            let recs = recommend_items(x.view(), s.view(), &users, k, true).unwrap();
+            for &u in &users {
+                let (items, vals) = x.view().row(u);
+                let mut score = vec![0f64; x.ncols];
+                for (&i, &v) in items.iter().zip(vals) {
+                    let (nb, sims) = s.view().row(i as usize);
+                    for (&j, &sv) in nb.iter().zip(sims) {
+                        score[j as usize] += v as f64 * sv as f64;
+                    }
+                }
+                let (ri, rs) = recs.row(u);
+                for (&j, &sc) in ri.iter().zip(rs) {
+                    if j < 0 { continue; }
+                    prop_assert!(!items.contains(&(j as u32)), "recommended an interacted item");
+                    prop_assert!((sc as f64 - score[j as usize]).abs() < 1e-4);
+                }
+                let mut best: Vec<f64> = (0..x.ncols).filter(|j| !items.contains(&(*j as u32))).map(|j| score[j]).filter(|&v| v != 0.0).collect();
+                best.sort_by(|a, b| b.total_cmp(a));
+                let got = ri.iter().filter(|&&j| j >= 0).count();
+                prop_assert_eq!(got, best.len().min(k));
+                if let Some(&top) = best.first() { prop_assert!((rs[0] as f64 - top).abs() < 1e-4); }
+            }
+        }
+    }
+
+    #[test]
+    fn item_neighbors_are_column_cosines() {
+        // 3 users x 3 items: items 0 and 1 always together, item 2 alone
+        let x = Csr::from_parts(
+            "x",
+            3,
+            3,
+            vec![0, 2, 4, 5],
+            vec![0, 1, 0, 1, 2],
+            vec![1.0f32; 5],
+        )
+        .unwrap();
+        let s = item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, true).unwrap();
+        assert_eq!(s.indptr, vec![0, 1, 2, 2]);
+        assert_eq!(s.indices, vec![1, 0]);
+        assert!((s.data[0] - 1.0).abs() < 1e-6);
+        let with_self =
+            item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, false).unwrap();
+        assert_eq!(with_self.indices, vec![0, 1, 0, 1, 2]);
+        assert!(cosine_topk(x.view(), None, 0, true).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Wrappers of the similarity, weighting, recommending and hybrid kernels.
+
+use std::collections::BTreeMap;
+
+use feedrank_core::config::InteractionWeighting;
+use feedrank_core::score::{self, HybridParams, Posts};
+use feedrank_core::similarity::{self, TopKRows};
+use feedrank_core::sparse::Csr;
+use feedrank_core::weighting;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::contracts::parse_weights;
+use crate::convert::{array2, csr_arg, csr_out, floats_1d, ids_1d, index_1d, positive};
+use crate::error::{type_error, value_error, IntoPyResult};
+
+fn weighting_arg(s: &str) -> PyResult<InteractionWeighting> {
+    match s {
+        "none" => Ok(InteractionWeighting::None),
+        "binary" => Ok(InteractionWeighting::Binary),
+        "tfidf" => Ok(InteractionWeighting::Tfidf),
+        "bm25" => Ok(InteractionWeighting::Bm25),
+        other => Err(value_error(
+            "weighting",
+            format!("must be 'none', 'binary', 'tfidf' or 'bm25', got {other:?}"),
+        )),
+    }
+}
+
+fn topk_out<'py>(py: Python<'py>, t: TopKRows) -> PyResult<Bound<'py, PyTuple>> {
+    let (rows, k) = (t.rows, t.k);
+    PyTuple::new(
+        py,
+        [
+            array2(py, t.indices, rows, k)?,
+            array2(py, t.scores, rows, k)?,
+        ],
+    )
+}
+
+/// Interaction weighting as implicit's item-item recommenders apply it.
+#[pyfunction]
+#[pyo3(signature = (interactions, weighting="none", k1=100.0, b=0.8))]
+pub fn weight_interactions<'py>(
+    py: Python<'py>,
+    interactions: &Bound<'py, PyAny>,
+    weighting: &str,
+    k1: f32,
+    b: f32,
+) -> PyResult<Bound<'py, PyAny>> {
+    let w = weighting_arg(weighting)?;
+    let x = csr_arg("interactions", interactions)?;
+    let out = py
+        .detach(|| weighting::weight_interactions(x.view(), w, k1, b))
+        .py()?;
+    csr_out(py, out)
+}
+
+/// Exact cosine top-k between rows.
+#[pyfunction]
+#[pyo3(signature = (queries, items=None, k=50, exclude_self=true))]
+pub fn cosine_topk<'py>(
+    py: Python<'py>,
+    queries: &Bound<'py, PyAny>,
+    items: Option<&Bound<'py, PyAny>>,
+    k: i64,
+    exclude_self: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let k = positive("k", k)?;
+    let q = csr_arg("queries", queries)?;
+    let it: Option<Csr<f32>> = items.map(|i| csr_arg("items", i)).transpose()?;
+    let t = py
+        .detach(|| {
+            similarity::cosine_topk(q.view(), it.as_ref().map(|m| m.view()), k, exclude_self)
+        })
+        .py()?;
+    topk_out(py, t)
+}
+
+/// The top-k cosine neighbours of every item (columns of users x items).
+#[pyfunction]
+#[pyo3(signature = (interactions, k=50, weighting="none", k1=100.0, b=0.8, exclude_self=true))]
+pub fn item_neighbors<'py>(
+    py: Python<'py>,
+    interactions: &Bound<'py, PyAny>,
+    k: i64,
+    weighting: &str,
+    k1: f32,
+    b: f32,
+    exclude_self: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let k = positive("k", k)?;
+    let w = weighting_arg(weighting)?;
+    let x = csr_arg("interactions", interactions)?;
+    let s = py
+        .detach(|| similarity::item_neighbors(x.view(), k, w, k1, b, exclude_self))
+        .py()?;
+    csr_out(py, s)
+}
+
+/// Top-k items per user by `x_u · S`.
+#[pyfunction]
+#[pyo3(signature = (interactions, item_neighbors, users, k=50, exclude_interacted=true))]
+pub fn recommend_items<'py>(
+    py: Python<'py>,
+    interactions: &Bound<'py, PyAny>,
+    item_neighbors: &Bound<'py, PyAny>,
+    users: &Bound<'py, PyAny>,
+    k: i64,
+    exclude_interacted: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let k = positive("k", k)?;
+    let x = csr_arg("interactions", interactions)?;
+    let s = csr_arg("item_neighbors", item_neighbors)?;
+    let users = index_1d("users", users, x.nrows)?;
+    let t = py
+        .detach(|| similarity::recommend_items(x.view(), s.view(), &users, k, exclude_interacted))
+        .py()?;
+    topk_out(py, t)
+}
+
+/// The hybrid top-k per user, with the four normalized components.
+#[pyfunction]
+#[pyo3(signature = (
+    interactions, post_tfidf, post_age_days, post_engagement, post_author, users, k=200,
+    weights=None, neighbors=50, recency_tau_days=30.0, collaborative="user_user",
+    weighting="none", exclude=None, candidates=None, bm25_k1=100.0, bm25_b=0.8, **model_params
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn hybrid_topk<'py>(
+    py: Python<'py>,
+    interactions: &Bound<'py, PyAny>,
+    post_tfidf: &Bound<'py, PyAny>,
+    post_age_days: &Bound<'py, PyAny>,
+    post_engagement: &Bound<'py, PyAny>,
+    post_author: &Bound<'py, PyAny>,
+    users: &Bound<'py, PyAny>,
+    k: i64,
+    weights: Option<&Bound<'py, PyAny>>,
+    neighbors: i64,
+    recency_tau_days: f32,
+    collaborative: &str,
+    weighting: &str,
+    exclude: Option<&Bound<'py, PyAny>>,
+    candidates: Option<&Bound<'py, PyAny>>,
+    bm25_k1: f32,
+    bm25_b: f32,
+    model_params: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let k = positive("k", k)?;
+    let neighbors = positive("neighbors", neighbors)?;
+    let weights = match weights {
+        Some(w) => parse_weights(w)?,
+        None => Default::default(),
+    };
+    let weighting = weighting_arg(weighting)?;
+    let mut extra: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(d) = model_params {
+        for (key, v) in d.iter() {
+            let key: String = key.extract()?;
+            let v: f64 = v
+                .extract()
+                .map_err(|_| type_error("model_params", format!("{key} must be a number")))?;
+            extra.insert(key, v);
+        }
+    }
+    let x = csr_arg("interactions", interactions)?;
+    let tfidf = csr_arg("post_tfidf", post_tfidf)?;
+    let age = floats_1d("post_age_days", post_age_days)?;
+    let engagement = floats_1d("post_engagement", post_engagement)?;
+    let author = ids_1d("post_author", post_author)?;
+    let users = index_1d("users", users, x.nrows)?;
+    let exclude = exclude.map(|e| csr_arg("exclude", e)).transpose()?;
+    let candidates = candidates
+        .map(|c| index_1d("candidates", c, x.ncols))
+        .transpose()?;
+    let collaborative = collaborative.to_string();
+    let res = py
+        .detach(|| {
+            let posts = Posts {
+                tfidf: tfidf.view(),
+                age_days: &age,
+                engagement: &engagement,
+                author: &author,
+            };
+            let params = HybridParams {
+                k,
+                weights,
+                neighbors,
+                recency_tau_days,
+                collaborative: &collaborative,
+                weighting,
+                bm25_k1,
+                bm25_b,
+                model_params: &extra,
+            };
+            score::hybrid_topk(
+                x.view(),
+                &posts,
+                &users,
+                &params,
+                exclude.as_ref().map(|e| e.view()),
+                candidates.as_deref(),
+            )
+        })
+        .py()?;
+    let m = users.len();
+    let d = PyDict::new(py);
+    d.set_item("indices", array2(py, res.indices, m, k)?)?;
+    d.set_item("scores", array2(py, res.scores, m, k)?)?;
+    let comps = array2(py, res.components, m * k, 4)?.call_method1("reshape", ((m, k, 4),))?;
+    d.set_item("components", comps)?;
+    Ok(d)
+}
