@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use crate::config::ScoringConfig;
+use crate::score::{CollaborativeInput, ItemNeighbors};
 use crate::sparse::{from_sorted_rows, Csr, CsrRef};
 use crate::topk::{Scored, TopK};
 use crate::{Error, Result};
@@ -191,6 +193,24 @@ pub fn ridge_item_neighbors(x: CsrRef<f32>, params: RidgeParams) -> Result<Csr<f
     // Rows of Sᵀ are the columns of S.
     let st = from_sorted_rows(n_items, columns);
     Ok(st.view().transpose())
+}
+
+/// The hybrid's `ridge` collaborative model: [`ridge_item_neighbors`] of the weighted matrix
+/// (`weighting`; `binary` fits the regression on who-saw-what), scored as `x_u · S` with the
+/// user's history values (e.g. recency-weighted). Setting: `ridge_l2` (default: ScoringConfig's).
+pub fn ridge_scorer<'a>(input: &CollaborativeInput<'a>) -> Result<ItemNeighbors<'a>> {
+    let l2 = match input.params.get("ridge_l2") {
+        Some(&v) => v as f32,
+        None => ScoringConfig::default().ridge_l2,
+    };
+    let s = ridge_item_neighbors(
+        input.weighted,
+        RidgeParams {
+            neighbors: input.neighbors,
+            l2,
+        },
+    )?;
+    ItemNeighbors::new(input.interactions, s)
 }
 
 #[cfg(test)]
