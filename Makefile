@@ -14,7 +14,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench
+.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api nextauth-helper
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -47,6 +47,15 @@ target/release/feedrank-api: $(API_SOURCES)
 
 api: target/release/feedrank-api
 
+# The API's tests mint NextAuth session cookies with the real next-auth package (tests/nextauth).
+NEXTAUTH_HELPER := tests/nextauth/node_modules/.package-lock.json
+$(NEXTAUTH_HELPER): tests/nextauth/package.json tests/nextauth/package-lock.json
+	@echo "==> next-auth test helper (npm ci)"
+	@cd tests/nextauth && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+nextauth-helper: $(NEXTAUTH_HELPER)
+
 services:
 	@scripts/services.sh up
 
@@ -60,7 +69,7 @@ lint:
 	@cargo fmt --all -- --check
 	@cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-rust-test: services
+rust-test: services $(NEXTAUTH_HELPER)
 	@echo "==> cargo test"
 	@cargo test --workspace --quiet
 
@@ -86,3 +95,8 @@ demo-check: develop api
 
 bench: develop
 	@$(PY) -m feedrank.bench kernels
+
+# The API under wrk on loopback (feed from the cache, random fallback, tracking); loads
+# 100,000 users and 1,000,000 posts into its own database first (api/bench/README.md).
+bench-api: api develop services
+	@api/bench/bench.sh

@@ -80,6 +80,8 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = BEARER_LEEWAY_SECS;
         validation.validate_exp = true;
+        // jsonwebtoken ignores `nbf` unless asked: a token that is not valid yet must be refused.
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
         Authenticator {
@@ -139,6 +141,9 @@ impl Authenticator {
                     use jsonwebtoken::errors::ErrorKind;
                     match e.kind() {
                         ErrorKind::ExpiredSignature => unauthorized("the bearer token has expired"),
+                        ErrorKind::ImmatureSignature => {
+                            unauthorized("the bearer token is not valid yet (`nbf`)")
+                        }
                         ErrorKind::InvalidSignature => {
                             unauthorized("the bearer token's signature is invalid")
                         }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod invalidation;
 pub mod memo;
 pub mod metrics;
 pub mod migrate;

@@ -1,6 +1,6 @@
 //! `feedrank-api [serve]`   runs the API (configuration from the environment, see config.rs)
 //! `feedrank-api migrate`   applies the schema migrations to DATABASE_URL
-//! `feedrank-api token --user ID [--ttl SECONDS]`   prints a development bearer token
+//! `feedrank-api token --user ID [--user ID2 ...] [--ttl SECONDS]`   prints development bearer tokens
 //! `feedrank-api openapi`   prints the OpenAPI document
 
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use feedrank_api::config::{Config, DEFAULT_DATABASE_URL};
 const USAGE: &str = "usage:
   feedrank-api [serve]                          run the API (env: DATABASE_URL, REDIS_URL, AUTH_SECRET, NEXTAUTH_SECRET, BIND_ADDR, ...)
   feedrank-api migrate                          apply the schema migrations to DATABASE_URL
-  feedrank-api token --user ID [--ttl SECONDS]  print a development bearer token signed with AUTH_SECRET (default ttl 86400)
+  feedrank-api token --user ID [--user ID2 ...] [--ttl SECONDS]
+                                                print development bearer tokens (one a line) signed with AUTH_SECRET (default ttl 86400)
   feedrank-api openapi                          print the OpenAPI document";
 
 fn main() -> ExitCode {
@@ -57,12 +58,12 @@ async fn migrate() -> ExitCode {
 }
 
 fn token(args: &[String]) -> ExitCode {
-    let mut user = None;
+    let mut users: Vec<String> = Vec::new();
     let mut ttl = 86_400u64;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.next()) {
-            ("--user", Some(v)) => user = Some(v.clone()),
+            ("--user", Some(v)) if !v.is_empty() => users.push(v.clone()),
             ("--ttl", Some(v)) => {
                 match v.parse::<u64>() {
                     Ok(t) if t > 0 => ttl = t,
@@ -78,16 +79,18 @@ fn token(args: &[String]) -> ExitCode {
             }
         }
     }
-    let Some(user) = user.filter(|u| !u.is_empty()) else {
+    if users.is_empty() {
         eprintln!("feedrank-api token: --user ID is required\n{USAGE}");
         return ExitCode::from(2);
-    };
+    }
     let Ok(secret) = std::env::var("AUTH_SECRET") else {
         eprintln!("feedrank-api token: AUTH_SECRET is not set");
         return ExitCode::from(2);
     };
     let auth = feedrank_api::auth::Authenticator::new(&secret, None);
-    println!("{}", auth.dev_token(&user, Duration::from_secs(ttl)));
+    for user in users {
+        println!("{}", auth.dev_token(&user, Duration::from_secs(ttl)));
+    }
     ExitCode::SUCCESS
 }
 
@@ -112,6 +115,7 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    feedrank_api::invalidation::spawn(&state);
     let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => {

@@ -141,12 +141,26 @@ fn parse_event(v: &Value, at: &str) -> ApiResult<TrackRequest> {
                     format!("must be at most {MAX_METADATA_BYTES} bytes of JSON, got {size}"),
                 ));
             }
+            // PostgreSQL's jsonb cannot hold U+0000 (it would fail the insert with a 500).
+            if m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+                return Err(ApiError::bad(
+                    f("metadata"),
+                    "must not contain the character U+0000",
+                ));
+            }
             Some(m.clone())
         }
         Some(_) => return Err(ApiError::bad(f("metadata"), "must be a JSON object")),
     };
     let event_id = match obj.get("eventId") {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.contains('\0') => {
+            // PostgreSQL's text cannot hold U+0000 (it would fail the insert with a 500).
+            return Err(ApiError::bad(
+                f("eventId"),
+                "must not contain the character U+0000",
+            ));
+        }
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_EVENT_ID => {
             Some(s.clone())
         }
@@ -164,6 +178,16 @@ fn parse_event(v: &Value, at: &str) -> ApiResult<TrackRequest> {
         metadata,
         event_id,
     })
+}
+
+/// Whether a JSON value holds U+0000 in any string or key.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn at_or(at: &str, name: &str) -> String {

@@ -92,6 +92,7 @@ impl TestEnv {
         cfg.pg_pool_timeout = Duration::from_millis(1500);
         tweak(&mut cfg);
         let state = AppState::new(cfg.clone()).unwrap();
+        feedrank_api::invalidation::spawn(&state);
         let db = pg_connect(&db_url).await;
         TestEnv {
             db_name,

@@ -590,3 +590,45 @@ async fn with_postgres_down_requests_get_503_quickly_and_recover_by_themselves()
     let (s, _) = get(app, "/api/feeds?refresh=true", Some(&t)).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_and_deleted_posts_leave_the_in_process_cache_at_once() {
+    // A long post-cache TTL: only the change notifications (migration V3) can refresh it.
+    let env = TestEnv::with(|c| c.post_cache_ttl = Duration::from_secs(3600)).await;
+    let alice = env.user("alice").await;
+    let posts: Vec<Uuid> = corpus(&env, 3, 1).await.into_iter().map(|x| x.1).collect();
+    let items: Vec<(Uuid, f32, Reason)> =
+        posts.iter().map(|p| (*p, 0.5, Reason::Popular)).collect();
+    env.cache_feed(alice, &items, now_secs() - 60).await;
+    let t = env.token(alice);
+    // Let the listener connect (it clears the cache when it does).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, b) = get(env.app(), "/api/feeds", Some(&t)).await;
+    assert_eq!(b["metadata"]["source"], "cache");
+    assert_eq!(ids(&b), posts);
+
+    env.db
+        .execute(
+            "UPDATE posts SET content = 'edited' WHERE id = $1",
+            &[&posts[0]],
+        )
+        .await
+        .unwrap();
+    env.db
+        .execute("DELETE FROM posts WHERE id = $1", &[&posts[1]])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, b) = get(env.app(), "/api/feeds", Some(&t)).await;
+        if b["posts"][0]["content"] == "edited" && !ids(&b).contains(&posts[1]) {
+            assert_eq!(b["metadata"]["total"], 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cached copies were never dropped: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

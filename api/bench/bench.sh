@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# `make bench-api`: the API under wrk on loopback, with every service on this machine.
+#
+#   1. a database of its own (BENCH_DATABASE_URL, default .../feedrank_bench) with
+#      `feedrank demo-data` at 100,000 users and 1,000,000 posts (loaded once, kept for reruns);
+#   2. a complete recommendation run for 1,000 users (200 posts each, written by SQL: this
+#      measures serving, not the pipeline), warmed into Redis through the API itself;
+#   3. the release API on 127.0.0.1:$BENCH_PORT with its own Redis key prefix, then wrk:
+#      feed from the cache, the random fallback (1,000 other users), tracking (unique event ids);
+#   4. after tracking, the stored row count is compared with the 201 answers counted by wrk.
+#
+# Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BENCH_DIR=$PWD/api/bench
+export BENCH_DIR
+
+DB=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/feedrank_bench}
+ADMIN=${DB%/*}/postgres
+USERS=${BENCH_USERS:-100000}
+POSTS=${BENCH_POSTS:-1000000}
+INTERACTIONS=${BENCH_INTERACTIONS:-2000000}
+DURATION=${BENCH_DURATION:-15s}
+CONNS=${BENCH_CONNECTIONS:-64}
+PORT=${BENCH_PORT:-18099}
+API=target/release/feedrank-api
+PREFIX="bench:$$:"
+WORK=$(mktemp -d)
+SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+API_PID=
+
+cleanup() {
+    if [[ -n $API_PID ]]; then kill "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true; fi
+    redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379/0}" --scan --pattern "${PREFIX}*" 2>/dev/null |
+        xargs -r -n 500 redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379/0}" del >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { printf '==> %s\n' "$*"; }
+
+if ! command -v wrk >/dev/null; then
+    say "installing wrk (Debian package)"
+    apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+[[ -x $API ]] || { echo "bench-api: $API is missing (make api)"; exit 1; }
+
+# --- 1. data ------------------------------------------------------------------------------------
+dbname=${DB##*/}
+if [[ -z $(psql "$ADMIN" -tAc "SELECT 1 FROM pg_database WHERE datname = '$dbname'") ]]; then
+    psql "$ADMIN" -qc "CREATE DATABASE $dbname"
+fi
+DATABASE_URL=$DB "$API" migrate >/dev/null
+have=$(psql "$DB" -tAc "SELECT count(*) FROM posts")
+if (( have < POSTS )); then
+    say "loading demo data: $USERS users, $POSTS posts, $INTERACTIONS interactions (once; several minutes)"
+    .venv/bin/feedrank demo-data --reset --users "$USERS" --posts "$POSTS" \
+        --interactions "$INTERACTIONS" --database-url "$DB"
+fi
+say "data: $(psql "$DB" -tAc "SELECT count(*) FROM users") users, $(psql "$DB" -tAc "SELECT count(*) FROM posts") posts, $(psql "$DB" -tAc "SELECT count(*) FROM user_interactions") interactions"
+
+# --- 2. recommendations for 1,000 users ---------------------------------------------------------
+psql "$DB" -q <<'SQL'
+CREATE TEMP TABLE bench_users AS SELECT id FROM users ORDER BY id LIMIT 1000;
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM recommendation_runs WHERE shard = 'bench-api' AND status = 'complete'
+                 AND completed_at > now() - interval '1 day') THEN
+    DELETE FROM recommendation_runs WHERE shard = 'bench-api';
+    CREATE TEMP TABLE cand AS
+      SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts ORDER BY created_at DESC LIMIT 50000) p;
+    WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at)
+                 VALUES ('building', 'bench-api', now()) RETURNING id)
+    INSERT INTO user_recommendations (run_id, user_id, post_id, score, collaborative_score, content_score,
+                                      recency_score, engagement_score, reason, expires_at)
+    SELECT run.id, u.id, c.id, random(), random(), random(), random(), random(),
+           (ARRAY['similar_users', 'similar_content', 'fresh', 'popular'])[1 + (g % 4)], now() + interval '2 days'
+    FROM run CROSS JOIN bench_users u CROSS JOIN generate_series(1, 200) g
+    JOIN cand c ON c.rn = 1 + abs(hashtext(u.id::text || ':' || g::text)) % 50000
+    ON CONFLICT DO NOTHING;
+    UPDATE recommendation_runs SET status = 'complete' WHERE shard = 'bench-api';
+  END IF;
+END $$;
+SQL
+psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
+                 WHERE rr.shard = 'bench-api' GROUP BY user_id ORDER BY user_id" >"$WORK/rec_users"
+psql "$DB" -tAc "SELECT id FROM users u WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_id = u.id)
+                 ORDER BY id LIMIT 1000" >"$WORK/fallback_users"
+psql "$DB" -tAc "SELECT id FROM posts TABLESAMPLE SYSTEM (2) LIMIT 10000" >"$WORK/posts"
+say "$(wc -l <"$WORK/rec_users") users with recommendations, $(wc -l <"$WORK/fallback_users") without"
+
+# --- 3. the API ---------------------------------------------------------------------------------
+AUTH_SECRET=$SECRET "$API" token --user $(tr '\n' ' ' <"$WORK/rec_users" | sed 's/ / --user /g; s/ --user $//') >"$WORK/rec_tokens"
+AUTH_SECRET=$SECRET "$API" token --user $(tr '\n' ' ' <"$WORK/fallback_users" | sed 's/ / --user /g; s/ --user $//') >"$WORK/fallback_tokens"
+AUTH_SECRET=$SECRET DATABASE_URL=$DB REDIS_KEY_PREFIX=$PREFIX BIND_ADDR=127.0.0.1:$PORT \
+    RUST_LOG=${RUST_LOG:-warn} "$API" serve >"$WORK/api.log" 2>&1 &
+API_PID=$!
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$WORK/api.log"; echo "bench-api: the API is not ready"; exit 1; }
+URL="http://127.0.0.1:$PORT"
+
+say "warming the cache through the API (each user's first feed comes from the database)"
+xargs -P 4 -I{} curl -sf -o /dev/null -H "Authorization: Bearer {}" "$URL/api/feeds?limit=50" <"$WORK/rec_tokens"
+sample=$(curl -sf -H "Authorization: Bearer $(head -1 "$WORK/rec_tokens")" "$URL/api/feeds?limit=50")
+python3 -c 'import json,sys; m=json.loads(sys.argv[1])["metadata"]; print(f"    sample page: source={m[\"source\"]} total={m[\"total\"]} posts={m[\"limit\"]}")' "$sample"
+metric() { curl -sf "$URL/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
+
+run_wrk() { # name script tokens [path]
+    BENCH_NAME=$1 BENCH_TOKENS=$3 BENCH_PATH=${4:-/api/feeds?limit=50} BENCH_POSTS=$WORK/posts \
+        wrk -t2 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$BENCH_DIR/$2" "$URL" 2>&1 | grep -E '^(RESULT|CREATED)'
+}
+
+say "feed from the cache: wrk -t2 -c$CONNS -d$DURATION, 1,000 users, limit=50"
+c0=$(metric 'feedrank_feed_responses_total{source="cache"}')
+run_wrk feed_cache feed.lua "$WORK/rec_tokens" | tee "$WORK/r1"
+c1=$(metric 'feedrank_feed_responses_total{source="cache"}')
+echo "    answered from the cache: $((c1 - c0))"
+
+say "random fallback over $(psql "$DB" -tAc "SELECT count(*) FROM posts") posts: wrk -t2 -c$CONNS -d$DURATION, 1,000 users without recommendations"
+f0=$(metric 'feedrank_feed_responses_total{source="fallback"}')
+run_wrk feed_fallback feed.lua "$WORK/fallback_tokens" | tee "$WORK/r2"
+f1=$(metric 'feedrank_feed_responses_total{source="fallback"}')
+echo "    answered by the fallback: $((f1 - f0))"
+
+say "tracking: wrk -t2 -c$CONNS -d$DURATION, POST /api/track with unique event ids"
+before=$(psql "$DB" -tAc "SELECT count(*) FROM user_interactions")
+BENCH_RUN=$$ run_wrk track track.lua "$WORK/rec_tokens" | tee "$WORK/r3"
+after=$(psql "$DB" -tAc "SELECT count(*) FROM user_interactions")
+created=$(awk '/^CREATED/ { print $2 }' "$WORK/r3")
+echo "    201 answers: $created, new rows: $((after - before))"
+if [[ $created != "$((after - before))" ]]; then
+    echo "bench-api: MISMATCH between accepted events and stored rows"; exit 1
+fi
+
+say "summary"
+printf '| %-14s | %9s | %8s | %8s | %8s |\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms"
+printf '|%s|\n' "----------------|-----------|----------|----------|----------"
+cat "$WORK/r1" "$WORK/r2" "$WORK/r3" | awk '/^RESULT/ {
+    for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    printf "| %-14s | %9s | %8s | %8s | %8s |\n", $2, v["rps"], v["p50"], v["p95"], v["p99"] }'
