@@ -150,12 +150,14 @@ make_step "$API_BIN" "API binary $API_BIN"
 # --- 3. services, schema, data -------------------------------------------------------------------
 
 step "PostgreSQL and Redis (scripts/services.sh up)"
-# Services that were not running before are stopped again on exit (`services.sh down` stops only
-# what it started itself); the data stays in PostgreSQL.
-if ! scripts/services.sh status >/dev/null 2>&1; then
+# Services that this run starts (services.sh records them in its state file) are stopped again
+# on exit with `services.sh down`; the data stays in PostgreSQL.
+SERVICES_STATE="${FEEDRANK_DATA_DIR:-$ROOT/.data}/services.state"
+before=$(cat "$SERVICES_STATE" 2>/dev/null || true)
+scripts/services.sh up
+if [[ $(cat "$SERVICES_STATE" 2>/dev/null || true) != "$before" ]]; then
     STOP_SERVICES=1
 fi
-scripts/services.sh up
 
 step "schema migrations (feedrank-api migrate)"
 "$API_BIN" migrate
