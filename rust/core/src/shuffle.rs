@@ -9,9 +9,26 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// A uniformly distributed integer in `0..bound` (`1 <= bound <= 2^32`), without modulo bias
+/// (Lemire's method on 32-bit draws, as numpy does for bounds that fit).
+#[inline]
+fn bounded32(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
+    let mut m = (rng.next_u32() as u64) * bound;
+    if (m as u32 as u64) < bound {
+        let threshold = (1u64 << 32) % bound;
+        while (m as u32 as u64) < threshold {
+            m = (rng.next_u32() as u64) * bound;
+        }
+    }
+    m >> 32
+}
+
 /// A uniformly distributed integer in `0..bound` (`bound >= 1`), without modulo bias.
 #[inline]
 fn bounded(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
+    if bound <= 1 << 32 {
+        return bounded32(rng, bound);
+    }
     let mut m = (rng.next_u64() as u128) * (bound as u128);
     if (m as u64) < bound {
         let threshold = bound.wrapping_neg() % bound;
@@ -22,13 +39,46 @@ fn bounded(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
     (m >> 64) as u64
 }
 
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Shuffles `xs` in place; every permutation is equally likely and the same `seed` always gives
 /// the same permutation of the same length.
+///
+/// The swap partners are drawn a block ahead (the draws depend only on the generator, not on
+/// the data, so the permutation is the plain Fisher-Yates one) and their cache lines prefetched:
+/// on arrays larger than the cache, the random swaps are memory-bound otherwise.
 pub fn shuffle<T>(xs: &mut [T], seed: u64) {
+    const BLOCK: usize = 1024;
+    const AHEAD: usize = 24;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for i in (1..xs.len()).rev() {
-        let j = bounded(&mut rng, i as u64 + 1) as usize;
-        xs.swap(i, j);
+    let mut js = [0usize; BLOCK];
+    let mut i = xs.len();
+    while i > 1 {
+        // positions i-1, i-2, ..., down to 1 (at most BLOCK of them)
+        let count = (i - 1).min(BLOCK);
+        for (t, j) in js[..count].iter_mut().enumerate() {
+            *j = bounded(&mut rng, (i - t) as u64) as usize;
+        }
+        let ptr = xs.as_ptr();
+        for &j in &js[..count.min(AHEAD)] {
+            prefetch(ptr.wrapping_add(j));
+        }
+        for t in 0..count {
+            if t + AHEAD < count {
+                prefetch(ptr.wrapping_add(js[t + AHEAD]));
+            }
+            xs.swap(i - 1 - t, js[t]);
+        }
+        i -= count;
     }
 }
 

@@ -5,7 +5,7 @@
 //! `n_items` accumulates the dot products of the query with every item that shares a feature.
 //! Queries run in parallel blocks (rayon); memory is `O(nnz + threads x n_items + rows x k)`,
 //! never a dense `n x n` matrix. Results are ordered by descending score, ties by the lower
-//! index; zero similarities are not returned (rows are padded with `-1` / `0.0`).
+//! index; zero similarities (|cos| <= 1e-6) are not returned (rows are padded with `-1`/`0.0`).
 
 use rayon::prelude::*;
 
@@ -99,6 +99,10 @@ impl Accumulator {
 /// Rows per parallel task.
 const BLOCK: usize = 64;
 
+/// Cosines within this of zero are zero: with mixed-sign real values, dot products can cancel
+/// to float residue rather than to exact zeros.
+const ZERO: f32 = 1e-6;
+
 fn inverse(norms: &[f32]) -> Vec<f32> {
     norms
         .iter()
@@ -130,13 +134,18 @@ pub fn cosine_topk(
             ),
         ));
     }
-    let items_t = items.transpose();
+    // Dot products are accumulated unscaled (exact for counts and binary data, which f32 holds
+    // exactly up to 2^24) and turned into cosines once per pair.
     let q_inv = inverse(&queries.row_norms());
     let i_inv = if same {
         q_inv.clone()
     } else {
         inverse(&items.row_norms())
     };
+    let items_t = items.transpose();
+    // With strictly positive values every product is > 0, so a zero accumulator means "not
+    // touched yet" and the separate `seen` flags can be skipped in the hot loop.
+    let positive = queries.data.iter().all(|&v| v > 0.0) && items_t.data.iter().all(|&v| v > 0.0);
     let n_items = items.nrows;
     let mut out = TopKRows {
         rows: queries.nrows,
@@ -155,21 +164,24 @@ pub fn cosine_topk(
                 let first = block * BLOCK;
                 for (r, (io, so)) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).enumerate() {
                     let q = first + r;
-                    let (feats, vals) = queries.row(q);
-                    for (&f, &v) in feats.iter().zip(vals) {
-                        let (users, ws) = it.row(f as usize);
-                        for (&i, &w) in users.iter().zip(ws) {
-                            a.add(i, v * w);
+                    if positive {
+                        accumulate_positive(a, queries, it, q);
+                    } else {
+                        let (feats, vals) = queries.row(q);
+                        for (&f, &v) in feats.iter().zip(vals) {
+                            let (users, ws) = it.row(f as usize);
+                            for (&i, &w) in users.iter().zip(ws) {
+                                a.add(i, v * w);
+                            }
                         }
                     }
-                    let qi = q_inv[q];
                     for t in 0..a.touched.len() {
                         let i = a.touched[t];
                         let iu = i as usize;
-                        let s = a.acc[iu] * qi * i_inv[iu];
+                        let s = a.acc[iu] * q_inv[q] * i_inv[iu];
                         a.acc[iu] = 0.0;
                         a.seen[iu] = false;
-                        if s != 0.0 && !(same && exclude_self && iu == q) {
+                        if s.abs() > ZERO && !(same && exclude_self && iu == q) {
                             a.topk.push(i, s);
                         }
                     }
@@ -182,6 +194,23 @@ pub fn cosine_topk(
             },
         );
     Ok(out)
+}
+
+/// The hot loop of [`cosine_topk`] for strictly positive values: `acc == 0` marks untouched.
+#[inline]
+fn accumulate_positive(a: &mut Accumulator, q: CsrRef<f32>, it: CsrRef<f32>, row: usize) {
+    let (feats, vals) = q.row(row);
+    let acc = &mut a.acc[..];
+    for (&f, &v) in feats.iter().zip(vals) {
+        let (items, ws) = it.row(f as usize);
+        for (&i, &w) in items.iter().zip(ws) {
+            let slot = &mut acc[i as usize];
+            if *slot == 0.0 {
+                a.touched.push(i);
+            }
+            *slot += v * w;
+        }
+    }
 }
 
 /// The top-k cosine neighbours of every item (columns of the users x items `interactions`,
