@@ -171,6 +171,8 @@ fi
 
 step "recommendations (dagster asset materialize --select '*')"
 mkdir -p "$DEMO_DIR" "$DAGSTER_HOME"
+# An empty dagster.yaml: the defaults (SQLite storage under DAGSTER_HOME), without the warning.
+[[ -e $DAGSTER_HOME/dagster.yaml ]] || : >"$DAGSTER_HOME/dagster.yaml"
 if age=$("$PY" scripts/demo_state.py recommendations-fresh 2>/dev/null); then
     info "the last complete run is $age h old and newer than every post: skipped"
     info "(the UI's Materialize all, or the 02:00 UTC schedule, builds a new one)"
@@ -182,7 +184,7 @@ else
         tail -n 40 "$DEMO_DIR/materialize.log" >&2
         fail "materializing the pipeline failed (full log: $DEMO_DIR/materialize.log)"
     fi
-    grep -oE 'Finished execution of step "[^"]+" in [^.]+\.[0-9a-z]*' "$DEMO_DIR/materialize.log" |
+    grep -oE 'Finished execution of step "[^"]+" in [0-9.]+m?s' "$DEMO_DIR/materialize.log" |
         sed 's/^/    /' || true
     info "materialized in $((SECONDS - t)) s"
 fi
@@ -239,14 +241,7 @@ feedrank demo is ready (started in $((SECONDS - T0)) s). Press Ctrl-C to stop it
     curl -s -H "Authorization: Bearer $TOKEN" "$FEED_URL"
 
   answered just now:
-$("$PY" -c '
-import json, sys
-s = json.loads(sys.argv[1])
-print(f"      metadata.source = {s[\"source\"]!r}, total = {s[\"total\"]}")
-for p in s["first"]:
-    score = p["score"] if p["score"] is None else round(p["score"], 3)
-    print(f"      {p[\"id\"]}  reason={p[\"reason\"]}  score={score}  by {p[\"author\"]}: {p[\"content\"]!r}")
-' "$summary")
+$("$PY" scripts/demo_state.py describe-feed "$summary")
 
   Track a like on the first post (201 with the interaction id):
 
@@ -262,9 +257,9 @@ for p in s["first"]:
 
   In a notebook (with this project's .venv as the kernel):
 
-    import feedrank, numpy as np
-    X = feedrank.tfidf(["rust makes python fast", "python notebooks", "rust kernels"])
-    print(X.shape, feedrank.cosine_top_k(X, X, k=2))
+    import feedrank
+    X = feedrank.TfidfVectorizer().fit_transform(["rust makes python fast", "fast python notebooks", "rust kernels for feeds"])
+    neighbours, similarity = feedrank.cosine_topk(X, k=1); print(neighbours.ravel(), similarity.ravel())
 
 EOF
 

@@ -113,6 +113,10 @@ class DemoRun:
             text=True,
             bufsize=1,
             start_new_session=True,  # its own process group: SIGINT to it is a terminal's Ctrl-C
+            # As in a terminal, SIGINT must reach make and the script with its default action even
+            # when this check runs in the background (which ignores SIGINT in what it starts);
+            # a shell cannot trap a signal that was ignored when it started.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.pgid = self.proc.pid
         threading.Thread(target=self._pump, daemon=True).start()

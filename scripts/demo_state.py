@@ -11,6 +11,7 @@ on stdout and says what it found on stderr; exit status 0 means "yes", 1 "no", 2
   warm-feed URL TOKEN      asks GET URL until the answer comes from the cache (the first call after
                            a Redis restart is served from the database and written back), then
                            prints a JSON summary: source, total, first post id, first reasons
+  describe-feed JSON       that summary as the lines `make demo` prints
 """
 
 from __future__ import annotations
@@ -143,6 +144,19 @@ def warm_feed(url: str, token: str) -> int:
     return 0 if meta.get("source") == "cache" and posts else 1
 
 
+def describe_feed(summary_json: str) -> int:
+    """The human-readable lines for a `warm-feed` summary."""
+    s = json.loads(summary_json)
+    print(f"      metadata.source = {s['source']!r}, total = {s['total']}")
+    for p in s["first"]:
+        score = "-" if p["score"] is None else f"{p['score']:.3f}"
+        print(
+            f"      {p['id']}  reason={p['reason']}  score={score}"
+            f"  by @{p['author']}: {p['content']!r}"
+        )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -157,6 +171,8 @@ def main(argv: list[str]) -> int:
             return demo_user()
         if cmd == "warm-feed" and len(args) == 2:
             return warm_feed(args[0], args[1])
+        if cmd == "describe-feed" and len(args) == 1:
+            return describe_feed(args[0])
     except Exception as e:  # noqa: BLE001 - the shell script prints this and stops
         print(f"demo_state.py {cmd}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
