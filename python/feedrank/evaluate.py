@@ -311,8 +311,8 @@ def temporal_split(data: Dataset, min_interactions: int = 5, test_fraction: floa
 
 def history_weights(users, timestamps, raw_items, half_life: float) -> np.ndarray:
     """Recency of a user's own interactions: the user's n-th most recent interaction (n = 0 for
-    the latest, order by time then raw item id) weighs ``0.5 ** (n / half_life)``; ``half_life``
-    0 gives every interaction weight 1."""
+    the latest, order by time then raw item id) weighs ``max(0.5 ** (n / half_life), 1e-6)``;
+    ``half_life`` 0 gives every interaction weight 1."""
     if not (math.isfinite(half_life) and half_life >= 0):
         raise ValueError(f"history_half_life: must be finite and >= 0, got {half_life}")
     w = np.ones(len(users), np.float32)
@@ -323,7 +323,9 @@ def history_weights(users, timestamps, raw_items, half_life: float) -> np.ndarra
     counts = np.bincount(u)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     from_end = counts[u] - 1 - (np.arange(len(u)) - starts[u])
-    w[order] = np.power(0.5, from_end / half_life).astype(np.float32)
+    # Floored at 1e-6: the oldest interactions stay in the history (they still exclude their
+    # items) and no weight underflows float32, which similarity norms would turn into inf.
+    w[order] = np.maximum(np.power(0.5, from_end / half_life), 1e-6).astype(np.float32)
     return w
 
 

@@ -36,12 +36,12 @@ GRIDS: dict[str, dict[str, Any]] = {
     "full": {
         "user_user": {"neighbors": [25, 50, 100], "weighting": ["none", "bm25"]},
         "item_item": {"neighbors": [20, 50, 100, 200], "weighting": ["none", "tfidf", "bm25"]},
-        "ridge": {"neighbors": [50, 100, 200], "ridge_l2": [10.0, 30.0, 100.0, 300.0, 1000.0]},
+        "ridge": {"neighbors": [50, 100, 200], "ridge_l2": [30.0, 100.0, 300.0, 1000.0]},
         "history_half_life": [0.0, 5.0, 10.0, 20.0, 40.0],
-        "content": [0.05, 0.1, 0.2, 0.4],
-        "recency": [0.05, 0.1, 0.2],
+        "content": [0.1, 0.2, 0.4],
+        "recency": [0.05, 0.2],
         "recency_tau_days": [7.0, 30.0, 180.0],
-        "engagement": [0.05, 0.1, 0.2],
+        "engagement": [0.05, 0.2],
     },
     "small": {
         "user_user": {"neighbors": [50], "weighting": ["none"]},
