@@ -124,12 +124,7 @@ class BundleIOManager(dg.ConfigurableIOManager):
     def _root(self, context: dg.InputContext | dg.OutputContext) -> Path:
         if self.base_dir:
             return Path(self.base_dir)
-        # OutputContext has .instance; InputContext reaches it through its step context.
-        if isinstance(context, dg.OutputContext):
-            instance = context.instance
-        else:
-            instance = context.step_context.instance
-        return Path(instance.storage_directory()) / "feedrank"
+        return Path(context.step_context.instance.storage_directory()) / "feedrank"
 
     def _asset_dir(self, context: dg.InputContext | dg.OutputContext) -> Path:
         return self._root(context).joinpath(*context.asset_key.path)
