@@ -19,10 +19,15 @@ MOVIELENS = Path(
 
 
 @pytest.fixture(scope="session")
-def movielens() -> ev.Dataset:
+def movielens_path() -> Path:
     if not (MOVIELENS / "ratings.csv").is_file():
         pytest.fail(f"MovieLens ml-latest-small not found at {MOVIELENS} (set FEEDRANK_MOVIELENS)")
-    return ev.load_movielens(MOVIELENS)
+    return MOVIELENS
+
+
+@pytest.fixture(scope="session")
+def movielens(movielens_path: Path) -> ev.Dataset:
+    return ev.load_movielens(movielens_path)
 
 
 @pytest.fixture(scope="session")
