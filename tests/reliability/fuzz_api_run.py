@@ -1,0 +1,164 @@
+"""Schemathesis against the running API (``make fuzz-api``, scripts/fuzz_api.sh): requests generated
+from the API's own ``/openapi.json`` (valid and invalid ones), sent to the real binary over TCP with
+a private PostgreSQL and Redis behind it, authenticated as a seeded user. Checks: no 5xx, status
+codes, content types, headers and bodies as documented.
+
+    python tests/reliability/fuzz_api_run.py [--max-examples N] [--workers W] [--seed S]
+
+The number of requests each route received is read from the API's own ``/metrics`` (before and
+after), so the count is what the server saw, not what the fuzzer meant to send. Exits non-zero when
+schemathesis reports a failure or a route with parameters received fewer than ``--min-requests``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import requests
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from reliability.stack import (  # type: ignore[no-redef]
+        ApiServer, PrivatePostgres, PrivateRedis, migrate, seed, token,
+    )
+else:
+    from .stack import ApiServer, PrivatePostgres, PrivateRedis, migrate, seed, token
+
+# Everything Schemathesis can check except the two that judge the API's documented choices:
+# - positive_data_acceptance: a schema-valid postId that names no post is a documented 404;
+# - negative_data_rejection: unknown query parameters are documented as ignored.
+CHECKS = ",".join([
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "missing_required_header",
+    "unsupported_method",
+    "ignored_auth",
+])
+# The routes whose inputs are generated (the others take no input: one request covers them).
+FUZZED_ROUTES = ("GET /api/feeds", "POST /api/track", "POST /api/track/batch")
+
+
+def _route_counts(base: str) -> dict[str, int]:
+    text = requests.get(base + "/metrics", timeout=10).text
+    out: dict[str, int] = {}
+    for m in re.finditer(
+        r'feedrank_http_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\d+)', text
+    ):
+        method, route, _status, n = m.groups()
+        out[f"{method} {route}"] = out.get(f"{method} {route}", 0) + int(n)
+    return out
+
+
+def _status_counts(base: str) -> dict[str, int]:
+    text = requests.get(base + "/metrics", timeout=10).text
+    out: dict[str, int] = {}
+    for m in re.finditer(r'feedrank_http_requests_total\{[^}]*status="(\d+)"\} (\d+)', text):
+        out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    return out
+
+
+def run(max_examples: int, workers: int = 2, seed_value: int | None = None,
+        binary: Path | None = None, log=print, max_time: int | None = None) -> dict:
+    st = Path(sys.executable).with_name("st")
+    if not st.exists():
+        st = Path(shutil.which("st") or "st")
+    pg, redis = PrivatePostgres(), PrivateRedis()
+    api = None
+    work = Path(tempfile.mkdtemp(prefix="feedrank-fuzz-api-"))
+    try:
+        url = pg.create_database()
+        migrate(url, binary)
+        data = seed(url, users=10, posts_per_user=10, recommend=30)
+        api = ApiServer(url, redis.url, "fuzz:", binary, BODY_LIMIT_BYTES="65536")
+        before = _route_counts(api.base)
+        before_status = _status_counts(api.base)
+        cmd = [
+            str(st), "run", api.base + "/openapi.json",
+            "--checks", CHECKS,
+            "--max-examples", str(max_examples),
+            "--workers", str(workers),
+            "--header", f"Authorization: Bearer {token(data.users[0], ttl=86400)}",
+            "--request-timeout", "20",
+            "--suppress-health-check", "all",
+            "--report", "junit", "--report-dir", str(work),
+            "--no-color",
+        ]
+        if seed_value is not None:
+            cmd += ["--seed", str(seed_value)]
+        if max_time is not None:
+            cmd += ["--max-time", str(max_time)]
+        log("fuzz-api: " + " ".join(c if "Bearer" not in c else "Authorization: Bearer ..."
+                                    for c in cmd))
+        # Run from the scratch directory: schemathesis keeps a cache in ./.schemathesis/.
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=work,
+                              env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
+        after = _route_counts(api.base)
+        after_status = _status_counts(api.base)
+        counts = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(after)}
+        statuses = {k: after_status.get(k, 0) - before_status.get(k, 0)
+                    for k in sorted(after_status)}
+        statuses = {k: n for k, n in statuses.items() if n}
+        report = {
+            "max_examples": max_examples,
+            "requests_by_route": {k: n for k, n in counts.items() if n},
+            "requests_total": sum(counts.values()),
+            "responses_by_status": statuses,
+            "server_errors": sum(n for k, n in statuses.items() if k.startswith("5")),
+            "schemathesis_exit": done.returncode,
+            "schemathesis_tail": "\n".join(done.stdout.splitlines()[-40:]),
+        }
+        return report
+    finally:
+        if api is not None:
+            api.stop()
+        redis.stop()
+        pg.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--max-examples", type=int,
+                    default=int(os.environ.get("FUZZ_API_EXAMPLES", 2000)))
+    ap.add_argument("--min-requests", type=int, default=None,
+                    help="fewest requests each fuzzed route must receive (default: max-examples)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    report = run(args.max_examples, args.workers, args.seed)
+    print(report.pop("schemathesis_tail"))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    floor = args.min_requests if args.min_requests is not None else args.max_examples
+    short = {r: report["requests_by_route"].get(r, 0) for r in FUZZED_ROUTES
+             if report["requests_by_route"].get(r, 0) < floor}
+    problems = []
+    if report["schemathesis_exit"] != 0:
+        problems.append(f"schemathesis exited {report['schemathesis_exit']}")
+    if report["server_errors"]:
+        problems.append(f"{report['server_errors']} 5xx answers")
+    if short:
+        problems.append(f"routes with fewer than {floor} requests: {short}")
+    if problems:
+        print("FUZZ-API FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"fuzz-api passed: {report['requests_total']} requests, "
+          + ", ".join(f"{r} {report['requests_by_route'][r]}" for r in FUZZED_ROUTES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
