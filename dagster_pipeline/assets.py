@@ -29,6 +29,8 @@ import scipy.sparse as sp
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from feedrank.evaluate import history_weights, hybrid_kwargs
+
 from dagster_pipeline.config import RecommendationConfig, resolve_run
 from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
 from dagster_pipeline.resources import PostgresResource, RedisResource
@@ -264,7 +266,10 @@ def user_features(
     with timer.step("interaction matrix"):
         rows = inter["user_idx"].to_numpy()
         cols = inter["post_idx"].to_numpy()
-        values = interaction_values(snap, cfg)
+        # type weight x recency within the user's own history (the evaluation's definition)
+        values = interaction_values(snap, cfg) * history_weights(
+            rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"])
+        )
         positive = values > 0
         matrix = sp.csr_matrix(
             (values[positive], (rows[positive], cols[positive])),
@@ -369,6 +374,7 @@ def recommendation_scores(
         age = np.asarray(post_features["age_days"])
         engagement = np.asarray(post_features["engagement"])
         author = np.asarray(post_features["post_author"])
+    model_kwargs = hybrid_kwargs(cfg)  # the one ScoringConfig -> hybrid_topk mapping
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []
@@ -383,19 +389,7 @@ def recommendation_scores(
             part = users[start : start + batch]
             t = time.perf_counter()
             result = feedrank.hybrid_topk(
-                interactions,
-                tfidf,
-                age,
-                engagement,
-                author,
-                part,
-                k=k,
-                weights=weights,
-                neighbors=int(cfg["neighbors"]),
-                recency_tau_days=float(cfg["recency_tau_days"]),
-                collaborative=cfg["collaborative"],
-                weighting=cfg["weighting"],
-                exclude=hidden,
+                interactions, tfidf, age, engagement, author, part, k=k, exclude=hidden, **model_kwargs
             )
             kernel_seconds += time.perf_counter() - t
             got = result["indices"].shape[1]

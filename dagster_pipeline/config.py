@@ -30,6 +30,8 @@ SCORING_FIELDS = (
     "weighting",
     "recency_tau_days",
     "neighbors",
+    "ridge_l2",
+    "history_half_life",
     "top_k",
     "lookback_days",
     "cache_ttl_seconds",
@@ -56,12 +58,19 @@ class RecommendationConfig(dg.Config):
         description="Weight per interaction type {view, click, like, share, hide}; default "
         "1/2/4/6/0.",
     )
-    collaborative: str | None = Field(default=None, description="user_user (default) | item_item")
+    collaborative: str | None = Field(
+        default=None, description="user_user (default) | item_item | ridge"
+    )
     weighting: str | None = Field(
         default=None, description="Interaction weighting for similarities: none|binary|tfidf|bm25"
     )
     recency_tau_days: float | None = Field(default=None, description="recency = exp(-age/tau); 30")
     neighbors: int | None = Field(default=None, description="Nearest users/items kept; 50")
+    ridge_l2: float | None = Field(default=None, description="Ridge penalty (collaborative=ridge)")
+    history_half_life: float | None = Field(
+        default=None,
+        description="A user's n-th most recent interaction weighs 0.5^(n/half_life); 0 = all equal",
+    )
     top_k: int | None = Field(default=None, description="Recommendations kept per user; 200")
     lookback_days: int | None = Field(default=None, description="Interactions read; 30 days")
     cache_ttl_seconds: int | None = Field(default=None, description="Redis entry TTL; 3600")
