@@ -32,6 +32,13 @@ class TfidfVectorizer:
     Parameters follow scikit-learn: ``min_df``/``max_df`` are document counts when ints and
     proportions of the documents when floats; ``max_features`` keeps the most frequent terms;
     ``norm`` is ``"l2"``, ``"l1"`` or ``None``.
+
+    >>> from feedrank import TfidfVectorizer
+    >>> v = TfidfVectorizer(min_df=2)
+    >>> v.fit_transform(["red apples", "green apples", "red cars"]).shape
+    (3, 2)
+    >>> list(v.get_feature_names_out())
+    ['apples', 'red']
     """
 
     def __init__(

@@ -70,6 +70,9 @@ pub struct Accumulator {
     pub acc: Vec<f32>,
     pub seen: Vec<bool>,
     pub touched: Vec<u32>,
+    /// Branchless first-touch list of [`Accumulator::add_positive`]: `buf[..count]`.
+    pub buf: Vec<u32>,
+    pub count: usize,
     pub topk: TopK,
     pub sorted: Vec<Scored>,
 }
@@ -80,9 +83,28 @@ impl Accumulator {
             acc: vec![0.0; n],
             seen: vec![false; n],
             touched: Vec::new(),
+            buf: vec![0; n + 1],
+            count: 0,
             topk: TopK::new(k),
             sorted: Vec::with_capacity(k),
         }
+    }
+
+    /// `acc[idx] += v * ws` for strictly positive products: a zero accumulator means "not
+    /// touched yet", so first touches are recorded without a branch in `buf[..count]`.
+    #[inline]
+    pub fn add_positive(&mut self, idx: &[u32], ws: &[f32], v: f32) {
+        let acc = &mut self.acc[..];
+        let buf = &mut self.buf[..];
+        let mut count = self.count;
+        for (&j, &w) in idx.iter().zip(ws) {
+            let ju = j as usize;
+            let old = acc[ju];
+            buf[count] = j;
+            count += (old == 0.0) as usize;
+            acc[ju] = old + v * w;
+        }
+        self.count = count;
     }
 
     #[inline]
@@ -103,7 +125,7 @@ const BLOCK: usize = 64;
 /// to float residue rather than to exact zeros.
 const ZERO: f32 = 1e-6;
 
-fn inverse(norms: &[f32]) -> Vec<f32> {
+fn inverse(norms: &[f64]) -> Vec<f64> {
     norms
         .iter()
         .map(|&n| if n > 0.0 { 1.0 / n } else { 0.0 })
@@ -123,6 +145,9 @@ pub fn cosine_topk(
     }
     queries.check_finite("queries")?;
     let same = items.is_none();
+    if same {
+        return Ok(cosine_topk_self(queries, k, exclude_self));
+    }
     let items = items.unwrap_or(queries);
     items.check_finite("items")?;
     if items.ncols != queries.ncols {
@@ -136,11 +161,11 @@ pub fn cosine_topk(
     }
     // Dot products are accumulated unscaled (exact for counts and binary data, which f32 holds
     // exactly up to 2^24) and turned into cosines once per pair.
-    let q_inv = inverse(&queries.row_norms());
+    let q_inv = inverse(&queries.row_norms_f64());
     let i_inv = if same {
         q_inv.clone()
     } else {
-        inverse(&items.row_norms())
+        inverse(&items.row_norms_f64())
     };
     let items_t = items.transpose();
     // With strictly positive values every product is > 0, so a zero accumulator means "not
@@ -165,7 +190,13 @@ pub fn cosine_topk(
                 for (r, (io, so)) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).enumerate() {
                     let q = first + r;
                     if positive {
-                        accumulate_positive(a, queries, it, q);
+                        let (feats, vals) = queries.row(q);
+                        for (&f, &v) in feats.iter().zip(vals) {
+                            let (items, ws) = it.row(f as usize);
+                            a.add_positive(items, ws, v);
+                        }
+                        a.touched.extend_from_slice(&a.buf[..a.count]);
+                        a.count = 0;
                     } else {
                         let (feats, vals) = queries.row(q);
                         for (&f, &v) in feats.iter().zip(vals) {
@@ -178,7 +209,7 @@ pub fn cosine_topk(
                     for t in 0..a.touched.len() {
                         let i = a.touched[t];
                         let iu = i as usize;
-                        let s = a.acc[iu] * q_inv[q] * i_inv[iu];
+                        let s = (a.acc[iu] as f64 * q_inv[q] * i_inv[iu]) as f32;
                         a.acc[iu] = 0.0;
                         a.seen[iu] = false;
                         if s.abs() > ZERO && !(same && exclude_self && iu == q) {
@@ -196,21 +227,155 @@ pub fn cosine_topk(
     Ok(out)
 }
 
-/// The hot loop of [`cosine_topk`] for strictly positive values: `acc == 0` marks untouched.
-#[inline]
-fn accumulate_positive(a: &mut Accumulator, q: CsrRef<f32>, it: CsrRef<f32>, row: usize) {
-    let (feats, vals) = q.row(row);
-    let acc = &mut a.acc[..];
-    for (&f, &v) in feats.iter().zip(vals) {
-        let (items, ws) = it.row(f as usize);
-        for (&i, &w) in items.iter().zip(ws) {
-            let slot = &mut acc[i as usize];
-            if *slot == 0.0 {
-                a.touched.push(i);
-            }
-            *slot += v * w;
+/// Per-thread state of [`cosine_topk_self`]: the accumulator and a top-k of every row.
+struct SelfState {
+    acc: Accumulator,
+    tops: Vec<TopK>,
+    /// `thresholds[j]`: the score row `j`'s top-k must beat (-inf until it holds k entries).
+    thresholds: Vec<f32>,
+}
+
+/// Cosine top-k of the rows of `m` among themselves. Each pair is computed once (`j > i`, the
+/// upper triangle) and offered to both rows' top-k, halving the work of the two-sided loop;
+/// every thread keeps a top-k per row (`threads x n x k` entries), merged at the end.
+fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool) -> TopKRows {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let n = m.nrows;
+    let inv = inverse(&m.row_norms_f64());
+    let (mt, positions) = m.transpose_with_positions(true);
+    let mtv = mt.view();
+    let positions = &positions;
+    let positive = m.data.iter().all(|&v| v > 0.0);
+    let next = AtomicUsize::new(0);
+    let threads = rayon::current_num_threads().max(1);
+    let states: Vec<SelfState> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut st = SelfState {
+                        acc: Accumulator::new(n, 1),
+                        tops: (0..n).map(|_| TopK::new(k)).collect(),
+                        thresholds: vec![f32::NEG_INFINITY; n],
+                    };
+                    loop {
+                        let first = next.fetch_add(BLOCK, Ordering::Relaxed);
+                        if first >= n {
+                            break;
+                        }
+                        for i in first..(first + BLOCK).min(n) {
+                            self_row(&mut st, m, mtv, positions, &inv, i, positive, exclude_self);
+                        }
+                    }
+                    st
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a similarity worker panicked"))
+            .collect()
+    });
+    let mut out = TopKRows {
+        rows: n,
+        k,
+        indices: vec![-1; n * k],
+        scores: vec![0.0; n * k],
+    };
+    let mut states = states;
+    // merge the threads' top-k of each row
+    let mut tops: Vec<Vec<TopK>> = states
+        .iter_mut()
+        .map(|s| std::mem::take(&mut s.tops))
+        .collect();
+    let mut per_row: Vec<Vec<TopK>> = (0..n).map(|_| Vec::with_capacity(threads)).collect();
+    for t in tops.iter_mut() {
+        for (row, top) in per_row.iter_mut().zip(t.drain(..)) {
+            row.push(top);
         }
     }
+    out.indices
+        .par_chunks_mut(k)
+        .zip(out.scores.par_chunks_mut(k))
+        .zip(per_row.into_par_iter())
+        .for_each_init(
+            || (TopK::new(k), Vec::with_capacity(k), Vec::with_capacity(k)),
+            |(merged, part, sorted), ((io, so), parts)| {
+                for mut t in parts {
+                    t.drain_sorted(part);
+                    for e in part.iter() {
+                        merged.push(e.index, e.score);
+                    }
+                }
+                merged.drain_sorted(sorted);
+                write_row(sorted, io, so);
+            },
+        );
+    out
+}
+
+/// Row `i` of [`cosine_topk_self`]: the dot products with rows `j > i`, offered to both tops.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn self_row(
+    st: &mut SelfState,
+    m: CsrRef<f32>,
+    mt: CsrRef<f32>,
+    positions: &[usize],
+    inv: &[f64],
+    i: usize,
+    positive: bool,
+    exclude_self: bool,
+) {
+    let (feats, vals) = m.row(i);
+    let a = &mut st.acc;
+    let base = m.indptr[i];
+    for (o, (&f, &v)) in feats.iter().zip(vals).enumerate() {
+        let (rows, ws) = mt.row(f as usize);
+        // entry (i, f) sits at positions[base + o] of the transpose: rows j > i follow it
+        let start = positions[base + o] + 1 - mt.indptr[f as usize];
+        if positive {
+            a.add_positive(&rows[start..], &ws[start..], v);
+        } else {
+            for (&j, &w) in rows[start..].iter().zip(&ws[start..]) {
+                a.add(j, v * w);
+            }
+        }
+    }
+    if positive {
+        a.touched.extend_from_slice(&a.buf[..a.count]);
+        a.count = 0;
+    }
+    let ii = inv[i];
+    if !exclude_self && ii > 0.0 {
+        let norm2: f64 = vals.iter().map(|&x| x as f64 * x as f64).sum();
+        st.tops[i].push(i as u32, (norm2 * ii * ii) as f32);
+    }
+    for t in 0..a.touched.len() {
+        let j = a.touched[t];
+        let ju = j as usize;
+        let s = (a.acc[ju] as f64 * ii * inv[ju]) as f32;
+        a.acc[ju] = 0.0;
+        a.seen[ju] = false;
+        if s.abs() <= ZERO {
+            continue;
+        }
+        if s >= st.thresholds[i] {
+            let top = &mut st.tops[i];
+            top.push(j, s);
+            if let Some(t) = top.threshold() {
+                st.thresholds[i] = t;
+            }
+        }
+        if s >= st.thresholds[ju] {
+            let top = &mut st.tops[ju];
+            top.push(i as u32, s);
+            if let Some(t) = top.threshold() {
+                st.thresholds[ju] = t;
+            }
+        }
+    }
+    a.touched.clear();
 }
 
 /// The top-k cosine neighbours of every item (columns of the users x items `interactions`,
@@ -259,6 +424,8 @@ pub fn recommend_items(
         ));
     }
     let n_items = interactions.ncols;
+    let positive =
+        interactions.data.iter().all(|&v| v > 0.0) && neighbors.data.iter().all(|&v| v > 0.0);
     let mut out = TopKRows {
         rows: users.len(),
         k,
@@ -276,9 +443,17 @@ pub fn recommend_items(
                     let (items, vals) = interactions.row(u);
                     for (&i, &x) in items.iter().zip(vals) {
                         let (nb, sims) = neighbors.row(i as usize);
-                        for (&j, &s) in nb.iter().zip(sims) {
-                            a.add(j, x * s);
+                        if positive {
+                            a.add_positive(nb, sims, x);
+                        } else {
+                            for (&j, &s) in nb.iter().zip(sims) {
+                                a.add(j, x * s);
+                            }
                         }
+                    }
+                    if positive {
+                        a.touched.extend_from_slice(&a.buf[..a.count]);
+                        a.count = 0;
                     }
                     if exclude_interacted {
                         for &i in items {

@@ -185,6 +185,12 @@ impl<'a, T: Copy + Send + Sync + Default> CsrRef<'a, T> {
 
     /// The transpose, with sorted indices (a counting sort by column, rows visited in order).
     pub fn transpose(&self) -> Csr<T> {
+        self.transpose_with_positions(false).0
+    }
+
+    /// The transpose and, when asked, where each stored entry went: entry `p` of `self` is entry
+    /// `positions[p]` of the transpose.
+    pub fn transpose_with_positions(&self, want_positions: bool) -> (Csr<T>, Vec<usize>) {
         let mut counts = vec![0usize; self.ncols + 1];
         for &j in self.indices {
             counts[j as usize + 1] += 1;
@@ -197,22 +203,34 @@ impl<'a, T: Copy + Send + Sync + Default> CsrRef<'a, T> {
         let nnz = self.nnz();
         let mut indices = vec![0u32; nnz];
         let mut data = vec![T::default(); nnz];
+        let mut positions = if want_positions {
+            vec![0usize; nnz]
+        } else {
+            Vec::new()
+        };
         for i in 0..self.nrows {
+            let start = self.indptr[i];
             let (idx, val) = self.row(i);
-            for (&j, &v) in idx.iter().zip(val) {
+            for (o, (&j, &v)) in idx.iter().zip(val).enumerate() {
                 let p = next[j as usize];
                 indices[p] = i as u32;
                 data[p] = v;
                 next[j as usize] = p + 1;
+                if want_positions {
+                    positions[start + o] = p;
+                }
             }
         }
-        Csr {
-            nrows: self.ncols,
-            ncols: self.nrows,
-            indptr,
-            indices,
-            data,
-        }
+        (
+            Csr {
+                nrows: self.ncols,
+                ncols: self.nrows,
+                indptr,
+                indices,
+                data,
+            },
+            positions,
+        )
     }
 
     pub fn to_owned(&self) -> Csr<T> {
@@ -247,6 +265,20 @@ impl CsrRef<'_, f32> {
             ));
         }
         Ok(())
+    }
+
+    /// The l2 norm of each row, in f64.
+    pub fn row_norms_f64(&self) -> Vec<f64> {
+        (0..self.nrows)
+            .into_par_iter()
+            .map(|i| {
+                let (_, v) = self.row(i);
+                v.iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
     }
 
     /// The l2 norm of each row, accumulated in f64.

@@ -65,6 +65,9 @@ pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {
 }
 
 /// The default scoring configuration (`ScoringConfig::default()`) as a dict.
+///
+/// >>> feedrank.default_config()["weights"]["collaborative"]
+/// 0.4
 #[pyfunction]
 pub fn default_config(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     json_loads(py, &ScoringConfig::default().to_json())
@@ -72,6 +75,9 @@ pub fn default_config(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 
 /// Validates a (partial) scoring configuration and returns it complete: missing fields take their
 /// defaults, unknown fields and bad values raise ValueError naming the field.
+///
+/// >>> feedrank.validate_config({"top_k": 20})["top_k"]
+/// 20
 #[pyfunction]
 pub fn validate_config<'py>(
     py: Python<'py>,
@@ -86,6 +92,9 @@ pub fn validate_config<'py>(
 }
 
 /// The reason (strongest weighted component) of each row of an `n x 4` components array.
+///
+/// >>> feedrank.reasons(np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0]]), (0.4, 0.3, 0.2, 0.1))
+/// ['similar_users', 'fresh']
 #[pyfunction]
 pub fn reasons(
     components: &Bound<'_, PyAny>,
@@ -105,6 +114,9 @@ pub fn reasons(
 }
 
 /// The Redis key of a user's recommendations: `{prefix}recommendations:{user_id}`.
+///
+/// >>> feedrank.recommendations_key("", "42")
+/// 'recommendations:42'
 #[pyfunction]
 pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
     cache::recommendations_key(prefix, user_id)
@@ -112,6 +124,9 @@ pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
 
 /// The Redis value of a user's recommendations (JSON bytes, see cache.rs), items in the given
 /// order; each item's reason is `Reason::strongest` of its components under `weights`.
+///
+/// >>> feedrank.encode_cache_entry(1, 1764201600, ["p1"], np.array([0.5]), np.array([[1.0, 0, 0, 0]]), (0.4, 0.3, 0.2, 0.1))
+/// b'{"v":1,"run_id":1,"generated_at":1764201600,"items":[{"post_id":"p1","score":0.5,"reason":"similar_users","components":[1.0,0.0,0.0,0.0]}]}'
 #[pyfunction]
 pub fn encode_cache_entry<'py>(
     py: Python<'py>,
@@ -160,6 +175,9 @@ pub fn encode_cache_entry<'py>(
 }
 
 /// Decodes a cache entry (rejects other format versions) into a dict.
+///
+/// >>> feedrank.decode_cache_entry(b'{"v":1,"run_id":1,"generated_at":0,"items":[]}')
+/// {'v': 1, 'run_id': 1, 'generated_at': 0, 'items': []}
 #[pyfunction]
 pub fn decode_cache_entry<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let feed = cache::decode(data).py()?;

@@ -28,7 +28,11 @@ macro_rules! shuffle_as {
     }};
 }
 
-/// A shuffled copy of a 1-D array (Fisher-Yates, deterministic per seed).
+/// A shuffled copy of a 1-D array (Fisher-Yates, deterministic per seed; the input is not
+/// modified). The same seed always gives the same order, so a shuffled feed can be paged.
+///
+/// >>> feedrank.shuffle(np.array([10, 20, 30, 40]), seed=1)
+/// array([10, 40, 20, 30])
 #[pyfunction]
 pub fn shuffle<'py>(
     py: Python<'py>,
@@ -67,6 +71,9 @@ pub fn shuffle<'py>(
 }
 
 /// A permutation of `0..n` as int64 (the order `shuffle` gives `arange(n)`).
+///
+/// >>> feedrank.permutation(5, seed=1)
+/// array([3, 0, 4, 1, 2])
 #[pyfunction]
 pub fn permutation<'py>(
     py: Python<'py>,
@@ -99,7 +106,12 @@ fn metrics_dict<'py>(py: Python<'py>, m: &metrics::RankingMetrics) -> PyResult<B
     Ok(d)
 }
 
-/// precision@k, recall@k, NDCG@k, coverage@k as EVAL.md defines them.
+/// precision@k, recall@k, NDCG@k and coverage@k as shared/EVAL.md defines them. `topk` rows
+/// are aligned with `test` rows (-1 pads); users with an empty test row are skipped.
+///
+/// >>> test = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32))
+/// >>> feedrank.ranking_metrics(np.array([[1, 2], [2, 1]]), test, k=2)
+/// {'precision': 0.25, 'recall': 0.5, 'ndcg': 0.5, 'coverage': 0.6666666666666666, 'users': 2}
 #[pyfunction]
 #[pyo3(signature = (topk, test, k=10, n_items=None))]
 pub fn ranking_metrics<'py>(
@@ -133,6 +145,10 @@ pub fn ranking_metrics<'py>(
 }
 
 /// Metrics at each cutoff of `ks`: a dict of arrays (precision, recall, ndcg, coverage, k).
+///
+/// >>> test = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32))
+/// >>> feedrank.metrics_at_k(np.array([[1, 2], [2, 1]]), test, ks=[1, 2])["precision"]
+/// array([0.5 , 0.25])
 #[pyfunction]
 #[pyo3(signature = (topk, test, ks, n_items=None))]
 pub fn metrics_at_k<'py>(

@@ -38,7 +38,13 @@ fn topk_out<'py>(py: Python<'py>, t: TopKRows) -> PyResult<Bound<'py, PyTuple>> 
     )
 }
 
-/// Interaction weighting as implicit's item-item recommenders apply it.
+/// Interaction weighting of a users x items matrix as implicit's item-item recommenders apply
+/// it: "none", "binary", "tfidf" (`tfidf_weight(X.T).T`), "bm25" (`bm25_weight(X.T, k1, b).T`).
+///
+/// >>> X = sp.csr_matrix(np.array([[3, 0], [1, 2]], dtype=np.float32))
+/// >>> feedrank.weight_interactions(X, "binary").toarray()
+/// array([[1., 0.],
+///        [1., 1.]], dtype=float32)
 #[pyfunction]
 #[pyo3(signature = (interactions, weighting="none", k1=100.0, b=0.8))]
 pub fn weight_interactions<'py>(
@@ -56,7 +62,16 @@ pub fn weight_interactions<'py>(
     csr_out(py, out)
 }
 
-/// Exact cosine top-k between rows.
+/// Exact cosine top-k between the rows of `queries` and of `items` (or of `queries` itself,
+/// without the pair (i, i) when `exclude_self`). Returns `(indices int64, scores float32)`, both
+/// `n_queries x k`, by descending score, ties by lower index, padded with -1 / 0.0.
+///
+/// >>> X = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32))
+/// >>> idx, scores = feedrank.cosine_topk(X, k=2)
+/// >>> idx
+/// array([[ 1, -1],
+///        [ 0, -1],
+///        [-1, -1]])
 #[pyfunction]
 #[pyo3(signature = (queries, items=None, k=50, exclude_self=true))]
 pub fn cosine_topk<'py>(
@@ -77,7 +92,15 @@ pub fn cosine_topk<'py>(
     topk_out(py, t)
 }
 
-/// The top-k cosine neighbours of every item (columns of users x items).
+/// The top-k cosine neighbours of every item (columns of the users x items matrix, weighted by
+/// `weighting`) as an items x items CSR, as implicit's `CosineRecommender.fit` (which keeps the
+/// item itself: `exclude_self=False`).
+///
+/// >>> X = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32))
+/// >>> feedrank.item_neighbors(X, k=2).toarray()
+/// array([[0., 1., 0.],
+///        [1., 0., 0.],
+///        [0., 0., 0.]], dtype=float32)
 #[pyfunction]
 #[pyo3(signature = (interactions, k=50, weighting="none", k1=100.0, b=0.8, exclude_self=true))]
 pub fn item_neighbors<'py>(
@@ -98,7 +121,13 @@ pub fn item_neighbors<'py>(
     csr_out(py, s)
 }
 
-/// Top-k items per user by `x_u · S`.
+/// Top-k items per user by `x_u · S` (S from `item_neighbors`), without the user's own items
+/// when `exclude_interacted`. Returns `(indices int64, scores float32)`, `len(users) x k`.
+///
+/// >>> X = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=np.float32))
+/// >>> idx, scores = feedrank.recommend_items(X, feedrank.item_neighbors(X, k=2), np.array([0]), k=2)
+/// >>> idx
+/// array([[ 1, -1]])
 #[pyfunction]
 #[pyo3(signature = (interactions, item_neighbors, users, k=50, exclude_interacted=true))]
 pub fn recommend_items<'py>(
@@ -119,7 +148,20 @@ pub fn recommend_items<'py>(
     topk_out(py, t)
 }
 
-/// The hybrid top-k per user, with the four normalized components.
+/// The hybrid top-k per user: collaborative, content, recency and engagement components, each
+/// min-max normalized per user over the posts they may see, combined with `weights`. Excludes
+/// posts the user interacted with (any stored entry), their own posts, `exclude` and posts
+/// outside `candidates`. Extra keyword arguments are numeric settings of the collaborative model.
+/// Returns a dict: indices int64 [m, k] (-1 padded), scores float32 [m, k], components
+/// float32 [m, k, 4].
+///
+/// >>> X = sp.csr_matrix(np.array([[4, 1, 0, 0], [4, 1, 2, 0], [0, 0, 1, 6]], dtype=np.float32))
+/// >>> T = feedrank.TfidfVectorizer().fit_transform(["red apples", "green apples", "red cars", "fast cars"])
+/// >>> r = feedrank.hybrid_topk(X, T, np.array([1.0, 2, 3, 40]), np.array([9.0, 2, 3, 6]), np.array([-1, -1, -1, 2]), np.array([0]), k=2)
+/// >>> r["indices"]
+/// array([[2, 3]])
+/// >>> r["components"].shape
+/// (1, 2, 4)
 #[pyfunction]
 #[pyo3(signature = (
     interactions, post_tfidf, post_age_days, post_engagement, post_author, users, k=200,

@@ -313,21 +313,25 @@ impl TfidfModel {
     pub fn fit_transform(docs: &[&str], params: TfidfParams) -> Result<(TfidfModel, Csr<f64>)> {
         params.validate()?;
         let n_docs = docs.len();
-        // 1. count each block with block-local term ids
+        // 1. count each block with block-local term ids. Few large blocks: every block keeps
+        // its own vocabulary, so smaller blocks would repeat the common terms many times.
+        let block = (n_docs / (rayon::current_num_threads() * 4)).max(BLOCK);
         let blocks: Vec<(Vec<String>, CountBlock)> = docs
-            .par_chunks(BLOCK)
+            .par_chunks(block)
             .map(|chunk| {
                 let mut local: FxHashMap<String, u32> = FxHashMap::default();
-                let mut terms: Vec<String> = Vec::new();
                 let counts = count_block(chunk, params.lowercase, |tok| {
                     if let Some(&id) = local.get(tok) {
                         return Some(id);
                     }
-                    let id = terms.len() as u32;
+                    let id = local.len() as u32;
                     local.insert(tok.to_string(), id);
-                    terms.push(tok.to_string());
                     Some(id)
                 });
+                let mut terms = vec![String::new(); local.len()];
+                for (t, id) in local {
+                    terms[id as usize] = t;
+                }
                 (terms, counts)
             })
             .collect();

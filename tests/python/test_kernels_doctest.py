@@ -1,0 +1,49 @@
+"""The examples in feedrank's docstrings run and print what they say (doctest), including the
+docstrings of the native functions, which come from the Rust doc comments."""
+
+import doctest
+
+import numpy as np
+import scipy.sparse as sp
+
+import feedrank
+import feedrank.tfidf
+
+
+def run(obj, name):
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(obj.__doc__ or "", {"np": np, "sp": sp, "feedrank": feedrank}, name, None, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    return len(test.examples), runner.failures
+
+
+KERNEL_API = [
+    "shuffle", "permutation", "TfidfVectorizer", "weight_interactions", "cosine_topk",
+    "item_neighbors", "recommend_items", "hybrid_topk", "ranking_metrics", "metrics_at_k",
+    "default_config", "validate_config", "reasons", "recommendations_key", "encode_cache_entry",
+    "decode_cache_entry",
+]
+
+
+def test_every_kernel_api_function_has_a_passing_example():
+    without = []
+    for name in KERNEL_API:
+        n, failures = run(getattr(feedrank, name), name)
+        assert failures == 0, f"{name}: doctest failed"
+        if n == 0:
+            without.append(name)
+    assert without == [], f"no example in the docstring of {without}"
+
+
+def test_other_docstring_examples_pass():
+    for name in feedrank.__all__:
+        obj = getattr(feedrank, name)
+        if callable(obj):
+            assert run(obj, name)[1] == 0, name
+
+
+def test_module_docstrings():
+    for mod in (feedrank, feedrank.tfidf):
+        n, failures = run(mod, mod.__name__)
+        assert n > 0 and failures == 0
