@@ -14,7 +14,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api nextauth-helper
+.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load nextauth-helper
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -100,3 +100,7 @@ bench: develop
 # 100,000 users and 1,000,000 posts into its own database first (api/bench/README.md).
 bench-api: api develop services
 	@api/bench/bench.sh
+
+# `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
+bench-load: api develop services
+	@$(PY) scripts/bench_load.py
