@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import requests
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from reliability.stack import (  # type: ignore[no-redef]
-        ApiServer, PrivatePostgres, PrivateRedis, migrate, seed, token,
-    )
+    from reliability.stack import private_stack, request_counts, seed, token  # type: ignore
 else:
-    from .stack import ApiServer, PrivatePostgres, PrivateRedis, migrate, seed, token
+    from .stack import private_stack, request_counts, seed, token
 
 # Everything Schemathesis can check except the two that judge the API's documented choices:
 # - positive_data_acceptance: a schema-valid postId that names no post is a documented 404;
@@ -49,82 +45,60 @@ CHECKS = ",".join([
 FUZZED_ROUTES = ("GET /api/feeds", "POST /api/track", "POST /api/track/batch")
 
 
-def _route_counts(base: str) -> dict[str, int]:
-    text = requests.get(base + "/metrics", timeout=10).text
-    out: dict[str, int] = {}
-    for m in re.finditer(
-        r'feedrank_http_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\d+)', text
-    ):
-        method, route, _status, n = m.groups()
-        out[f"{method} {route}"] = out.get(f"{method} {route}", 0) + int(n)
-    return out
-
-
-def _status_counts(base: str) -> dict[str, int]:
-    text = requests.get(base + "/metrics", timeout=10).text
-    out: dict[str, int] = {}
-    for m in re.finditer(r'feedrank_http_requests_total\{[^}]*status="(\d+)"\} (\d+)', text):
-        out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
-    return out
-
-
 def run(max_examples: int, workers: int = 2, seed_value: int | None = None,
         binary: Path | None = None, log=print, max_time: int | None = None) -> dict:
     st = Path(sys.executable).with_name("st")
     if not st.exists():
         st = Path(shutil.which("st") or "st")
-    pg, redis = PrivatePostgres(), PrivateRedis()
-    api = None
     work = Path(tempfile.mkdtemp(prefix="feedrank-fuzz-api-"))
+    load = lambda url: seed(url, users=10, posts_per_user=10, recommend=30)  # noqa: E731
     try:
-        url = pg.create_database()
-        migrate(url, binary)
-        data = seed(url, users=10, posts_per_user=10, recommend=30)
-        api = ApiServer(url, redis.url, "fuzz:", binary, BODY_LIMIT_BYTES="65536")
-        before = _route_counts(api.base)
-        before_status = _status_counts(api.base)
-        cmd = [
-            str(st), "run", api.base + "/openapi.json",
-            "--checks", CHECKS,
-            "--max-examples", str(max_examples),
-            "--workers", str(workers),
-            "--header", f"Authorization: Bearer {token(data.users[0], ttl=86400)}",
-            "--request-timeout", "20",
-            "--suppress-health-check", "all",
-            "--report", "junit", "--report-dir", str(work),
-            "--no-color",
-        ]
-        if seed_value is not None:
-            cmd += ["--seed", str(seed_value)]
-        if max_time is not None:
-            cmd += ["--max-time", str(max_time)]
-        log("fuzz-api: " + " ".join(c if "Bearer" not in c else "Authorization: Bearer ..."
-                                    for c in cmd))
-        # Run from the scratch directory: schemathesis keeps a cache in ./.schemathesis/.
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=work,
-                              env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
-        after = _route_counts(api.base)
-        after_status = _status_counts(api.base)
-        counts = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(after)}
-        statuses = {k: after_status.get(k, 0) - before_status.get(k, 0)
-                    for k in sorted(after_status)}
-        statuses = {k: n for k, n in statuses.items() if n}
-        report = {
-            "max_examples": max_examples,
-            "requests_by_route": {k: n for k, n in counts.items() if n},
-            "requests_total": sum(counts.values()),
-            "responses_by_status": statuses,
-            "server_errors": sum(n for k, n in statuses.items() if k.startswith("5")),
-            "schemathesis_exit": done.returncode,
-            "schemathesis_tail": "\n".join(done.stdout.splitlines()[-40:]),
-        }
-        return report
+        with private_stack(binary, load, BODY_LIMIT_BYTES="65536") as stack:
+            return _fuzz(stack, st, work, max_examples, workers, seed_value, max_time, log)
     finally:
-        if api is not None:
-            api.stop()
-        redis.stop()
-        pg.destroy()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fuzz(stack, st: Path, work: Path, max_examples: int, workers: int, seed_value: int | None,
+          max_time: int | None, log) -> dict:
+    api, data = stack.api, stack.data
+    before = request_counts(api.base)
+    cmd = [
+        str(st), "run", api.base + "/openapi.json",
+        "--checks", CHECKS,
+        "--max-examples", str(max_examples),
+        "--workers", str(workers),
+        "--header", f"Authorization: Bearer {token(data.users[0], ttl=86400)}",
+        "--request-timeout", "20",
+        "--suppress-health-check", "all",
+        "--report", "junit", "--report-dir", str(work),
+        "--no-color",
+    ]
+    if seed_value is not None:
+        cmd += ["--seed", str(seed_value)]
+    if max_time is not None:
+        cmd += ["--max-time", str(max_time)]
+    log("fuzz-api: " + " ".join(c if "Bearer" not in c else "Authorization: Bearer ..."
+                                for c in cmd))
+    # Run from the scratch directory: schemathesis keeps a cache in ./.schemathesis/.
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=work,
+                          env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
+    seen = request_counts(api.base) - before
+    counts: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    for (method, route, status), n in sorted(seen.items()):
+        counts[f"{method} {route}"] = counts.get(f"{method} {route}", 0) + n
+        statuses[status] = statuses.get(status, 0) + n
+    report = {
+        "max_examples": max_examples,
+        "requests_by_route": {k: n for k, n in counts.items() if n},
+        "requests_total": sum(counts.values()),
+        "responses_by_status": statuses,
+        "server_errors": sum(n for k, n in statuses.items() if k.startswith("5")),
+        "schemathesis_exit": done.returncode,
+        "schemathesis_tail": "\n".join(done.stdout.splitlines()[-40:]),
+    }
+    return report
 
 
 def main() -> int:

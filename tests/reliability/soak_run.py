@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -30,11 +30,9 @@ import requests
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from reliability.stack import (  # type: ignore[no-redef]
-        ApiServer, PrivatePostgres, PrivateRedis, bearer, migrate, seed, token,
-    )
+    from reliability.stack import bearer, private_stack, request_counts, seed, token  # type: ignore
 else:
-    from .stack import ApiServer, PrivatePostgres, PrivateRedis, bearer, migrate, seed, token
+    from .stack import bearer, private_stack, request_counts, seed, token
 
 # RSS may grow while the in-process caches fill (post bodies, known users); after the warm-up the
 # growth over the rest of the run must stay under this.
@@ -102,151 +100,139 @@ end
 """
 
 
-def _statuses_from_metrics(base: str) -> dict[str, int]:
-    text = requests.get(base + "/metrics", timeout=10).text
-    out: dict[str, int] = {}
-    for m in re.finditer(
-        r'feedrank_http_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\d+)', text
-    ):
-        method, route, status, n = m.groups()
-        if route.startswith("/api/"):
-            key = f"{method} {route} {status}"
-            out[key] = out.get(key, 0) + int(n)
-    return out
-
-
 def run(seconds: int, connections: int = 32, threads: int = 2, users: int = 500,
         binary: Path | None = None, log=print) -> dict:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
-    pg, redis = PrivatePostgres(), PrivateRedis()
-    api = None
     work = Path(tempfile.mkdtemp(prefix="feedrank-soak-"))
+    load = lambda url: seed(url, users=users, posts_per_user=20, recommend=60)  # noqa: E731
     try:
-        url = pg.create_database()
-        migrate(url, binary)
-        data = seed(url, users=users, posts_per_user=20, recommend=60)
-        prefix = f"soak_{secrets.token_hex(3)}:"
-        api = ApiServer(url, redis.url, prefix, binary, PG_POOL_SIZE="16")
-        s = requests.Session()
-        for u in data.users:  # warm: every user's entry written back to Redis
-            r = s.get(api.base + "/api/feeds", params={"limit": 20}, headers=bearer(u), timeout=10)
-            r.raise_for_status()
-        run_id = f"soak{secrets.token_hex(3)}"
-        lua = LUA % {
-            "tokens": ",".join(f'"{token(u, ttl=seconds + 3600)}"' for u in data.users),
-            "posts": ",".join(f'"{p}"' for p in data.posts),
-            "run": run_id,
-            "dir": str(work),
-        }
-        script = work / "soak.lua"
-        script.write_text(lua)
-
-        rss: list[tuple[float, int]] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    rss.append((time.monotonic(), api.rss_kib()))
-                except Exception:  # noqa: BLE001 - the process is checked after the run
-                    pass
-                stop.wait(1.0)
-
-        metrics_before = _statuses_from_metrics(api.base)
-        sampler = threading.Thread(target=sample, daemon=True)
-        t_start = time.monotonic()
-        sampler.start()
-        log(f"soak: wrk -t{threads} -c{connections} -d{seconds}s against {api.base} "
-            f"({len(data.users)} users, {len(data.posts)} posts); Redis restarts at {seconds // 2} s")
-        proc = subprocess.Popen(
-            [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-             "-s", str(script), api.base],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        time.sleep(seconds / 2)
-        t_restart = time.monotonic() - t_start
-        redis.stop()
-        time.sleep(1.0)
-        redis.start()
-        log(f"soak: Redis stopped at {t_restart:.1f} s and restarted (empty) 1 s later")
-        out, _ = proc.communicate(timeout=seconds + 120)
-        stop.set()
-        sampler.join(5)
-        if proc.returncode != 0:
-            raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}")
-        summary = json.loads((work / "summary.json").read_text())
-        metrics = {k: n - metrics_before.get(k, 0) for k, n in _statuses_from_metrics(api.base).items()}
-        metrics = {k: n for k, n in metrics.items() if n}
-
-        accepted: set[str] = set()
-        for f in work.glob("accepted-*.txt"):
-            accepted.update(x for x in f.read_text().split() if x)
-        sent = sum(len(f.read_text().split()) for f in work.glob("sent-*.txt"))
-        with psycopg.connect(url) as conn:
-            stored = dict(conn.execute(
-                "SELECT id::text, event_id FROM user_interactions WHERE event_id LIKE %s",
-                (run_id + "-%",),
-            ).fetchall())
-            dup = conn.execute(
-                "SELECT count(*) FROM (SELECT event_id FROM user_interactions WHERE event_id "
-                "LIKE %s GROUP BY event_id HAVING count(*) > 1) d", (run_id + "-%",),
-            ).fetchone()[0]
-        missing = accepted - set(stored)
-
-        warm_until = min(30.0, seconds / 4)
-        after_warm = [k for t, k in rss if t - t_start >= warm_until] or [k for _, k in rss]
-        rss_start, rss_end = after_warm[0], after_warm[-1]
-        rss_peak = max(k for _, k in rss)
-        total = summary["requests"]
-        non2xx = sum(n for key, n in metrics.items() if not key.split()[-1].startswith("2"))
-        socket_errors = (summary["connect_errors"] + summary["read_errors"]
-                         + summary["write_errors"] + summary["timeouts"])
-        error_rate = (non2xx + socket_errors) / max(total, 1)
-        report = {
-            "seconds": seconds,
-            "connections": connections,
-            "requests": total,
-            "requests_per_second": round(total / (summary["duration_us"] / 1e6), 1),
-            "latency_ms": {k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
-            "by_route_and_status": metrics,
-            "socket_errors": socket_errors,
-            "error_rate": error_rate,
-            "events_sent": sent,
-            "events_accepted": len(accepted),
-            "events_stored": len(stored),
-            "accepted_missing": len(missing),
-            "duplicate_event_ids": dup,
-            "rss_mib": {"after_warmup": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1),
-                        "peak": round(rss_peak / 1024, 1)},
-            "rss_growth_mib": round((rss_end - rss_start) / 1024, 1),
-            "redis_restarted_at_s": round(t_restart, 1),
-        }
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} accepted events missing from user_interactions")
-        if "?" in accepted:
-            problems.append("a 201 answer without an interactionId")
-        if dup:
-            problems.append(f"{dup} event ids stored more than once")
-        if len(stored) > sent:
-            problems.append(f"{len(stored)} rows stored for {sent} events sent")
-        if report["rss_growth_mib"] > RSS_GROWTH_BOUND_MIB:
-            problems.append(f"RSS grew {report['rss_growth_mib']} MiB after the warm-up "
-                            f"(bound {RSS_GROWTH_BOUND_MIB} MiB)")
-        if error_rate > ERROR_RATE_BOUND:
-            problems.append(f"error rate {error_rate:.5f} over the bound {ERROR_RATE_BOUND}")
-        if api.proc is None or api.proc.poll() is not None:
-            problems.append("the API process died")
-        report["problems"] = problems
-        return report
+        with private_stack(binary, load, PG_POOL_SIZE="16") as stack:
+            return _soak(stack, wrk, work, seconds, connections, threads, log)
     finally:
-        if api is not None:
-            api.stop()
-        redis.stop()
-        pg.destroy()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _api_counts(base: str) -> Counter:
+    return Counter({f"{m} {r} {st}": n for (m, r, st), n in request_counts(base).items()
+                    if r.startswith("/api/")})
+
+
+def _soak(stack, wrk: str, work: Path, seconds: int, connections: int, threads: int,
+          log) -> dict:
+    api, redis, data, url = stack.api, stack.redis, stack.data, stack.database_url
+    s = requests.Session()
+    for u in data.users:  # warm: every user's entry written back to Redis
+        r = s.get(api.base + "/api/feeds", params={"limit": 20}, headers=bearer(u), timeout=10)
+        r.raise_for_status()
+    run_id = f"soak{secrets.token_hex(3)}"
+    lua = LUA % {
+        "tokens": ",".join(f'"{token(u, ttl=seconds + 3600)}"' for u in data.users),
+        "posts": ",".join(f'"{p}"' for p in data.posts),
+        "run": run_id,
+        "dir": str(work),
+    }
+    script = work / "soak.lua"
+    script.write_text(lua)
+
+    rss: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                rss.append((time.monotonic(), api.rss_kib()))
+            except Exception:  # noqa: BLE001 - the process is checked after the run
+                pass
+            stop.wait(1.0)
+
+    metrics_before = _api_counts(api.base)
+    sampler = threading.Thread(target=sample, daemon=True)
+    t_start = time.monotonic()
+    sampler.start()
+    log(f"soak: wrk -t{threads} -c{connections} -d{seconds}s against {api.base} "
+        f"({len(data.users)} users, {len(data.posts)} posts); Redis restarts at {seconds // 2} s")
+    proc = subprocess.Popen(
+        [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", str(script), api.base],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(seconds / 2)
+    t_restart = time.monotonic() - t_start
+    redis.stop()
+    time.sleep(1.0)
+    redis.start()
+    log(f"soak: Redis stopped at {t_restart:.1f} s and restarted (empty) 1 s later")
+    out, _ = proc.communicate(timeout=seconds + 120)
+    stop.set()
+    sampler.join(5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}")
+    summary = json.loads((work / "summary.json").read_text())
+    metrics = dict(_api_counts(api.base) - metrics_before)
+
+    accepted: set[str] = set()
+    for f in work.glob("accepted-*.txt"):
+        accepted.update(x for x in f.read_text().split() if x)
+    sent = sum(len(f.read_text().split()) for f in work.glob("sent-*.txt"))
+    with psycopg.connect(url) as conn:
+        stored = dict(conn.execute(
+            "SELECT id::text, event_id FROM user_interactions WHERE event_id LIKE %s",
+            (run_id + "-%",),
+        ).fetchall())
+        dup = conn.execute(
+            "SELECT count(*) FROM (SELECT event_id FROM user_interactions WHERE event_id "
+            "LIKE %s GROUP BY event_id HAVING count(*) > 1) d", (run_id + "-%",),
+        ).fetchone()[0]
+    missing = accepted - set(stored)
+
+    warm_until = min(30.0, seconds / 4)
+    after_warm = [k for t, k in rss if t - t_start >= warm_until] or [k for _, k in rss]
+    rss_start, rss_end = after_warm[0], after_warm[-1]
+    rss_peak = max(k for _, k in rss)
+    total = summary["requests"]
+    non2xx = sum(n for key, n in metrics.items() if not key.split()[-1].startswith("2"))
+    socket_errors = (summary["connect_errors"] + summary["read_errors"]
+                     + summary["write_errors"] + summary["timeouts"])
+    error_rate = (non2xx + socket_errors) / max(total, 1)
+    report = {
+        "seconds": seconds,
+        "connections": connections,
+        "requests": total,
+        "requests_per_second": round(total / (summary["duration_us"] / 1e6), 1),
+        "latency_ms": {k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+        "by_route_and_status": metrics,
+        "socket_errors": socket_errors,
+        "error_rate": error_rate,
+        "events_sent": sent,
+        "events_accepted": len(accepted),
+        "events_stored": len(stored),
+        "accepted_missing": len(missing),
+        "duplicate_event_ids": dup,
+        "rss_mib": {"after_warmup": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1),
+                    "peak": round(rss_peak / 1024, 1)},
+        "rss_growth_mib": round((rss_end - rss_start) / 1024, 1),
+        "redis_restarted_at_s": round(t_restart, 1),
+    }
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} accepted events missing from user_interactions")
+    if "?" in accepted:
+        problems.append("a 201 answer without an interactionId")
+    if dup:
+        problems.append(f"{dup} event ids stored more than once")
+    if len(stored) > sent:
+        problems.append(f"{len(stored)} rows stored for {sent} events sent")
+    if report["rss_growth_mib"] > RSS_GROWTH_BOUND_MIB:
+        problems.append(f"RSS grew {report['rss_growth_mib']} MiB after the warm-up "
+                        f"(bound {RSS_GROWTH_BOUND_MIB} MiB)")
+    if error_rate > ERROR_RATE_BOUND:
+        problems.append(f"error rate {error_rate:.5f} over the bound {ERROR_RATE_BOUND}")
+    if api.proc is None or api.proc.poll() is not None:
+        problems.append("the API process died")
+    report["problems"] = problems
+    return report
 
 
 def main() -> int:

@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +25,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -465,3 +469,57 @@ class Load:
     @staticmethod
     def summary(outcomes: list[Outcome]) -> Counter:
         return Counter((o.kind, o.status) for o in outcomes)
+
+
+# --- a whole stack -----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    pg: PrivatePostgres
+    redis: PrivateRedis
+    api: ApiServer
+    database_url: str
+    prefix: str
+    data: object  # what `load` returned (a Seed by default)
+
+    @property
+    def base(self) -> str:
+        return self.api.base
+
+
+@contextmanager
+def private_stack(binary: Path | None = None, load: Callable[[str], object] = seed,
+                  **api_env: str) -> Iterator[Stack]:
+    """A private PostgreSQL cluster (migrated, filled by ``load(url)``), a private Redis and the
+    API serving on them; all stopped and removed afterwards, even after an error."""
+    pg = PrivatePostgres()
+    redis = api = None
+    try:
+        redis = PrivateRedis()
+        url = pg.create_database()
+        migrate(url, binary)
+        data = load(url)
+        prefix = f"rel_{secrets.token_hex(4)}:"
+        api = ApiServer(url, redis.url, prefix, binary, **api_env)
+        yield Stack(pg, redis, api, url, prefix, data)
+    finally:
+        if api is not None:
+            api.stop()
+        if redis is not None:
+            redis.stop()
+        pg.destroy()
+
+
+_REQUESTS_TOTAL = re.compile(
+    r'feedrank_http_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\d+)'
+)
+
+
+def request_counts(base: str) -> Counter:
+    """The API's own count of answered requests, by (method, route, status), from /metrics."""
+    text = requests.get(base + "/metrics", timeout=10).text
+    out: Counter = Counter()
+    for method, route, status, n in _REQUESTS_TOTAL.findall(text):
+        out[(method, route, status)] += int(n)
+    return out

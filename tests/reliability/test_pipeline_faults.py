@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +25,40 @@ import requests
 
 import feedrank
 
-from .stack import REPO_ROOT, ApiServer, PrivatePostgres, PrivateRedis, bearer, migrate, wait_until
+from .stack import REPO_ROOT, Stack, bearer, private_stack, wait_until
 
 DEMO = ["--users", "300", "--posts", "1500", "--interactions", "15000", "--seed", "5"]
 RUNNER = Path(__file__).with_name("pipeline_runner.py")
 
 
+def load_demo_data(url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "feedrank.cli", "demo-data", "--synthetic", *DEMO,
+         "--database-url", url], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @dataclass
 class PipelineStack:
-    pg: PrivatePostgres
-    redis: PrivateRedis
-    api: ApiServer
-    url: str
-    prefix: str
+    stack: Stack
     storage: Path
+
+    @property
+    def url(self) -> str:
+        return self.stack.database_url
+
+    @property
+    def api(self):
+        return self.stack.api
+
+    @property
+    def redis(self):
+        return self.stack.redis
+
+    @property
+    def prefix(self) -> str:
+        return self.stack.prefix
 
     def start_run(self) -> subprocess.Popen:
         env = dict(os.environ, DATABASE_URL=self.url, REDIS_URL=self.redis.url,
@@ -61,27 +81,11 @@ class PipelineStack:
 
 @pytest.fixture(scope="module")
 def pstack(api_binary: Path) -> Iterator[PipelineStack]:
-    pg, redis = PrivatePostgres(), PrivateRedis()
-    api = None
     storage = Path(tempfile.mkdtemp(prefix="feedrank-rel-pipe-"))
     try:
-        url = pg.create_database()
-        migrate(url, api_binary)
-        done = subprocess.run(
-            [sys.executable, "-m", "feedrank.cli", "demo-data", "--synthetic", *DEMO,
-             "--database-url", url], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, done.stderr
-        prefix = "relpipe:"
-        api = ApiServer(url, redis.url, prefix, api_binary)
-        yield PipelineStack(pg, redis, api, url, prefix, storage)
+        with private_stack(api_binary, load_demo_data) as stack:
+            yield PipelineStack(stack, storage)
     finally:
-        if api is not None:
-            api.stop()
-        redis.stop()
-        pg.destroy()
-        import shutil
-
         shutil.rmtree(storage, ignore_errors=True)
 
 
