@@ -14,12 +14,13 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load nextauth-helper
+.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load nextauth-helper fuzz fuzz-api soak reliability-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
 	@echo "make test   the whole test suite (starts the services it needs)"
 	@echo "make bench  kernel benchmarks against scikit-learn, implicit and numpy"
+	@echo "make fuzz / fuzz-api / soak   hostile input and load (docs/reliability.md)"
 
 # --- set-up steps, each skipped when already done ------------------------------------------
 
@@ -73,7 +74,7 @@ rust-test: services $(NEXTAUTH_HELPER)
 	@echo "==> cargo test"
 	@cargo test --workspace --quiet
 
-py-test: develop services api
+py-test: develop services api reliability-tools
 	@echo "==> pytest"
 	@$(PY) -m pytest -q tests
 
@@ -104,3 +105,35 @@ bench-api: api develop services
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
 bench-load: api develop services
 	@$(PY) scripts/bench_load.py
+
+# --- reliability: hostile input, faults, load (docs/reliability.md) --------------------------
+
+# wrk for the soak runs; the next-auth helper for the forged-cookie attacks.
+reliability-tools: $(NEXTAUTH_HELPER)
+	@command -v wrk >/dev/null || { echo "==> installing wrk (apt-get)"; \
+	  apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }; }
+
+FUZZ_SECONDS ?= 300
+FUZZ_CASES   ?= 5000
+# proptest on the parsers of outside input (query strings, tracking bodies, bearer JWTs, NextAuth
+# cookies, TF-IDF tokenization of arbitrary bytes), round after round with fresh random seeds, for
+# FUZZ_SECONDS. (cargo-fuzz needs nightly Rust, which this project does not use.) A failure is
+# shrunk, printed and saved by proptest as a regression case that every later run replays first.
+fuzz:
+	@echo "==> proptest fuzzing of the parsers, $(FUZZ_CASES) cases per property per round, $(FUZZ_SECONDS) s"
+	@cargo test -p feedrank-api --test parsers_props --no-run --quiet
+	@end=$$((SECONDS + $(FUZZ_SECONDS))); rounds=0; \
+	while [ $$SECONDS -lt $$end ]; do \
+	  PROPTEST_CASES=$(FUZZ_CASES) cargo test -p feedrank-api --test parsers_props --quiet >/tmp/feedrank-fuzz.log 2>&1 \
+	    || { cat /tmp/feedrank-fuzz.log; exit 1; }; \
+	  rounds=$$((rounds + 1)); \
+	done; \
+	echo "fuzz: $$rounds rounds x 16 properties x $(FUZZ_CASES) cases, no failure"
+
+# schemathesis from /openapi.json, >= FUZZ_API_EXAMPLES (2000) requests per route with inputs.
+fuzz-api: api venv reliability-tools
+	@scripts/fuzz_api.sh
+
+# 10 minutes of wrk (SOAK_SECONDS overrides), 90% feed / 10% tracking, Redis restarted midway.
+soak: api venv reliability-tools
+	@scripts/soak.sh
