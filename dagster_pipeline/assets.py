@@ -45,29 +45,52 @@ ASSET_NAMES = (
 COMPONENTS = ("collaborative", "content", "recency", "engagement")
 
 
+KINDS = ("rust", "native", "io")
+
+
 class Timer:
-    """Durations of the named steps of one asset, for its metadata."""
+    """Durations of the named steps of one asset, for its metadata.
+
+    Each step has a kind: ``rust`` (feedrank kernels), ``native`` (polars / numpy / scipy
+    vectorized calls), ``io`` (PostgreSQL and Redis round trips). Whatever the steps do not cover
+    is Python glue (the interpreter, Dagster's bookkeeping, loops over users).
+    """
 
     def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
+        self.steps: dict[str, tuple[str, float]] = {}
         self._t0 = time.perf_counter()
 
+    def add(self, name: str, kind: str, seconds: float) -> None:
+        assert kind in KINDS, kind
+        prev = self.steps.get(name, (kind, 0.0))[1]
+        self.steps[name] = (kind, prev + seconds)
+
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str, kind: str = "native") -> Iterator[None]:
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - t
+            self.add(name, kind, time.perf_counter() - t)
 
     def total(self) -> float:
         return time.perf_counter() - self._t0
 
+    def by_kind(self) -> dict[str, float]:
+        out = {k: 0.0 for k in KINDS}
+        for kind, secs in self.steps.values():
+            out[kind] += secs
+        out["glue"] = max(self.total() - sum(out.values()), 0.0)
+        return {k: round(v, 3) for k, v in out.items()}
+
     def metadata(self) -> dict[str, Any]:
-        rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in self.steps.items())
+        rows = "\n".join(f"| {k} | {kind} | {v:.3f} |" for k, (kind, v) in self.steps.items())
         return {
             "duration_seconds": dg.MetadataValue.float(round(self.total(), 3)),
-            "step_durations": dg.MetadataValue.md(f"| step | seconds |\n|---|---|\n{rows}"),
+            "seconds_by_kind": dg.MetadataValue.json(self.by_kind()),
+            "step_durations": dg.MetadataValue.md(
+                f"| step | kind | seconds |\n|---|---|---|\n{rows}"
+            ),
         }
 
 
@@ -103,7 +126,7 @@ def user_interactions_snapshot(
         with conn.cursor() as cur:
             cur.execute("SELECT extract(epoch FROM now())::float8")
             snapshot_at = float(cur.fetchone()[0])
-            with timer.step("copy users"):
+            with timer.step("copy users", "io"):
                 users = postgres.copy_out(
                     cur,
                     sql.SQL("SELECT id, {} FROM users ORDER BY id").format(
@@ -112,7 +135,7 @@ def user_interactions_snapshot(
                     None,
                     {"user_id": pl.String, "shard_hash": pl.Int64},
                 )
-            with timer.step("copy posts"):
+            with timer.step("copy posts", "io"):
                 posts = postgres.copy_out(
                     cur,
                     sql.SQL(
@@ -127,7 +150,7 @@ def user_interactions_snapshot(
                         "content": pl.String,
                     },
                 )
-            with timer.step("copy interactions"):
+            with timer.step("copy interactions", "io"):
                 raw = postgres.copy_out(
                     cur,
                     sql.SQL(
@@ -207,7 +230,7 @@ def post_features(
     timer = Timer()
     posts: pl.DataFrame = snap["posts"]
     n_posts = posts.height
-    with timer.step("tfidf (rust)"):
+    with timer.step("tfidf", "rust"):
         vectorizer = feedrank.TfidfVectorizer(min_df=1, max_df=1.0)
         tfidf = sp.csr_matrix(vectorizer.fit_transform(posts["content"].to_list()), dtype=np.float32)
         vocabulary_json = vectorizer.to_json()
@@ -417,7 +440,7 @@ def recommendation_scores(
                 "users_without_recommendations": int((~valid.any(axis=1)).sum()),
                 "rows": int(valid.sum()),
             }
-    timer.steps["hybrid_topk (rust)"] = kernel_seconds
+    timer.add("hybrid_topk", "rust", kernel_seconds)
     with timer.step("validate"):
         checks = {s: validate_scores(b, author, hidden, weights) for s, b in outputs.items()}
     passed = all(ok for ok, _ in checks.values())
@@ -483,6 +506,18 @@ def _rows_frame(
     hi: int,
     post_ids: pl.Series,
     weights: dict[str, float],
+    timer: Timer,
+) -> pl.DataFrame:
+    with timer.step("reasons", "rust"):
+        comps_all = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, 4))
+        valid_all = (scores_bundle["indices"][lo:hi] >= 0).ravel()
+        reasons = feedrank.reasons(comps_all[valid_all], weights)
+    with timer.step("rows (polars)"):
+        return _rows_frame_native(scores_bundle, lo, hi, post_ids, pl.Series(reasons, dtype=pl.String))
+
+
+def _rows_frame_native(
+    scores_bundle: dict[str, Any], lo: int, hi: int, post_ids: pl.Series, reasons: pl.Series
 ) -> pl.DataFrame:
     idx = scores_bundle["indices"][lo:hi]
     k = idx.shape[1]
@@ -499,7 +534,7 @@ def _rows_frame(
             "content_score": comps[:, 1],
             "recency_score": comps[:, 2],
             "engagement_score": comps[:, 3],
-            "reason": pl.Series(feedrank.reasons(comps, weights), dtype=pl.String),
+            "reason": reasons,
         }
     )
 
@@ -519,7 +554,7 @@ def write_shard(
     post_ids = bundle["post_ids"]["post_id"]
     run_config = {k: v for k, v in cfg.items()} | {"snapshot_at": bundle["snapshot_at"]}
     with postgres.connect() as conn:
-        with timer.step("create run"), conn.transaction():
+        with timer.step("create run", "io"), conn.transaction():
             run_id, generated_at, expires_at = conn.execute(
                 "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config) "
                 "VALUES ('building', %s, %s, %s) "
@@ -531,7 +566,7 @@ def write_shard(
         generated_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at))
         rows = 0
         try:
-            with timer.step("copy rows"), conn.transaction():
+            with conn.transaction():
                 with conn.cursor().copy(
                     sql.SQL("COPY user_recommendations ({}) FROM STDIN (FORMAT csv)").format(
                         sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
@@ -539,17 +574,24 @@ def write_shard(
                 ) as copy:
                     for lo in range(0, n_users, WRITE_CHUNK_USERS):
                         hi = min(lo + WRITE_CHUNK_USERS, n_users)
-                        frame = _rows_frame(bundle, lo, hi, post_ids, weights)
+                        frame = _rows_frame(bundle, lo, hi, post_ids, weights, timer)
                         rows += frame.height
-                        buf = io.BytesIO()
-                        frame.select(
-                            pl.lit(run_id).alias("run_id"),
-                            pl.all(),
-                            pl.lit(generated_iso).alias("generated_at"),
-                            pl.lit(expires_at).alias("expires_at"),
-                        ).write_csv(buf, include_header=False)
-                        copy.write(buf.getbuffer())
-            with timer.step("flip to complete"), conn.transaction():
+                        with timer.step("rows to csv (polars)"):
+                            buf = io.BytesIO()
+                            frame.select(
+                                pl.lit(run_id).alias("run_id"),
+                                pl.all(),
+                                pl.lit(generated_iso).alias("generated_at"),
+                                pl.lit(expires_at).alias("expires_at"),
+                            ).write_csv(buf, include_header=False)
+                        with timer.step("copy rows", "io"):
+                            copy.write(buf.getbuffer())
+                    t = time.perf_counter()
+                # leaving the block sends COPY's end and waits for PostgreSQL to finish the rows
+                timer.add("copy rows", "io", time.perf_counter() - t)
+                t = time.perf_counter()
+            timer.add("copy rows", "io", time.perf_counter() - t)  # the commit
+            with timer.step("flip to complete", "io"), conn.transaction():
                 conn.execute(
                     "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
                     "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
@@ -564,7 +606,7 @@ def write_shard(
                     (run_id,),
                 )
             raise
-        with timer.step("clean up"), conn.transaction():
+        with timer.step("clean up", "io"), conn.transaction():
             # Older runs of this shard, failed runs, runs stuck in 'building' for a day (their
             # process died), then rows past their expiry (runs of another shard layout).
             superseded = conn.execute(
@@ -577,8 +619,7 @@ def write_shard(
                 "DELETE FROM user_recommendations WHERE expires_at < now()"
             ).rowcount
     # Redis only after the commit: a reader never finds a cached run the table does not have.
-    with timer.step("redis"):
-        cached = write_cache(redis_res, bundle, run_id, int(generated_at), int(cfg["cache_ttl_seconds"]))
+    cached = write_cache(redis_res, bundle, run_id, int(generated_at), int(cfg["cache_ttl_seconds"]), timer)
     return {
         "run_id": int(run_id),
         "users": n_users,
@@ -590,7 +631,12 @@ def write_shard(
 
 
 def write_cache(
-    redis_res: RedisResource, bundle: dict[str, Any], run_id: int, generated_at: int, ttl: int
+    redis_res: RedisResource,
+    bundle: dict[str, Any],
+    run_id: int,
+    generated_at: int,
+    ttl: int,
+    timer: Timer,
 ) -> int:
     """Each user's list as the shared cache entry (feedrank.encode_cache_entry), pipelined."""
     weights = dict(bundle["config"]["weights"])
@@ -598,27 +644,34 @@ def write_cache(
     user_ids = bundle["user_ids"]["user_id"].to_list()
     indices, scores, components = bundle["indices"], bundle["scores"], bundle["components"]
     client = redis_res.client()
+    prefix = redis_res.prefix()
     written = 0
+    encode_s = send_s = 0.0
     try:
         pipe = client.pipeline(transaction=False)
         for row, user_id in enumerate(user_ids):
             idx = indices[row]
             n = int((idx >= 0).sum())  # -1 padding only at the end
+            ids = post_ids[idx[:n]].tolist()
+            t = time.perf_counter()
             entry = feedrank.encode_cache_entry(
-                run_id,
-                generated_at,
-                post_ids[idx[:n]].tolist(),
-                np.ascontiguousarray(scores[row, :n]),
-                np.ascontiguousarray(components[row, :n]),
-                weights,
+                run_id, generated_at, ids, scores[row, :n], components[row, :n], weights
             )
-            pipe.set(feedrank.recommendations_key(redis_res.prefix(), user_id), entry, ex=ttl)
+            key = feedrank.recommendations_key(prefix, user_id)
+            encode_s += time.perf_counter() - t
+            pipe.set(key, entry, ex=ttl)
             written += 1
             if written % REDIS_PIPELINE_USERS == 0:
+                t = time.perf_counter()
                 pipe.execute()
+                send_s += time.perf_counter() - t
+        t = time.perf_counter()
         pipe.execute()
+        send_s += time.perf_counter() - t
     finally:
         client.close()
+    timer.add("redis entries", "rust", encode_s)
+    timer.add("redis send", "io", send_s)
     return written
 
 

@@ -134,9 +134,10 @@ def resolve_run(context: dg.AssetExecutionContext, config: RecommendationConfig)
         raise dg.Failure(description=f"run config: {e}", allow_retries=False) from None
 
 
-def run_config_for_all(**fields: Any) -> dg.RunConfig:
-    """The same RecommendationConfig for every asset of the pipeline (tests, bench, CLI use)."""
+def run_config_for_all(assets: tuple[str, ...] | None = None, **fields: Any) -> dg.RunConfig:
+    """The same RecommendationConfig for every asset of the pipeline, or for ``assets`` (the
+    ones a run selects)."""
     from dagster_pipeline.assets import ASSET_NAMES
 
     cfg = RecommendationConfig(**fields)
-    return dg.RunConfig(ops={name: cfg for name in ASSET_NAMES})
+    return dg.RunConfig(ops={name: cfg for name in (assets or ASSET_NAMES)})

@@ -1,0 +1,199 @@
+"""`make bench-pipeline`: the whole graph on a large synthetic data set, timed per asset.
+
+    python -m dagster_pipeline.bench [--users 100000] [--posts 200000] [--interactions 5000000]
+                                     [--top-k 200] [--json PATH]
+
+A throw-away database (created, migrated with `feedrank-api migrate`, dropped afterwards) is
+filled by `feedrank demo-data --synthetic`; then each asset is materialized in its own process
+(`dg.materialize` with the asset selected, its inputs read from the bundle IO manager), so that
+each asset's peak RSS is its own (``os.wait4``). The Redis keys go under a bench-only prefix,
+deleted afterwards.
+
+The table splits each asset's time into the kinds its metadata reports (``seconds_by_kind``):
+feedrank kernels (rust), polars/numpy/scipy calls (native), PostgreSQL/Redis (io), and the rest,
+Python glue. "process" is the step process's wall time, including Python and Dagster start-up.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ASSETS = (
+    "user_interactions_snapshot",
+    "post_features",
+    "user_features",
+    "recommendation_scores",
+    "user_recommendations",
+)
+
+
+def _step(args: argparse.Namespace) -> int:
+    """Child: materialize one asset, write its metadata as JSON."""
+    import dagster as dg
+
+    from dagster_pipeline.assets import build_assets
+    from dagster_pipeline.config import run_config_for_all
+    from dagster_pipeline.io_manager import BundleIOManager
+    from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
+    from feedrank import db
+
+    t0 = time.perf_counter()
+    result = dg.materialize(
+        build_assets(None),
+        selection=[args.asset],
+        resources={
+            "postgres": PostgresResource(database_url=db.database_url()),
+            "redis": RedisResource(redis_url=db.redis_url(), key_prefix=args.prefix),
+            "notifier": AlertNotifier(),
+            "io_manager": BundleIOManager(base_dir=args.storage),
+        },
+        run_config=run_config_for_all((args.asset,), top_k=args.top_k),
+    )
+    run_seconds = time.perf_counter() - t0
+    meta = {}
+    for event in result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    meta["run_seconds"] = run_seconds
+    Path(args.out).write_text(json.dumps(meta, default=str))
+    return 0
+
+
+def _run_child(argv: list[str]) -> tuple[int, float, int]:
+    """Runs a child process; returns (exit status, wall seconds, peak RSS bytes)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def _fmt_row(cells: list[str], widths: list[int]) -> str:
+    return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+
+def _table(rows: list[dict]) -> str:
+    header = ["asset", "process s", "in asset s", "rust s", "native s", "io s", "glue s", "peak RSS MiB"]
+    body = [
+        [
+            r["asset"],
+            f"{r['process']:.1f}",
+            f"{r['duration']:.1f}",
+            f"{r['kinds'].get('rust', 0):.1f}",
+            f"{r['kinds'].get('native', 0):.1f}",
+            f"{r['kinds'].get('io', 0):.1f}",
+            f"{r['kinds'].get('glue', 0):.1f}",
+            f"{r['rss'] / 2**20:,.0f}",
+        ]
+        for r in rows
+    ]
+    tot = {k: sum(r["kinds"].get(k, 0) for r in rows) for k in ("rust", "native", "io", "glue")}
+    body.append(
+        [
+            "total",
+            f"{sum(r['process'] for r in rows):.1f}",
+            f"{sum(r['duration'] for r in rows):.1f}",
+            *(f"{tot[k]:.1f}" for k in ("rust", "native", "io", "glue")),
+            f"{max(r['rss'] for r in rows) / 2**20:,.0f} (max)",
+        ]
+    )
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+    lines = [_fmt_row(header, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [_fmt_row(b, widths) for b in body]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dagster_pipeline.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--posts", type=int, default=200_000)
+    parser.add_argument("--interactions", type=int, default=5_000_000)
+    parser.add_argument("--top-k", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--step", dest="asset", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--storage", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.asset:
+        return _step(args)
+
+    import redis
+
+    from feedrank import db
+
+    prefix = f"feedrank_bench_{secrets.token_hex(4)}:"
+    rows: list[dict] = []
+    with db.temporary_database(prefix="feedrank_bench") as url, tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, DATABASE_URL=url)
+        os.environ["DATABASE_URL"] = url
+        print(f"==> demo-data --users {args.users} --posts {args.posts} --interactions {args.interactions}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "feedrank.cli", "demo-data", "--synthetic", "--seed", str(args.seed),
+             "--users", str(args.users), "--posts", str(args.posts),
+             "--interactions", str(args.interactions), "--database-url", url],
+            check=True,
+            env=env,
+        )
+        print(f"    loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+        try:
+            for asset in ASSETS:
+                out = Path(tmp) / f"{asset}.json"
+                print(f"==> {asset}", flush=True)
+                code, wall, rss = _run_child(
+                    [sys.executable, "-m", "dagster_pipeline.bench", "--step", asset,
+                     "--storage", str(Path(tmp) / "storage"), "--prefix", prefix,
+                     "--out", str(out), "--top-k", str(args.top_k)]
+                )
+                if code != 0:
+                    print(f"bench-pipeline: {asset} failed (exit {code})", file=sys.stderr)
+                    return 1
+                meta = json.loads(out.read_text())
+                rows.append(
+                    {
+                        "asset": asset,
+                        "process": wall,
+                        "duration": float(meta.get("duration_seconds", 0.0)),
+                        "kinds": meta.get("seconds_by_kind", {}),
+                        "rss": rss,
+                        "steps": meta.get("step_durations", ""),
+                        "metadata": {k: v for k, v in meta.items() if k not in ("step_durations",)},
+                    }
+                )
+                print(f"    {wall:.1f} s, peak RSS {rss / 2**20:,.0f} MiB", flush=True)
+        finally:
+            client = redis.Redis.from_url(db.redis_url())
+            keys = list(client.scan_iter(match=prefix + "*", count=10_000))
+            for i in range(0, len(keys), 10_000):
+                client.unlink(*keys[i : i + 10_000])
+            client.close()
+    table = _table(rows)
+    in_assets = sum(r["duration"] for r in rows)
+    glue = sum(r["kinds"].get("glue", 0) for r in rows)
+    print()
+    print(f"pipeline on {args.users:,} users, {args.posts:,} posts, {args.interactions:,} interactions, top {args.top_k}")
+    print(table)
+    for r in rows:
+        steps = [line for line in str(r["steps"]).splitlines()[2:]]
+        print(f"  {r['asset']}: " + "; ".join(" ".join(c.strip() for c in line.strip("|").split("|")) for line in steps))
+    print(
+        f"end to end: {sum(r['process'] for r in rows):.1f} s in step processes "
+        f"({in_assets:.1f} s inside the assets); Python glue {glue:.1f} s = "
+        f"{100 * glue / max(in_assets, 1e-9):.1f}% of the asset time; peak RSS "
+        f"{max(r['rss'] for r in rows) / 2**30:.2f} GiB"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
