@@ -39,8 +39,8 @@ pub struct RedisStore {
 
 /// What one feed request reads from Redis, in one round trip.
 pub struct FeedRead {
-    /// The user's recommendations entry; `None` on a miss or an undecodable entry.
-    pub recommendations: Option<CachedFeed>,
+    /// The user's recommendations entry, still encoded (decoding is memoized by the caller).
+    pub recommendations: Option<Vec<u8>>,
     /// When the user's page sequence began (ms), if this request continues one.
     pub session_start_ms: Option<i64>,
     /// Post id -> ms of the latest interaction, the last few days.
@@ -161,18 +161,8 @@ impl RedisStore {
             Vec<String>,
         );
         let (recs, session, seen, hidden): Reply = self.run("read", &pipe, metrics).await?;
-        let recommendations = match recs {
-            None => None,
-            Some(bytes) => match cache::decode(&bytes) {
-                Ok(feed) => Some(feed),
-                Err(e) => {
-                    tracing::warn!(user, error = %e, "unreadable recommendations entry, treated as a miss");
-                    None
-                }
-            },
-        };
         Some(FeedRead {
-            recommendations,
+            recommendations: recs,
             session_start_ms: session,
             seen: seen.into_iter().map(|(p, s)| (p, s as i64)).collect(),
             hidden,

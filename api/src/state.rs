@@ -17,6 +17,9 @@ use crate::redis_store::RedisStore;
 /// How long a user id, once found in `users`, is trusted without asking the database again.
 const KNOWN_USER_TTL: Duration = Duration::from_secs(300);
 const KNOWN_USER_CAPACITY: usize = 100_000;
+/// Decoded recommendation entries kept (about 5 KB each for 200 items).
+const DECODED_FEED_CAPACITY: usize = 10_000;
+const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -28,6 +31,8 @@ pub struct Inner {
     pub auth: Authenticator,
     /// Post bodies with their authors, by post id.
     pub posts: TtlCache<Uuid, Arc<FeedPost>>,
+    /// Decoded Redis recommendation entries, by user (see `feed::decode_entry`).
+    pub decoded_feeds: TtlCache<Uuid, Arc<crate::feed::DecodedFeed>>,
     /// User ids known to exist.
     pub users: TtlCache<Uuid, ()>,
     /// The random fallback's current candidate pool.
@@ -60,6 +65,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             posts: TtlCache::new(cfg.post_cache_capacity, cfg.post_cache_ttl),
             users: TtlCache::new(KNOWN_USER_CAPACITY, KNOWN_USER_TTL),
+            decoded_feeds: TtlCache::new(DECODED_FEED_CAPACITY, DECODED_FEED_TTL),
             fallback_pool: std::sync::RwLock::new(None),
             fallback_refresh: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
