@@ -14,7 +14,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load nextauth-helper fuzz fuzz-api soak reliability-tools
+.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -105,6 +105,12 @@ bench-api: api develop services
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
 bench-load: api develop services
 	@$(PY) scripts/bench_load.py
+
+# The Dagster pipeline on 100,000 users / 200,000 posts / 5,000,000 interactions, top 200: a
+# throw-away database, one process per asset; prints time by kind and peak RSS per asset.
+bench-pipeline: api develop services
+	@$(PY) -W ignore -m dagster_pipeline.bench \
+	  --users 100000 --posts 200000 --interactions 5000000 --top-k 200 --json artifacts/bench-pipeline.json
 
 # --- reliability: hostile input, faults, load (docs/reliability.md) --------------------------
 
