@@ -208,3 +208,16 @@ def test_movielens_loads_users_posts_and_ratings(fresh_database_url):
         own = conn.execute("""SELECT count(*) FROM user_interactions i JOIN posts p ON p.id = i.post_id
                               WHERE p.user_id = i.user_id""").fetchone()[0]
         assert own == 0
+
+
+def test_a_table_of_the_app_that_references_users_is_left_alone(fresh_database_url):
+    # Without --reset nothing outside feedrank's tables may be truncated, even when empty of
+    # feedrank rows: the load still succeeds (without COPY FREEZE) and the app's table is intact.
+    with db.connect(fresh_database_url) as conn:
+        conn.execute("CREATE TABLE app_settings (user_id uuid REFERENCES users (id), theme text)")
+        conn.execute("CREATE TABLE app_audit (note text)")
+        conn.execute("INSERT INTO app_audit VALUES ('kept')")
+    assert load(fresh_database_url, "--seed", "4", *SMALL) == 0
+    with db.connect(fresh_database_url) as conn:
+        assert conn.execute("SELECT note FROM app_audit").fetchall() == [("kept",)]
+        assert conn.execute("SELECT count(*) FROM user_interactions").fetchone()[0] == 20_000
