@@ -221,3 +221,34 @@ def test_a_table_of_the_app_that_references_users_is_left_alone(fresh_database_u
     with db.connect(fresh_database_url) as conn:
         assert conn.execute("SELECT note FROM app_audit").fetchall() == [("kept",)]
         assert conn.execute("SELECT count(*) FROM user_interactions").fetchone()[0] == 20_000
+
+
+def test_a_role_that_is_not_superuser_loads_with_validated_foreign_keys(fresh_database_url):
+    # Without superuser rights the foreign keys cannot be skipped: they are dropped and added
+    # back (validated) inside the load's transaction.
+    role = f"feedrank_test_owner_{os.getpid()}"
+    tables = "users, posts, user_interactions, user_recommendations, recommendation_runs"
+    with db.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        try:
+            # Owner of feedrank's tables, allowed to create indexes in the schema: the rights a
+            # deployment's migration role has.
+            conn.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+            for table in tables.split(", "):
+                conn.execute(f"ALTER TABLE {table} OWNER TO {role}")
+            role_url = fresh_database_url.replace("postgres://postgres@", f"postgres://{role}@", 1)
+            assert role_url != fresh_database_url
+            with db.connect(role_url) as as_role:
+                assert as_role.execute("SELECT current_setting('is_superuser')").fetchone()[0] == "off"
+            assert load(role_url, "--seed", "5", *SMALL) == 0
+            fks = conn.execute("""
+                SELECT conname, convalidated FROM pg_constraint
+                WHERE conrelid IN ('posts'::regclass, 'user_interactions'::regclass) AND contype = 'f'
+                ORDER BY 1""").fetchall()
+            assert fks == [("posts_user_id_fkey", True), ("user_interactions_post_id_fkey", True),
+                           ("user_interactions_user_id_fkey", True)]
+            assert conn.execute("SELECT count(*) FROM user_interactions").fetchone()[0] == 20_000
+        finally:
+            conn.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
