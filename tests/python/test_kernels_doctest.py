@@ -47,3 +47,19 @@ def test_module_docstrings():
     for mod in (feedrank, feedrank.tfidf):
         n, failures = run(mod, mod.__name__)
         assert n > 0 and failures == 0
+
+
+def test_stubs_cover_the_native_module():
+    """python/feedrank/_core.pyi declares exactly what feedrank._core exports."""
+    import ast
+    from pathlib import Path
+
+    import feedrank._core as core
+
+    tree = ast.parse((Path(feedrank.__file__).parent / "_core.pyi").read_text())
+    stubbed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    stubbed |= {t.id for n in tree.body if isinstance(n, ast.AnnAssign) for t in [n.target]}
+    exported = {n for n in dir(core) if not n.startswith("_")} | {"__version__"}
+    assert exported - stubbed == set(), "exported but not in _core.pyi"
+    missing = {n for n in stubbed if not hasattr(core, n)}
+    assert missing == set(), f"in _core.pyi but not exported: {missing}"

@@ -57,6 +57,8 @@ pub struct UserUser<'a> {
     wt: Csr<f32>,
     inv_norm: Vec<f32>,
     k: usize,
+    /// All weighted values > 0: the branchless accumulator applies.
+    positive: bool,
 }
 
 impl<'a> UserUser<'a> {
@@ -73,6 +75,7 @@ impl<'a> UserUser<'a> {
             wt: input.weighted.transpose(),
             inv_norm,
             k: input.neighbors,
+            positive: input.weighted.data.iter().all(|&v| v > 0.0),
         }
     }
 }
@@ -87,9 +90,17 @@ impl CollaborativeScorer for UserUser<'_> {
         let (posts, vals) = self.w.row(user);
         for (&p, &v) in posts.iter().zip(vals) {
             let (users, ws) = wt.row(p as usize);
-            for (&o, &w) in users.iter().zip(ws) {
-                a.add(o, v * w);
+            if self.positive {
+                a.add_positive(users, ws, v);
+            } else {
+                for (&o, &w) in users.iter().zip(ws) {
+                    a.add(o, v * w);
+                }
             }
+        }
+        if self.positive {
+            a.touched.extend_from_slice(&a.buf[..a.count]);
+            a.count = 0;
         }
         let ui = self.inv_norm[user];
         for t in 0..a.touched.len() {

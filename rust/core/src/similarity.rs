@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::config::InteractionWeighting;
 use crate::sparse::{Csr, CsrRef};
-use crate::topk::{write_row, Scored, TopK};
+use crate::topk::{write_row, FlatTopK, Scored, TopK};
 use crate::weighting::weight_interactions;
 use crate::{Error, Result};
 
@@ -230,9 +230,7 @@ pub fn cosine_topk(
 /// Per-thread state of [`cosine_topk_self`]: the accumulator and a top-k of every row.
 struct SelfState {
     acc: Accumulator,
-    tops: Vec<TopK>,
-    /// `thresholds[j]`: the score row `j`'s top-k must beat (-inf until it holds k entries).
-    thresholds: Vec<f32>,
+    tops: FlatTopK,
 }
 
 /// Cosine top-k of the rows of `m` among themselves. Each pair is computed once (`j > i`, the
@@ -255,8 +253,7 @@ fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool) -> TopKRows {
                 scope.spawn(|| {
                     let mut st = SelfState {
                         acc: Accumulator::new(n, 1),
-                        tops: (0..n).map(|_| TopK::new(k)).collect(),
-                        thresholds: vec![f32::NEG_INFINITY; n],
+                        tops: FlatTopK::new(n, k),
                     };
                     loop {
                         let first = next.fetch_add(BLOCK, Ordering::Relaxed);
@@ -282,33 +279,22 @@ fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool) -> TopKRows {
         indices: vec![-1; n * k],
         scores: vec![0.0; n * k],
     };
-    let mut states = states;
     // merge the threads' top-k of each row
-    let mut tops: Vec<Vec<TopK>> = states
-        .iter_mut()
-        .map(|s| std::mem::take(&mut s.tops))
-        .collect();
-    let mut per_row: Vec<Vec<TopK>> = (0..n).map(|_| Vec::with_capacity(threads)).collect();
-    for t in tops.iter_mut() {
-        for (row, top) in per_row.iter_mut().zip(t.drain(..)) {
-            row.push(top);
-        }
-    }
+    let tops: Vec<FlatTopK> = states.into_iter().map(|s| s.tops).collect();
     out.indices
         .par_chunks_mut(k)
         .zip(out.scores.par_chunks_mut(k))
-        .zip(per_row.into_par_iter())
+        .enumerate()
         .for_each_init(
-            || (TopK::new(k), Vec::with_capacity(k), Vec::with_capacity(k)),
-            |(merged, part, sorted), ((io, so), parts)| {
-                for mut t in parts {
-                    t.drain_sorted(part);
-                    for e in part.iter() {
-                        merged.push(e.index, e.score);
-                    }
+            || Vec::with_capacity(k * threads),
+            |all: &mut Vec<Scored>, (row, (io, so))| {
+                all.clear();
+                for t in &tops {
+                    all.extend_from_slice(t.row(row));
                 }
-                merged.drain_sorted(sorted);
-                write_row(sorted, io, so);
+                all.sort_unstable();
+                all.truncate(k);
+                write_row(all, io, so);
             },
         );
     out
@@ -349,7 +335,7 @@ fn self_row(
     let ii = inv[i];
     if !exclude_self && ii > 0.0 {
         let norm2: f64 = vals.iter().map(|&x| x as f64 * x as f64).sum();
-        st.tops[i].push(i as u32, (norm2 * ii * ii) as f32);
+        st.tops.push(i, i as u32, (norm2 * ii * ii) as f32);
     }
     for t in 0..a.touched.len() {
         let j = a.touched[t];
@@ -360,19 +346,11 @@ fn self_row(
         if s.abs() <= ZERO {
             continue;
         }
-        if s >= st.thresholds[i] {
-            let top = &mut st.tops[i];
-            top.push(j, s);
-            if let Some(t) = top.threshold() {
-                st.thresholds[i] = t;
-            }
+        if s >= st.tops.thresholds[i] {
+            st.tops.push(i, j, s);
         }
-        if s >= st.thresholds[ju] {
-            let top = &mut st.tops[ju];
-            top.push(i as u32, s);
-            if let Some(t) = top.threshold() {
-                st.thresholds[ju] = t;
-            }
+        if s >= st.tops.thresholds[ju] {
+            st.tops.push(ju, i as u32, s);
         }
     }
     a.touched.clear();

@@ -53,6 +53,8 @@ pub fn weight_interactions(
                 col_sums[j as usize] += v as f64;
             }
             let mean = col_sums.iter().sum::<f64>() / (x.ncols.max(1) as f64);
+            // an all-zero matrix has no lengths to normalize by (implicit would divide by 0)
+            let mean = if mean > 0.0 { mean } else { 1.0 };
             for u in 0..x.nrows {
                 let (a, e) = (x.indptr[u], x.indptr[u + 1]);
                 let idf = n.ln() - ((e - a) as f64).ln_1p();
