@@ -317,7 +317,7 @@ def generate_synthetic(
     authorship = (s_users.pareto(1.5, users) + 1.0) * np.sqrt(activity + 1.0)
     usernames, displays = _usernames(s_users, users)
     avatars = [f"https://api.dicebear.com/9.x/thumbs/svg?seed={u}" for u in usernames]
-    user_created = end_us - s_users.integers(31 * _DAY_US, 730 * _DAY_US, users)
+    user_created = (end_us - s_users.integers(31 * _DAY_US, 730 * _DAY_US, users)) // 1000 * 1000
 
     # Posts: author by authorship weight, topic from the author's mixture, latent quality.
     post_ids = _uuid4_bytes(s_ids, posts)
@@ -325,7 +325,7 @@ def generate_synthetic(
     author = np.minimum(author, users - 1)
     post_topic = _sample_rows(s_posts, theta[author])
     quality = s_posts.lognormal(0.0, 0.8, posts)
-    post_created = end_us - window_us + s_posts.integers(0, window_us, posts)
+    post_created = (end_us - window_us + s_posts.integers(0, window_us, posts)) // 1000 * 1000  # ms
     contents, media = _post_texts(s_posts, post_topic, post_ids)
 
     i_user, i_post, i_type, i_time = _synthetic_interactions(
@@ -419,10 +419,18 @@ def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_c
         produced += take
     i_user, i_post, i_type, i_time = (np.concatenate(c) for c in zip(*parts)) if parts else (
         np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64))
-    # Events of posts written in the last hour could fall after `end`: nothing happens after it.
-    i_time = np.minimum(i_time, end_us - 1)
-    by_time = np.argsort(i_time, kind="stable")
-    return i_user[by_time], i_post[by_time], i_type[by_time], i_time[by_time]
+    # Millisecond timestamps, as a client sends them. Events of posts written in the last hour
+    # could fall after `end`: nothing happens after it.
+    ms = np.minimum(i_time, end_us - 1) // 1000
+    # Time order through one sort of (ms since the window's start) << 31 | event index: unique
+    # keys (ties broken by index, as a stable argsort would) in one int64, and a plain sort is
+    # about twice as fast as argsort on 10 million values.
+    if len(ms) >= 2**31:
+        raise ValueError(f"--interactions must be < {2**31}, got {len(ms)}")
+    base = int(ms.min()) if len(ms) else 0
+    keys = np.sort(((ms - base) << 31) | np.arange(len(ms), dtype=np.int64))
+    by_time = keys & (2**31 - 1)
+    return i_user[by_time], i_post[by_time], i_type[by_time], (ms[by_time] * 1000)
 
 
 # --- MovieLens -------------------------------------------------------------------------------------
