@@ -39,7 +39,7 @@ STOP_SERVICES=0
 
 step() {
     STEP=$((STEP + 1))
-    printf '\n==> [%d/%d] %s\n' "$STEP" "$STEPS" "$*"
+    printf '\n==> [%d/%d] %s  (at %d s)\n' "$STEP" "$STEPS" "$*" "$((SECONDS - T0))"
 }
 info() { printf '    %s\n' "$*"; }
 fail() {
