@@ -78,7 +78,7 @@ py-test: develop services api reliability-tools
 	@echo "==> pytest"
 	@$(PY) -m pytest -q tests
 
-test: lint rust-test py-test
+test: lint rust-test py-test demo-check
 
 # --- demo and benchmarks ---------------------------------------------------------------------
 
