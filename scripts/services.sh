@@ -49,8 +49,8 @@ is_local() { [[ -z "$1" || "$1" == 127.0.0.1 || "$1" == localhost || "$1" == "[:
 # --- probes (fast: each is one short-lived client process) --------------------------------------
 
 pg_answers() { pg_isready -q -t 2 -d "$PG_MAINT_URL" >/dev/null 2>&1; }
-pg_login_error() { psql "$PG_MAINT_URL" -XAtqc 'SELECT 1' 2>&1 >/dev/null || true; }
-pg_db_exists() { [[ "$(psql "$PG_MAINT_URL" -XAtqc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>/dev/null)" == 1 ]]; }
+pg_login_error() { psql "$PG_MAINT_URL" -wXAtqc 'SELECT 1' 2>&1 >/dev/null || true; }
+pg_db_exists() { [[ "$(psql "$PG_MAINT_URL" -wXAtqc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>/dev/null)" == 1 ]]; }
 redis_answers() { [[ "$(redis-cli -u "$REDIS_URL" --no-auth-warning ping 2>/dev/null)" == PONG ]]; }
 
 wait_for() { # wait_for <what> <probe>
@@ -191,13 +191,15 @@ Put the password in DATABASE_URL, or allow this user in the server's pg_hba.conf
             wait_for postgres pg_answers || die "PostgreSQL does not answer at 127.0.0.1:$PG_PORT after ${WAIT_SECONDS}s"
         fi
         local err; err="$(pg_login_error)"
-        [[ -z "$err" ]] || die "PostgreSQL started but refuses the connection: $err"
+        [[ -z "$err" ]] || die "PostgreSQL started but refuses the connection: $err
+Put the password in DATABASE_URL, or allow this user in the cluster's pg_hba.conf (on a development
+machine: host all all 127.0.0.1/32 trust)."
         POSTGRES_STATE="started, answers at 127.0.0.1:$PG_PORT"
     fi
     if pg_db_exists; then
         say "PostgreSQL $POSTGRES_STATE; database $PG_DB exists"
     else
-        psql "$PG_MAINT_URL" -XAtqc "CREATE DATABASE \"$PG_DB\"" >/dev/null || die "could not create database $PG_DB"
+        psql "$PG_MAINT_URL" -wXAtqc "CREATE DATABASE \"$PG_DB\"" >/dev/null || die "could not create database $PG_DB"
         say "PostgreSQL $POSTGRES_STATE; created database $PG_DB"
     fi
 }
