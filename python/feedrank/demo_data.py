@@ -46,13 +46,17 @@ import numpy as np
 
 __all__ = [
     "INTERACTION_TYPES",
+    "N_TOPICS",
     "TOPICS",
+    "TOPIC_NAMES",
     "Dataset",
     "LoadReport",
     "add_arguments",
+    "binary_copy_tuples",
     "generate_synthetic",
     "load_movielens",
     "run",
+    "uuid_strings",
     "write_dataset",
 ]
 
