@@ -24,6 +24,6 @@ RUN pip install --no-cache-dir -r requirements-dev.txt \
 COPY dagster_pipeline ./dagster_pipeline
 COPY scripts ./scripts
 ENV PYTHONPATH=/app DAGSTER_HOME=/opt/dagster/home
-RUN mkdir -p "$DAGSTER_HOME" && touch "$DAGSTER_HOME/dagster.yaml"
+RUN mkdir -p "$DAGSTER_HOME"
 EXPOSE 3000
 CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-m", "dagster_pipeline.definitions"]
