@@ -781,7 +781,10 @@ def _copy_interactions(cur, ds: Dataset, chunk_rows: int, freeze: bool) -> None:
         # jsonb's binary form: a version byte (1) and the JSON text.
         meta = _coded_table([None if m is None else b"\x01" + m.encode() for m in ds.metadata_table])
     stmt = f"COPY user_interactions ({', '.join(columns)}) FROM STDIN (FORMAT BINARY{', FREEZE' if freeze else ''})"
-    with cur.copy(stmt) as cp:
+    from psycopg.copy import QueuedLibpqWriter
+
+    # A writer thread sends each chunk while the next one is encoded.
+    with cur.copy(stmt, writer=QueuedLibpqWriter(cur)) as cp:
         cp.write(_SIGNATURE)
         for start in range(0, ds.n_interactions, chunk_rows):
             sl = slice(start, min(start + chunk_rows, ds.n_interactions))
