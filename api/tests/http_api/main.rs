@@ -4,6 +4,7 @@
 mod common;
 
 mod auth;
+mod demo;
 mod feeds;
 mod ops;
 mod track;
