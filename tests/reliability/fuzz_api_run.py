@@ -45,7 +45,7 @@ CHECKS = ",".join([
 FUZZED_ROUTES = ("GET /api/feeds", "POST /api/track", "POST /api/track/batch")
 
 
-def run(max_examples: int, workers: int = 2, seed_value: int | None = None,
+def run(max_examples: int, workers: int = 1, seed_value: int | None = None,
         binary: Path | None = None, log=print, max_time: int | None = None) -> dict:
     st = Path(sys.executable).with_name("st")
     if not st.exists():
@@ -62,6 +62,14 @@ def run(max_examples: int, workers: int = 2, seed_value: int | None = None,
 def _fuzz(stack, st: Path, work: Path, max_examples: int, workers: int, seed_value: int | None,
           max_time: int | None, log) -> dict:
     api, data = stack.api, stack.data
+    # Real post ids for most generated events: with only random UUIDs every event is a 404 and
+    # schemathesis stops early on the operation ("missing test data"), never reaching the store.
+    posts = ", ".join(f'"{p}"' for p in data.posts)
+    (work / "schemathesis.toml").write_text(
+        f"[dictionaries.posts]\nvalues = [{posts}]\n\n[parameters]\n"
+        '"body.postId" = { dictionary = "posts", probability = 0.7 }\n'
+        '"body.events[*].postId" = { dictionary = "posts", probability = 0.7 }\n'
+    )
     before = request_counts(api.base)
     cmd = [
         str(st), "run", api.base + "/openapi.json",
@@ -107,7 +115,9 @@ def main() -> int:
                     default=int(os.environ.get("FUZZ_API_EXAMPLES", 2000)))
     ap.add_argument("--min-requests", type=int, default=None,
                     help="fewest requests each fuzzed route must receive (default: max-examples)")
-    ap.add_argument("--workers", type=int, default=2)
+    # One worker: with two, schemathesis 4.32 cut one of the operations running at the same time
+    # short (52 requests of 2000 for POST /api/track), which the per-route count below catches.
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
