@@ -34,8 +34,9 @@ __all__ = ["GRIDS", "tune", "add_arguments", "run"]
 
 GRIDS: dict[str, dict[str, Any]] = {
     "full": {
-        "user_user": {"neighbors": [25, 50, 100], "weighting": ["none", "bm25"]},
-        "item_item": {"neighbors": [20, 50, 100, 200], "weighting": ["none", "tfidf", "bm25"]},
+        # "binary": similarities from who-saw-what, scores from the (history-weighted) values.
+        "user_user": {"neighbors": [25, 50, 100], "weighting": ["none", "binary", "bm25"]},
+        "item_item": {"neighbors": [20, 50, 100, 200], "weighting": ["none", "binary", "tfidf", "bm25"]},
         "ridge": {"neighbors": [50, 100, 200], "ridge_l2": [30.0, 100.0, 300.0, 1000.0]},
         "history_half_life": [0.0, 5.0, 10.0, 20.0, 40.0],
         "content": [0.1, 0.2, 0.4],
