@@ -188,6 +188,10 @@ def check_curls(run: DemoRun, label: str) -> None:
     if not check(f"{label}: make demo printed a GET and a POST curl", len(cmds) == 2, f"{len(cmds)} found"):
         return
     get_cmd, post_cmd = cmds
+    text = "\n".join(run.lines)
+    check(f"{label}: the Dagster UI answers with the schedule on",
+          re.search(r"schedule \S+ is RUNNING", text) is not None
+          and "is STOPPED" not in text)
     status, body = run_curl(get_cmd)
     posts = body.get("posts", []) if isinstance(body, dict) else []
     meta = body.get("metadata", {}) if isinstance(body, dict) else {}

@@ -12,6 +12,8 @@ on stdout and says what it found on stderr; exit status 0 means "yes", 1 "no", 2
                            a Redis restart is served from the database and written back), then
                            prints a JSON summary: source, total, first post id, first reasons
   describe-feed JSON       that summary as the lines `make demo` prints
+  schedules DAGSTER_URL    waits for the code location to load in `dagster dev`, prints each
+                           schedule and its status; 0 when all are RUNNING
 """
 
 from __future__ import annotations
@@ -157,6 +159,74 @@ def describe_feed(summary_json: str) -> int:
     return 0
 
 
+SCHEDULES_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus
+    locationOrLoadError {
+      __typename
+      ... on RepositoryLocation { repositories { name schedules {
+          name cronSchedule executionTimezone scheduleState { status }
+          futureTicks(limit: 1) { results { timestamp } } } } }
+      ... on PythonError { message }
+    } } } } }
+"""
+
+
+def schedules(dagster_url: str, timeout_s: float = 120) -> int:
+    """Waits until the code location has loaded in the running Dagster, then prints one line per
+    schedule (`schedule NAME is STATUS (CRON TZ, next tick ISO)`); 0 when every one is RUNNING."""
+    import datetime as dt
+
+    deadline = time.monotonic() + timeout_s
+    body = json.dumps({"query": SCHEDULES_QUERY}).encode()
+    last = "no answer"
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"{dagster_url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data = json.loads(resp.read())["data"]["workspaceOrError"]
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
+            last = str(e)
+            time.sleep(1)
+            continue
+        entries = data.get("locationEntries") or []
+        if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+            last = "the code location is still loading"
+            time.sleep(1)
+            continue
+        lines, ok = [], True
+        for entry in entries:
+            loc = entry["locationOrLoadError"]
+            if loc["__typename"] != "RepositoryLocation":
+                print(f"code location {entry['name']} failed to load: {loc.get('message')}",
+                      file=sys.stderr)
+                return 1
+            for repo in loc["repositories"]:
+                for sch in repo["schedules"]:
+                    status = sch["scheduleState"]["status"]
+                    ticks = sch["futureTicks"]["results"]
+                    nxt = (
+                        dt.datetime.fromtimestamp(ticks[0]["timestamp"], dt.timezone.utc)
+                        .strftime("%Y-%m-%d %H:%M UTC")
+                        if ticks
+                        else "none"
+                    )
+                    lines.append(
+                        f"schedule {sch['name']} is {status} "
+                        f"({sch['cronSchedule']} {sch['executionTimezone']}, next tick {nxt})"
+                    )
+                    ok = ok and status == "RUNNING"
+        if not lines:
+            print("the code location has no schedule", file=sys.stderr)
+            return 1
+        print("\n".join(lines))
+        return 0 if ok else 1
+    print(f"Dagster at {dagster_url}: {last} after {timeout_s:.0f} s", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -173,6 +243,8 @@ def main(argv: list[str]) -> int:
             return warm_feed(args[0], args[1])
         if cmd == "describe-feed" and len(args) == 1:
             return describe_feed(args[0])
+        if cmd == "schedules" and len(args) == 1:
+            return schedules(args[0])
     except Exception as e:  # noqa: BLE001 - the shell script prints this and stops
         print(f"demo_state.py {cmd}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
