@@ -39,6 +39,8 @@ import argparse
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +180,9 @@ class Dataset:
     metadata_table: list[str | None] = field(default_factory=list)
     user_topics: np.ndarray | None = None
     post_topics: np.ndarray | None = None
+    # Set by generate_synthetic(defer_interactions=True): fills the interaction_* fields.
+    # write_dataset runs it in a thread while users and posts are loaded.
+    pending_interactions: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def n_users(self) -> int:
@@ -297,8 +302,14 @@ def generate_synthetic(
     posts: int = 10_000,
     interactions: int = 200_000,
     end: dt.datetime | None = None,
+    *,
+    defer_interactions: bool = False,
 ) -> Dataset:
-    """The synthetic data set (see the module docstring), entirely determined by its arguments."""
+    """The synthetic data set (see the module docstring), entirely determined by its arguments.
+
+    With ``defer_interactions`` the interactions are not generated yet: the data set's
+    ``pending_interactions`` generates them (``write_dataset`` does it in a thread, overlapping the
+    users' and posts' load). The rows are the same either way."""
     for name, value, low in (("users", users, 1), ("posts", posts, 1), ("interactions", interactions, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"--{name} must be an integer >= {low}, got {value!r}")
@@ -332,10 +343,8 @@ def generate_synthetic(
     post_created = (end_us - window_us + s_posts.integers(0, window_us, posts)) // 1000 * 1000  # ms
     contents, media = _post_texts(s_posts, post_topic, post_ids)
 
-    i_user, i_post, i_type, i_time = _synthetic_interactions(
-        s_inter, interactions, theta, activity, post_topic, quality, post_created, end_us
-    )
-    return Dataset(
+    empty = np.zeros(0, np.int64)
+    ds = Dataset(
         source=f"synthetic(seed={seed})",
         user_ids=user_ids,
         usernames=usernames,
@@ -347,14 +356,29 @@ def generate_synthetic(
         post_content=contents,
         post_media_urls=media,
         post_created_at=post_created,
-        interaction_ids=_uuid7_bytes(s_ids, i_time),
-        interaction_user=i_user,
-        interaction_post=i_post,
-        interaction_type=i_type,
-        interaction_created_at=i_time,
+        interaction_ids=np.zeros((0, 16), np.uint8),
+        interaction_user=empty,
+        interaction_post=empty,
+        interaction_type=np.zeros(0, np.int8),
+        interaction_created_at=empty,
         user_topics=theta,
         post_topics=post_topic,
     )
+
+    def make_interactions() -> None:
+        i_user, i_post, i_type, i_time = _synthetic_interactions(
+            s_inter, interactions, theta, activity, post_topic, quality, post_created, end_us
+        )
+        ds.interaction_ids = _uuid7_bytes(s_ids, i_time)
+        ds.interaction_user, ds.interaction_post = i_user, i_post
+        ds.interaction_type, ds.interaction_created_at = i_type, i_time
+        ds.pending_interactions = None
+
+    if defer_interactions:
+        ds.pending_interactions = make_interactions
+    else:
+        make_interactions()
+    return ds
 
 
 def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_created, end_us):
@@ -708,7 +732,6 @@ def write_dataset(conn, ds: Dataset, reset: bool = False, chunk_rows: int = 1_00
     """
     from psycopg import sql
 
-    _check_references(ds)
     seconds: dict[str, float] = {}
     user_str = uuid_strings(ds.user_ids)
     post_str = uuid_strings(ds.post_ids)
@@ -716,9 +739,12 @@ def write_dataset(conn, ds: Dataset, reset: bool = False, chunk_rows: int = 1_00
     def us_to_datetime(us: np.ndarray) -> list[dt.datetime]:
         return (us.astype("datetime64[us]").astype(dt.datetime)).tolist()
 
-    with conn.transaction():
+    with conn.transaction(), ThreadPoolExecutor(1, thread_name_prefix="demo-data") as pool:
         cur = conn.cursor()
         _check_empty(cur, reset)
+        # Interactions still to generate: in a thread (numpy releases the GIL), meanwhile the
+        # users and posts are loaded.
+        pending = pool.submit(ds.pending_interactions) if ds.pending_interactions else None
         freeze = _truncate(conn, cur, reset)
         with_freeze = " (FREEZE)" if freeze else ""
         # Bulk-load settings, local to this transaction. Foreign keys: the rows reference users
@@ -753,6 +779,11 @@ def write_dataset(conn, ds: Dataset, reset: bool = False, chunk_rows: int = 1_00
             cur.execute(stmt)
         seconds["posts"] = time.perf_counter() - t
 
+        t = time.perf_counter()
+        if pending is not None:
+            pending.result()
+            seconds["interactions_generate_wait"] = time.perf_counter() - t
+        _check_references(ds)
         t = time.perf_counter()
         restore = _defer_constraints_and_indexes(cur, "user_interactions", foreign_keys=not superuser)
         seconds["interactions_drop_indexes"] = time.perf_counter() - t
@@ -840,7 +871,9 @@ def run(args: argparse.Namespace) -> int:
     if args.movielens is not None:
         ds = load_movielens(args.movielens, seed=args.seed)
     else:
-        ds = generate_synthetic(args.seed, args.users, args.posts, args.interactions, args.end_time)
+        ds = generate_synthetic(
+            args.seed, args.users, args.posts, args.interactions, args.end_time, defer_interactions=True
+        )
     t_gen = time.perf_counter() - t0
     url = args.database_url or db.database_url()
     try:

@@ -73,6 +73,13 @@ def test_generation_is_deterministic_in_memory_and_sizes_are_exact():
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.post_content == b.post_content and a.usernames == b.usernames
     assert (a.n_users, a.n_posts, a.n_interactions) == (200, 800, 12_345)
+    # Deferred generation (what the CLI does, overlapping the load) gives the same rows.
+    deferred = demo_data.generate_synthetic(5, 200, 800, 12_345, END_DT, defer_interactions=True)
+    assert deferred.n_interactions == 0 and deferred.pending_interactions is not None
+    deferred.pending_interactions()
+    for name in ("interaction_ids", "interaction_user", "interaction_post", "interaction_type",
+                 "interaction_created_at"):
+        assert np.array_equal(getattr(a, name), getattr(deferred, name)), name
     # More interactions do not change the users or posts of the same seed.
     c = demo_data.generate_synthetic(5, 200, 800, 20_000, END_DT)
     assert np.array_equal(a.user_ids, c.user_ids) and a.post_content == c.post_content
