@@ -96,6 +96,7 @@ def hybrid_topk(
     candidates: IntArray | None = None,
     bm25_k1: float = 100.0,
     bm25_b: float = 0.8,
+    item_neighbors: CsrLike | None = None,
     **model_params: float,
 ) -> dict[str, np.ndarray]: ...
 

@@ -232,3 +232,19 @@ def test_bad_arguments_name_the_argument():
     # tuple form and int data are accepted
     t = (x.indptr, x.indices, x.data.astype(np.int64), x.shape)
     assert np.array_equal(feedrank.cosine_topk(t, k=3)[0], feedrank.cosine_topk(x, k=3)[0])
+
+
+def test_hybrid_item_item_with_precomputed_neighbors_equals_refitting():
+    x, tfidf, age, eng, author = hybrid_inputs(4)
+    users = np.arange(x.shape[0])
+    for weighting in ("none", "bm25"):
+        fitted = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, neighbors=5,
+                                      collaborative="item_item", weighting=weighting)
+        s = feedrank.item_neighbors(x, k=5, weighting=weighting)
+        given = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, neighbors=5,
+                                     collaborative="item_item", weighting=weighting, item_neighbors=s)
+        assert np.array_equal(fitted["indices"], given["indices"])
+        np.testing.assert_allclose(fitted["scores"], given["scores"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"^collaborative: the item neighbour matrix"):
+        feedrank.hybrid_topk(x, tfidf, age, eng, author, users, collaborative="item_item",
+                             item_neighbors=sp.csr_matrix((3, 3), dtype=np.float32))

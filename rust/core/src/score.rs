@@ -47,6 +47,9 @@ pub struct CollaborativeInput<'a> {
     pub neighbors: usize,
     /// Model-specific settings by name (e.g. a ridge penalty).
     pub params: &'a BTreeMap<String, f64>,
+    /// Precomputed item neighbours (items x items) for `item_item`, so that a caller scoring
+    /// users in batches fits them once.
+    pub item_neighbors: Option<CsrRef<'a, f32>>,
 }
 
 /// The user-user model: cosine neighbours on the weighted matrix, found per user by a sparse
@@ -184,7 +187,13 @@ pub fn build_scorer<'a>(
 ) -> Result<Box<dyn CollaborativeScorer + 'a>> {
     match name {
         "user_user" => Ok(Box::new(UserUser::new(input))),
-        "item_item" => Ok(Box::new(ItemNeighbors::cosine(input)?)),
+        "item_item" => match input.item_neighbors {
+            Some(s) => Ok(Box::new(ItemNeighbors::new(
+                input.interactions,
+                s.to_owned(),
+            )?)),
+            None => Ok(Box::new(ItemNeighbors::cosine(input)?)),
+        },
         "ridge" => Ok(Box::new(crate::recommenders::ridge_scorer(input)?)),
         other => Err(Error::invalid(
             "collaborative",
@@ -215,6 +224,8 @@ pub struct HybridParams<'a> {
     pub bm25_k1: f32,
     pub bm25_b: f32,
     pub model_params: &'a BTreeMap<String, f64>,
+    /// See [`CollaborativeInput::item_neighbors`].
+    pub item_neighbors: Option<CsrRef<'a, f32>>,
 }
 
 /// Top-k per user: indices (`-1` padded), scores and the four normalized components.
@@ -376,6 +387,7 @@ pub fn hybrid_topk(
         weighted: weighted.view(),
         neighbors: params.neighbors,
         params: params.model_params,
+        item_neighbors: params.item_neighbors,
     };
     let scorer = build_scorer(params.collaborative, &input)?;
     let recency: Vec<f32> = posts

@@ -55,7 +55,7 @@ proptest! {
         let params = HybridParams {
             k, weights, neighbors: 3, recency_tau_days: 30.0,
             collaborative: if item_item { "item_item" } else { "user_user" },
-            weighting: InteractionWeighting::None, bm25_k1: 100.0, bm25_b: 0.8, model_params: &extra,
+            weighting: InteractionWeighting::None, bm25_k1: 100.0, bm25_b: 0.8, model_params: &extra, item_neighbors: None,
         };
         let cands: Vec<usize> = (0..n_posts).filter(|p| p % 2 == 0).collect();
         let res = hybrid_topk(x.view(), &posts, &users, &params, Some(ex.view()),

@@ -151,7 +151,8 @@ pub fn recommend_items<'py>(
 /// The hybrid top-k per user: collaborative, content, recency and engagement components, each
 /// min-max normalized per user over the posts they may see, combined with `weights`. Excludes
 /// posts the user interacted with (any stored entry), their own posts, `exclude` and posts
-/// outside `candidates`. Extra keyword arguments are numeric settings of the collaborative model.
+/// outside `candidates`. Extra keyword arguments are numeric settings of the collaborative model;
+/// `item_neighbors` (from `feedrank.item_neighbors`) skips refitting `item_item` per batch.
 /// Returns a dict: indices int64 [m, k] (-1 padded), scores float32 [m, k], components
 /// float32 [m, k, 4].
 ///
@@ -166,7 +167,8 @@ pub fn recommend_items<'py>(
 #[pyo3(signature = (
     interactions, post_tfidf, post_age_days, post_engagement, post_author, users, k=200,
     weights=None, neighbors=50, recency_tau_days=30.0, collaborative="user_user",
-    weighting="none", exclude=None, candidates=None, bm25_k1=100.0, bm25_b=0.8, **model_params
+    weighting="none", exclude=None, candidates=None, bm25_k1=100.0, bm25_b=0.8,
+    item_neighbors=None, **model_params
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn hybrid_topk<'py>(
@@ -187,6 +189,7 @@ pub fn hybrid_topk<'py>(
     candidates: Option<&Bound<'py, PyAny>>,
     bm25_k1: f32,
     bm25_b: f32,
+    item_neighbors: Option<&Bound<'py, PyAny>>,
     model_params: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let k = positive("k", k)?;
@@ -213,6 +216,9 @@ pub fn hybrid_topk<'py>(
     let author = ids_1d("post_author", post_author)?;
     let users = index_1d("users", users, x.nrows)?;
     let exclude = exclude.map(|e| csr_arg("exclude", e)).transpose()?;
+    let item_nb = item_neighbors
+        .map(|s| csr_arg("item_neighbors", s))
+        .transpose()?;
     let candidates = candidates
         .map(|c| index_1d("candidates", c, x.ncols))
         .transpose()?;
@@ -235,6 +241,7 @@ pub fn hybrid_topk<'py>(
                 bm25_k1,
                 bm25_b,
                 model_params: &extra,
+                item_neighbors: item_nb.as_ref().map(|s| s.view()),
             };
             score::hybrid_topk(
                 x.view(),
