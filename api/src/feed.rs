@@ -10,7 +10,7 @@
 //! "Already saw" means an interaction after the recommendations were built and before the page
 //! sequence began (the request at offset 0): posts viewed while paging do not shift later pages.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::error::ApiResult;
-use crate::http::feeds::{FeedMetadata, FeedPost, FeedResponse};
+use crate::http::feeds::{FeedMetadata, FeedPost};
+use crate::memo::IdMap;
 use crate::metrics::Source;
 use crate::now_ms;
 use crate::redis_store::{FeedRead, Mirrored, SEEN_RETENTION_MS};
@@ -71,7 +72,7 @@ pub fn diversify<T>(
     cap: usize,
 ) -> Vec<T> {
     let n = items.len();
-    let mut dense: HashMap<Uuid, usize> = HashMap::new();
+    let mut dense: IdMap<Uuid, usize> = IdMap::default();
     let authors: Vec<usize> = items
         .iter()
         .map(|t| {
@@ -131,10 +132,31 @@ pub fn diversify<T>(
         .collect()
 }
 
+/// A post as the feed shows it, serialized once: the JSON object without its closing brace, so
+/// that a page is assembled by concatenation (with `score` and `reason` appended for recommended
+/// posts) instead of serializing every post of every page again.
+pub struct CachedPost {
+    pub author: Uuid,
+    json_open: Box<str>,
+}
+
+impl CachedPost {
+    pub fn new(p: &FeedPost) -> CachedPost {
+        debug_assert!(p.score.is_none() && p.reason.is_none());
+        let mut json = serde_json::to_string(p).expect("a post always serializes");
+        let closing = json.pop();
+        debug_assert_eq!(closing, Some('}'));
+        CachedPost {
+            author: p.user_id,
+            json_open: json.into_boxed_str(),
+        }
+    }
+}
+
 /// Post bodies for `ids`, from the in-process cache, the misses from PostgreSQL in one query.
 /// Deleted posts are absent from the result.
-async fn hydrate(state: &AppState, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, Arc<FeedPost>>> {
-    let mut found = HashMap::with_capacity(ids.len());
+async fn hydrate(state: &AppState, ids: &[Uuid]) -> ApiResult<IdMap<Uuid, Arc<CachedPost>>> {
+    let mut found = IdMap::with_capacity_and_hasher(ids.len(), Default::default());
     let mut missing = Vec::new();
     for id in ids {
         match state.posts.get(id) {
@@ -146,9 +168,9 @@ async fn hydrate(state: &AppState, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, Arc<
     }
     if !missing.is_empty() {
         for p in db::posts_by_ids(&state.pg, &missing).await? {
-            let p = Arc::new(p);
-            state.posts.insert(p.id, p.clone());
-            found.insert(p.id, p);
+            let cached = Arc::new(CachedPost::new(&p));
+            state.posts.insert(p.id, cached.clone());
+            found.insert(p.id, cached);
         }
     }
     Ok(found)
@@ -254,7 +276,7 @@ async fn recommended_list(
     items: &[Recommended],
     excluded: &Exclusions,
     limit: usize,
-) -> ApiResult<(Vec<Candidate>, HashMap<Uuid, Arc<FeedPost>>)> {
+) -> ApiResult<(Vec<Candidate>, IdMap<Uuid, Arc<CachedPost>>)> {
     let ids: Vec<Uuid> = items
         .iter()
         .map(|i| i.post)
@@ -268,7 +290,7 @@ async fn recommended_list(
             let body = bodies.get(&i.post)?;
             Some(Candidate {
                 post: i.post,
-                author: body.user_id,
+                author: body.author,
                 score: Some(i.score),
                 reason: Some(i.reason),
             })
@@ -278,39 +300,53 @@ async fn recommended_list(
     Ok((list, bodies))
 }
 
+/// The page's JSON body: the response shape of [`crate::http::feeds::FeedResponse`].
 fn page(
     list: &[Candidate],
-    bodies: &HashMap<Uuid, Arc<FeedPost>>,
+    bodies: &IdMap<Uuid, Arc<CachedPost>>,
     req: &FeedRequest,
     source: Source,
     seed: Option<u64>,
-) -> FeedResponse {
-    let posts = list
-        .iter()
-        .skip(req.offset)
-        .take(req.limit)
-        .filter_map(|c| {
-            let body = bodies.get(&c.post)?;
-            let mut p = FeedPost::clone(body);
-            p.score = c.score;
-            p.reason = c.reason.map(|r| r.as_str().to_string());
-            Some(p)
-        })
-        .collect();
-    FeedResponse {
-        posts,
-        metadata: FeedMetadata {
-            total: list.len(),
-            offset: req.offset,
-            limit: req.limit,
-            source: source.as_str().to_string(),
-            seed,
-        },
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + req.limit * 600);
+    out.extend_from_slice(b"{\"posts\":[");
+    let mut first = true;
+    for c in list.iter().skip(req.offset).take(req.limit) {
+        let Some(body) = bodies.get(&c.post) else {
+            continue;
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(body.json_open.as_bytes());
+        if let Some(score) = c.score {
+            out.extend_from_slice(b",\"score\":");
+            serde_json::to_writer(&mut out, &score).expect("writing to a Vec");
+        }
+        if let Some(reason) = c.reason {
+            out.extend_from_slice(b",\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
     }
+    out.extend_from_slice(b"],\"metadata\":");
+    let metadata = FeedMetadata {
+        total: list.len(),
+        offset: req.offset,
+        limit: req.limit,
+        source: source.as_str().to_string(),
+        seed,
+    };
+    serde_json::to_writer(&mut out, &metadata).expect("writing to a Vec");
+    out.push(b'}');
+    out
 }
 
 /// Builds one feed page for `user`.
-pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult<FeedResponse> {
+/// Returns the response body (JSON).
+pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult<Vec<u8>> {
     let now = now_ms();
     let user_key = user.to_string();
     let read = state
@@ -452,6 +488,7 @@ async fn fallback_pool(state: &AppState) -> ApiResult<Arc<PoolSnapshot>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn authors(v: &[u8]) -> Vec<(usize, Uuid)> {
         v.iter()

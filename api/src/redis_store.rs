@@ -11,7 +11,7 @@
 //! Redis is an accelerator, never a dependency: every call has a timeout, a failure opens a short
 //! circuit (no calls for a second, one warning), and callers treat failures as cache misses.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use feedrank_core::cache::{self, CachedFeed};
@@ -35,6 +35,9 @@ pub struct RedisStore {
     manager: ConnectionManager,
     prefix: String,
     down_until_ms: AtomicU64,
+    /// Set by the first failure of an outage, cleared by the first success after it (one log
+    /// line each way, however long the outage).
+    outage: AtomicBool,
 }
 
 /// What one feed request reads from Redis, in one round trip.
@@ -70,6 +73,7 @@ impl RedisStore {
             manager: ConnectionManager::new_lazy_with_config(client, config)?,
             prefix: prefix.to_string(),
             down_until_ms: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
         })
     }
 
@@ -97,10 +101,9 @@ impl RedisStore {
 
     fn failed(&self, what: &str, e: &redis::RedisError, metrics: &Metrics) {
         metrics.redis_error();
-        let was_up = self.available();
         self.down_until_ms
             .store(now_ms() as u64 + CIRCUIT_OPEN_MS, Ordering::Relaxed);
-        if was_up {
+        if !self.outage.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, "redis {what} failed; serving from PostgreSQL for now");
         }
     }
@@ -116,7 +119,13 @@ impl RedisStore {
         }
         let mut conn = self.manager.clone();
         match pipe.query_async::<T>(&mut conn).await {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                if self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("redis is reachable again");
+                }
+                Some(v)
+            }
             Err(e) => {
                 self.failed(what, &e, metrics);
                 None

@@ -9,7 +9,6 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::http::feeds::FeedPost;
 use crate::memo::TtlCache;
 use crate::metrics::{Metrics, PoolGauge};
 use crate::redis_store::RedisStore;
@@ -30,7 +29,7 @@ pub struct Inner {
     pub redis: RedisStore,
     pub auth: Authenticator,
     /// Post bodies with their authors, by post id.
-    pub posts: TtlCache<Uuid, Arc<FeedPost>>,
+    pub posts: TtlCache<Uuid, Arc<crate::feed::CachedPost>>,
     /// Decoded Redis recommendation entries, by user (see `feed::decode_entry`).
     pub decoded_feeds: TtlCache<Uuid, Arc<crate::feed::DecodedFeed>>,
     /// User ids known to exist.

@@ -244,18 +244,25 @@ pub async fn track(
     BodyBytes(body): BodyBytes,
 ) -> ApiResult<(StatusCode, Json<TrackResponse>)> {
     let ev = parse_event(&parse_json(&body)?, "")?;
-    let client = state.pg.get().await?;
-    let stored = store(&state, &client, user, &ev).await?;
-    drop(client);
-    let mirror = [Mirrored {
-        post_id: stored.post_id.to_string(),
-        at_ms: stored.at_ms,
-        hide: ev.interaction_type == InteractionType::Hide,
-    }];
-    state
-        .redis
-        .record_interactions(&user.to_string(), &mirror, &state.metrics)
-        .await;
+    // Stored in a task of its own: if the client goes away mid-request, the insert and its
+    // bookkeeping still finish (the client's retry with the same eventId then finds the row).
+    let stored = tokio::spawn(async move {
+        let client = state.pg.get().await?;
+        let stored = store(&state, &client, user, &ev).await?;
+        drop(client);
+        let mirror = [Mirrored {
+            post_id: stored.post_id.to_string(),
+            at_ms: stored.at_ms,
+            hide: ev.interaction_type == InteractionType::Hide,
+        }];
+        state
+            .redis
+            .record_interactions(&user.to_string(), &mirror, &state.metrics)
+            .await;
+        Ok::<_, ApiError>(stored)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tracking task failed: {e}")))??;
     Ok((
         StatusCode::CREATED,
         Json(TrackResponse {

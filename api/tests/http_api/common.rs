@@ -313,7 +313,10 @@ pub async fn post(app: Router, path: &str, token: &str, body: &Value) -> (Status
     send(app, req).await
 }
 
+/// The page's post ids; also checks that the whole answer has exactly the documented shape.
 pub fn ids(feed: &Value) -> Vec<Uuid> {
+    let _: feedrank_api::http::feeds::FeedResponse = serde_json::from_value(feed.clone())
+        .unwrap_or_else(|e| panic!("not the documented feed shape ({e}): {feed}"));
     feed["posts"]
         .as_array()
         .unwrap_or_else(|| panic!("no posts in {feed}"))
