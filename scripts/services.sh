@@ -49,6 +49,8 @@ is_local() { [[ -z "$1" || "$1" == 127.0.0.1 || "$1" == localhost || "$1" == "[:
 # --- probes (fast: each is one short-lived client process) --------------------------------------
 
 pg_answers() { pg_isready -q -t 2 -d "$PG_MAINT_URL" >/dev/null 2>&1; }
+# The error text only (stderr captured, the query's output dropped).
+# shellcheck disable=SC2069
 pg_login_error() { psql "$PG_MAINT_URL" -wXAtqc 'SELECT 1' 2>&1 >/dev/null || true; }
 pg_db_exists() { [[ "$(psql "$PG_MAINT_URL" -wXAtqc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>/dev/null)" == 1 ]]; }
 redis_answers() { [[ "$(redis-cli -u "$REDIS_URL" --no-auth-warning ping 2>/dev/null)" == PONG ]]; }
