@@ -398,6 +398,12 @@ def recommendation_scores(
         engagement = np.asarray(post_features["engagement"])
         author = np.asarray(post_features["post_author"])
     model_kwargs = hybrid_kwargs(cfg)  # the one ScoringConfig -> hybrid_topk mapping
+    if cfg["collaborative"] == "item_item":
+        # fit the item-item neighbours once for every batch (hybrid_topk would refit per call)
+        with timer.step("item_neighbors", "rust"):
+            model_kwargs["item_neighbors"] = feedrank.item_neighbors(
+                interactions, k=int(cfg["neighbors"]), weighting=cfg["weighting"]
+            )
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []

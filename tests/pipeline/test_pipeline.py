@@ -280,3 +280,15 @@ def test_a_tuned_config_file_is_used(demo_db: DemoData, pipeline_resources, tmp_
     assert per_user == {7}
     assert cfg["top_k"] == 7 and cfg["lookback_days"] == 60 and cfg["weights"]["content"] == 1.0
     assert reasons <= {"similar_content", "similar_users"}  # ties go to the earlier component
+
+
+@pytest.mark.parametrize("model", ["item_item", "ridge"])
+def test_other_collaborative_models_run_through_the_pipeline(demo_db: DemoData, pipeline_resources, model):
+    result = materialize_all(pipeline_resources, top_k=10, collaborative=model, history_half_life=10.0)
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    with psycopg.connect(demo_db.url) as conn:
+        cfg = conn.execute("SELECT config FROM recommendation_runs").fetchone()[0]
+        users = conn.execute("SELECT count(DISTINCT user_id) FROM user_recommendations").fetchone()[0]
+    assert cfg["collaborative"] == model and cfg["history_half_life"] == 10.0
+    assert users == len(current_recommendations(demo_db.url))
