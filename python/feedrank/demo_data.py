@@ -880,8 +880,13 @@ def run(args: argparse.Namespace) -> int:
         conn = db.connect(url)
     except Exception as e:  # psycopg.OperationalError: say where, and how to fix it
         raise ValueError(f"cannot connect to {url}: {e} (start the services: scripts/services.sh up)") from e
+    import psycopg
+
     with conn:
-        report = write_dataset(conn, ds, reset=args.reset)
+        try:
+            report = write_dataset(conn, ds, reset=args.reset)
+        except psycopg.Error as e:  # e.g. not the tables' owner: nothing was written
+            raise ValueError(f"loading into {db.database_name(url)} failed, nothing was written: {e}") from e
     total = time.perf_counter() - t0
     _print_summary(ds, report, db.database_name(url), t_gen, total)
     return 0
