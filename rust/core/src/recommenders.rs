@@ -10,10 +10,13 @@
 //!
 //! For item `j` with neighbours `N` (top-`k` by co-occurrence `G = Xᵀ X`, `j` excluded, which is
 //! EASE's zero-diagonal constraint), the weights are `b = (G_NN + λ I)⁻¹ G_Nj` and `S[a, j] = b_a`.
-//! `G_NN` is exact: it is accumulated from the users of the neighbours, each user adding the
-//! outer product of the neighbours it interacted with, so no `items x items` matrix is ever
-//! formed. (Reading `G_NN` from truncated co-occurrence lists instead breaks positive
-//! definiteness and, with it, the model.)
+//! `G_NN` is exact, without any `items x items` matrix: entries between two of the
+//! [`CACHED_ITEMS`] most popular items (the usual neighbours) come from a dense table filled
+//! during the co-occurrence pass; any other entry is the sparse dot product of the two items'
+//! user lists (the shorter one searched in the longer). (Reading `G_NN` from truncated
+//! co-occurrence lists instead breaks positive definiteness and, with it, the model.)
+//! Cost: one co-occurrence pass (as item-item cosine), then per item `k²/2` lookups or short
+//! intersections and one `k x k` solve.
 
 use rayon::prelude::*;
 
@@ -47,9 +50,20 @@ impl RidgeParams {
     }
 }
 
-/// Per item, its `keep` largest co-occurrences with other items (descending, ties by lower
-/// index), and the item's own squared norm `G_jj`.
-fn cooccurrence_top(x: CsrRef<f32>, xt: CsrRef<f32>, keep: usize) -> (Vec<Vec<Scored>>, Vec<f64>) {
+/// Items whose mutual co-occurrences are kept in a dense table (4096² f32 = 64 MB at most).
+pub const CACHED_ITEMS: usize = 4096;
+
+/// One item's pass: its `keep` largest co-occurrences with other items (descending, ties by
+/// lower index), its own squared norm `G_jj`, and, for a cached item, its row of the cache.
+type ItemPass = (Vec<Scored>, f64, Vec<f32>);
+
+fn cooccurrence_top(
+    x: CsrRef<f32>,
+    xt: CsrRef<f32>,
+    keep: usize,
+    cached: &[u32],
+    n_cached: usize,
+) -> Vec<ItemPass> {
     let n_items = x.ncols;
     (0..n_items)
         .into_par_iter()
@@ -69,9 +83,16 @@ fn cooccurrence_top(x: CsrRef<f32>, xt: CsrRef<f32>, keep: usize) -> (Vec<Vec<Sc
                         *slot += w * v;
                     }
                 }
+                let mut row = Vec::new();
+                if cached[j] != u32::MAX {
+                    row.resize(n_cached, 0f32);
+                }
                 top.clear();
                 for &b in touched.iter() {
                     let v = acc[b as usize];
+                    if !row.is_empty() && cached[b as usize] != u32::MAX {
+                        row[cached[b as usize] as usize] = v;
+                    }
                     if b as usize != j && v > 0.0 {
                         top.push(b, v);
                     }
@@ -80,10 +101,36 @@ fn cooccurrence_top(x: CsrRef<f32>, xt: CsrRef<f32>, keep: usize) -> (Vec<Vec<Sc
                 touched.clear();
                 let mut out = Vec::new();
                 top.drain_sorted(&mut out);
-                (out, diag)
+                (out, diag, row)
             },
         )
-        .unzip()
+        .collect()
+}
+
+/// `Σ_u a_u b_u` over two sorted sparse rows, in ascending `u` (the order of the cache, so the
+/// two give identical values): the shorter row is searched in the longer one.
+fn sparse_dot(a: (&[u32], &[f32]), b: (&[u32], &[f32])) -> f32 {
+    let (short, long) = if a.0.len() <= b.0.len() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut acc = 0f32;
+    let mut lo = 0;
+    for (&u, &v) in short.0.iter().zip(short.1) {
+        if lo >= long.0.len() {
+            break;
+        }
+        match long.0[lo..].binary_search(&u) {
+            Ok(p) => {
+                let w = long.1[lo + p];
+                acc += v * w; // IEEE products commute: same value as the table's
+                lo += p + 1;
+            }
+            Err(p) => lo += p,
+        }
+    }
+    acc
 }
 
 /// Solves `a · x = b` in place (`a` is `n x n`, row-major) by Gaussian elimination with partial
@@ -126,69 +173,76 @@ fn solve_dense(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
 /// non-negative interaction values (binary or weighted). Returns `S` (`items x items`, at most
 /// `neighbors` entries per column); score a user with `x_u · S`.
 pub fn ridge_item_neighbors(x: CsrRef<f32>, params: RidgeParams) -> Result<Csr<f32>> {
+    ridge_with_cache(x, params, CACHED_ITEMS)
+}
+
+fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> Result<Csr<f32>> {
     params.validate()?;
     x.check_finite("interactions")?;
     x.check_non_negative("interactions")?;
     let n_items = x.ncols;
     let xt = x.transpose();
-    let (lists, diag) = cooccurrence_top(x, xt.view(), params.neighbors);
-    let l2 = params.l2 as f64;
     let xt = xt.view();
+    // The most popular items (by users, ties by lower index) get a dense co-occurrence table.
+    let n_cached = n_items.min(max_cached);
+    let mut by_degree: Vec<u32> = (0..n_items as u32).collect();
+    by_degree.sort_unstable_by_key(|&i| {
+        let i = i as usize;
+        (std::cmp::Reverse(xt.indptr[i + 1] - xt.indptr[i]), i)
+    });
+    let mut cached = vec![u32::MAX; n_items];
+    for (slot, &i) in by_degree[..n_cached].iter().enumerate() {
+        cached[i as usize] = slot as u32;
+    }
+    let pass = cooccurrence_top(x, xt, params.neighbors, &cached, n_cached);
+    let mut cache = vec![0f32; n_cached * n_cached];
+    for (j, (_, _, row)) in pass.iter().enumerate() {
+        if cached[j] != u32::MAX {
+            let c = cached[j] as usize;
+            cache[c * n_cached..(c + 1) * n_cached].copy_from_slice(row);
+        }
+    }
+    let gram_entry = |a: u32, b: u32| -> f64 {
+        let (ca, cb) = (cached[a as usize], cached[b as usize]);
+        if ca != u32::MAX && cb != u32::MAX {
+            cache[ca as usize * n_cached + cb as usize] as f64
+        } else {
+            sparse_dot(xt.row(a as usize), xt.row(b as usize)) as f64
+        }
+    };
+    let l2 = params.l2 as f64;
     // Column j of S, as (row index, weight) sorted by row index.
     let columns: Vec<Vec<(u32, f32)>> = (0..n_items)
         .into_par_iter()
-        .map_init(
-            || (Vec::<f64>::new(), Vec::<(u32, u32, f32)>::new()),
-            |(gram, pairs), j| {
-                let nb = &lists[j];
-                let n = nb.len();
-                if n == 0 {
-                    return Vec::new();
+        .map_init(Vec::<f64>::new, |gram, j| {
+            let nb = &pass[j].0;
+            let n = nb.len();
+            if n == 0 {
+                return Vec::new();
+            }
+            gram.clear();
+            gram.resize(n * n, 0.0);
+            for p in 0..n {
+                gram[p * n + p] = pass[nb[p].index as usize].1 + l2;
+                for q in p + 1..n {
+                    let g = gram_entry(nb[p].index, nb[q].index);
+                    gram[p * n + q] = g;
+                    gram[q * n + p] = g;
                 }
-                // (user, local neighbour index, value), grouped by user.
-                pairs.clear();
-                for (p, e) in nb.iter().enumerate() {
-                    let (users, vals) = xt.row(e.index as usize);
-                    pairs.extend(users.iter().zip(vals).map(|(&u, &v)| (u, p as u32, v)));
-                }
-                pairs.sort_unstable_by_key(|t| (t.0, t.1));
-                gram.clear();
-                gram.resize(n * n, 0.0);
-                let mut start = 0;
-                while start < pairs.len() {
-                    let mut end = start + 1;
-                    while end < pairs.len() && pairs[end].0 == pairs[start].0 {
-                        end += 1;
-                    }
-                    let group = &pairs[start..end];
-                    for (q, &(_, a, va)) in group.iter().enumerate() {
-                        let row = a as usize * n;
-                        for &(_, b, vb) in &group[q + 1..] {
-                            gram[row + b as usize] += (va as f64) * (vb as f64);
-                        }
-                    }
-                    start = end;
-                }
-                for p in 0..n {
-                    gram[p * n + p] = diag[nb[p].index as usize] + l2;
-                    for q in p + 1..n {
-                        gram[q * n + p] = gram[p * n + q];
-                    }
-                }
-                let mut rhs: Vec<f64> = nb.iter().map(|e| e.score as f64).collect();
-                if solve_dense(gram, &mut rhs, n).is_none() {
-                    return Vec::new();
-                }
-                let mut col: Vec<(u32, f32)> = nb
-                    .iter()
-                    .zip(&rhs)
-                    .filter(|(_, &w)| w != 0.0)
-                    .map(|(e, &w)| (e.index, w as f32))
-                    .collect();
-                col.sort_unstable_by_key(|e| e.0);
-                col
-            },
-        )
+            }
+            let mut rhs: Vec<f64> = nb.iter().map(|e| e.score as f64).collect();
+            if solve_dense(gram, &mut rhs, n).is_none() {
+                return Vec::new();
+            }
+            let mut col: Vec<(u32, f32)> = nb
+                .iter()
+                .zip(&rhs)
+                .filter(|(_, &w)| w != 0.0)
+                .map(|(e, &w)| (e.index, w as f32))
+                .collect();
+            col.sort_unstable_by_key(|e| e.0);
+            col
+        })
         .collect();
     // Rows of Sᵀ are the columns of S.
     let st = from_sorted_rows(n_items, columns);
@@ -372,6 +426,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("interactions:"), "{e}");
+    }
+
+    #[test]
+    fn cached_and_computed_gram_entries_agree_exactly() {
+        // Weighted values, so the products' order matters: the table and the sparse dot product
+        // must sum in the same order to give bit-identical models.
+        let mut rows = Vec::new();
+        for u in 0..50u32 {
+            let mut r: Vec<(u32, f32)> = (0..15u32)
+                .filter(|i| (u * 7 + i * 5) % 4 != 0)
+                .map(|i| (i, 0.1 + ((u * 13 + i * 3) % 7) as f32 * 0.37))
+                .collect();
+            r.sort_unstable_by_key(|e| e.0);
+            rows.push(r);
+        }
+        let x = from_sorted_rows(15, rows);
+        let p = RidgeParams {
+            neighbors: 6,
+            l2: 1.5,
+        };
+        let all = ridge_with_cache(x.view(), p, 15).unwrap();
+        assert_eq!(ridge_with_cache(x.view(), p, 0).unwrap(), all);
+        assert_eq!(ridge_with_cache(x.view(), p, 4).unwrap(), all);
     }
 
     #[test]
