@@ -11,6 +11,7 @@
 //! sequence began (the request at offset 0): posts viewed while paging do not shift later pages.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,19 +73,27 @@ pub fn diversify<T>(
     cap: usize,
 ) -> Vec<T> {
     let n = items.len();
+    diversify_prefix(items, author, window, cap, n)
+}
+
+/// [`diversify`], stopping once `max_out` items are placed: the first `max_out` items of the
+/// full result, in O(max_out log n) plus the items it had to pass over.
+pub fn diversify_prefix<T>(
+    items: Vec<T>,
+    author: impl Fn(&T) -> Uuid,
+    window: usize,
+    cap: usize,
+    max_out: usize,
+) -> Vec<T> {
+    let n = items.len();
     let mut dense: IdMap<Uuid, usize> = IdMap::default();
-    let authors: Vec<usize> = items
-        .iter()
-        .map(|t| {
-            let next = dense.len();
-            *dense.entry(author(t)).or_insert(next)
-        })
-        .collect();
+    // Dense author ids, computed as the scan reaches each item.
+    let mut authors: Vec<usize> = Vec::with_capacity(max_out.min(n) * 2);
     let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
     // Per author: posts among the last `window - 1` placed (a post fits while this is < cap), and
     // the author's passed-over posts, in order.
-    let mut counts = vec![0usize; dense.len()];
-    let mut deferred: Vec<VecDeque<usize>> = vec![VecDeque::new(); dense.len()];
+    let mut counts: Vec<usize> = Vec::new();
+    let mut deferred: Vec<VecDeque<usize>> = Vec::new();
     // The first passed-over post of every author that fits again, by original position.
     let mut ready: BTreeSet<usize> = BTreeSet::new();
     let refresh =
@@ -97,10 +106,25 @@ pub fn diversify<T>(
                 }
             }
         };
-    let mut placed: Vec<usize> = Vec::with_capacity(n);
+    let mut placed: Vec<usize> = Vec::with_capacity(max_out.min(n));
     let mut next = 0;
-    loop {
-        while next < n && counts[authors[next]] >= cap {
+    while placed.len() < max_out {
+        // Reach item `next`: give its author a dense id; pass it over while its author is full.
+        while next < n {
+            if authors.len() == next {
+                let fresh = dense.len();
+                let a = *dense
+                    .entry(author(slots[next].as_ref().expect("not placed yet")))
+                    .or_insert(fresh);
+                if a == counts.len() {
+                    counts.push(0);
+                    deferred.push(VecDeque::new());
+                }
+                authors.push(a);
+            }
+            if counts[authors[next]] < cap {
+                break;
+            }
             deferred[authors[next]].push_back(next);
             next += 1;
         }
@@ -302,7 +326,8 @@ async fn recommended_list(
 
 /// The page's JSON body: the response shape of [`crate::http::feeds::FeedResponse`].
 fn page(
-    list: &[Candidate],
+    items: &[Candidate],
+    total: usize,
     bodies: &IdMap<Uuid, Arc<CachedPost>>,
     req: &FeedRequest,
     source: Source,
@@ -311,7 +336,7 @@ fn page(
     let mut out = Vec::with_capacity(512 + req.limit * 600);
     out.extend_from_slice(b"{\"posts\":[");
     let mut first = true;
-    for c in list.iter().skip(req.offset).take(req.limit) {
+    for c in items {
         let Some(body) = bodies.get(&c.post) else {
             continue;
         };
@@ -333,7 +358,7 @@ fn page(
     }
     out.extend_from_slice(b"],\"metadata\":");
     let metadata = FeedMetadata {
-        total: list.len(),
+        total,
         offset: req.offset,
         limit: req.limit,
         source: source.as_str().to_string(),
@@ -342,6 +367,11 @@ fn page(
     serde_json::to_writer(&mut out, &metadata).expect("writing to a Vec");
     out.push(b'}');
     out
+}
+
+fn page_of<'a>(list: &'a [Candidate], req: &FeedRequest) -> &'a [Candidate] {
+    let start = req.offset.min(list.len());
+    &list[start..(start + req.limit).min(list.len())]
 }
 
 /// Builds one feed page for `user`.
@@ -374,7 +404,14 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
                         recommended_list(state, &feed.items, &excluded, req.limit).await?;
                     if !list.is_empty() {
                         state.metrics.feed_served(Source::Cache);
-                        return Ok(page(&list, &bodies, req, Source::Cache, None));
+                        return Ok(page(
+                            page_of(&list, req),
+                            list.len(),
+                            &bodies,
+                            req,
+                            Source::Cache,
+                            None,
+                        ));
                     }
                 }
             }
@@ -404,7 +441,14 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
                 recommended_list(state, &decoded_items(&entry.items), &excluded, req.limit).await?;
             if !list.is_empty() {
                 state.metrics.feed_served(Source::Db);
-                return Ok(page(&list, &bodies, req, Source::Db, None));
+                return Ok(page(
+                    page_of(&list, req),
+                    list.len(),
+                    &bodies,
+                    req,
+                    Source::Db,
+                    None,
+                ));
             }
         }
     }
@@ -414,33 +458,61 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
     let pool = fallback_pool(state).await?;
     let marks = db::interaction_marks(&state.pg, user, as_of - SEEN_RETENTION_MS).await?;
     let excluded = Exclusions::from_marks(&marks, as_of - SEEN_RETENTION_MS, as_of);
-    let mut order: Vec<(Uuid, Uuid)> = pool.posts.clone();
-    feedrank_core::shuffle::shuffle(&mut order, seed);
-    let list: Vec<Candidate> = order
-        .into_iter()
-        .filter(|(p, _)| !excluded.posts.contains(p))
-        .map(|(post, author)| Candidate {
+    // The order depends on the snapshot, the seed, the page size and the exclusions only; a user
+    // paging through it (or reloading) reuses it instead of shuffling and re-ranking the whole
+    // pool again.
+    let key = {
+        let mut ex: Vec<&Uuid> = excluded.posts.iter().collect();
+        ex.sort();
+        let mut h = std::hash::DefaultHasher::new();
+        (
+            pool.generation,
+            seed,
+            req.limit,
+            state.cfg.author_diversity_cap,
+            ex,
+        )
+            .hash(&mut h);
+        h.finish()
+    };
+    let order = match state.fallback_orders.get(&key) {
+        Some(order) => order,
+        None => {
+            let mut shuffled: Vec<(Uuid, Uuid)> = pool.posts.clone();
+            feedrank_core::shuffle::shuffle(&mut shuffled, seed);
+            shuffled.retain(|(p, _)| !excluded.posts.contains(p));
+            let order = Arc::new(diversify(
+                shuffled,
+                |c| c.1,
+                req.limit,
+                state.cfg.author_diversity_cap,
+            ));
+            state.fallback_orders.insert(key, order.clone());
+            order
+        }
+    };
+    let items: Vec<Candidate> = order
+        .iter()
+        .skip(req.offset)
+        .take(req.limit)
+        .map(|&(post, author)| Candidate {
             post,
             author,
             score: None,
             reason: None,
         })
         .collect();
-    let list = diversify(
-        list,
-        |c| c.author,
-        req.limit,
-        state.cfg.author_diversity_cap,
-    );
-    let page_ids: Vec<Uuid> = list
-        .iter()
-        .skip(req.offset)
-        .take(req.limit)
-        .map(|c| c.post)
-        .collect();
+    let page_ids: Vec<Uuid> = items.iter().map(|c| c.post).collect();
     let bodies = hydrate(state, &page_ids).await?;
     state.metrics.feed_served(Source::Fallback);
-    Ok(page(&list, &bodies, req, Source::Fallback, Some(seed)))
+    Ok(page(
+        &items,
+        order.len(),
+        &bodies,
+        req,
+        Source::Fallback,
+        Some(seed),
+    ))
 }
 
 /// The current snapshot of the recent-posts pool, reloaded when older than the refresh interval
@@ -473,8 +545,10 @@ async fn fallback_pool(state: &AppState) -> ApiResult<Arc<PoolSnapshot>> {
         return Ok(s);
     }
     let posts = db::recent_posts(&state.pg, state.cfg.fallback_pool_size).await?;
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let snap = Arc::new(PoolSnapshot {
         loaded_at: Instant::now(),
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         posts,
     });
     *state
@@ -551,6 +625,16 @@ mod tests {
                 }
             }
             assert!(out.len() > 1000, "most posts are kept: {}", out.len());
+        }
+    }
+
+    #[test]
+    fn a_diversified_prefix_is_the_prefix_of_the_full_result() {
+        let items = authors(&[1, 1, 1, 1, 2, 1, 3, 1, 1, 4, 5, 1, 6, 1, 1, 7]);
+        let full = diversify(items.clone(), |x| x.1, 4, 2);
+        for k in 0..=items.len() {
+            let part = diversify_prefix(items.clone(), |x| x.1, 4, 2, k);
+            assert_eq!(part[..], full[..k.min(full.len())]);
         }
     }
 

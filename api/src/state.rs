@@ -19,6 +19,8 @@ const KNOWN_USER_CAPACITY: usize = 100_000;
 /// Decoded recommendation entries kept (about 5 KB each for 200 items).
 const DECODED_FEED_CAPACITY: usize = 10_000;
 const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
+/// Memoized fallback orders kept (320 KB each at the default pool size of 10,000).
+const FALLBACK_ORDERS_CAPACITY: usize = 256;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -37,12 +39,17 @@ pub struct Inner {
     /// The random fallback's current candidate pool.
     pub fallback_pool: std::sync::RwLock<Option<Arc<PoolSnapshot>>>,
     pub fallback_refresh: tokio::sync::Mutex<()>,
+    /// Fallback orders (shuffled, filtered, re-ranked `(post, author)`), by a digest of what they
+    /// depend on; a few hundred, each at most `FALLBACK_POOL_SIZE` entries.
+    pub fallback_orders: TtlCache<u64, Arc<Vec<(Uuid, Uuid)>>>,
     pub metrics: Metrics,
 }
 
 /// The most recent posts at one moment, `(post id, author id)`, newest first.
 pub struct PoolSnapshot {
     pub loaded_at: Instant,
+    /// Distinguishes snapshots (part of the key of a memoized fallback order).
+    pub generation: u64,
     pub posts: Vec<(Uuid, Uuid)>,
 }
 
@@ -67,6 +74,7 @@ impl AppState {
             decoded_feeds: TtlCache::new(DECODED_FEED_CAPACITY, DECODED_FEED_TTL),
             fallback_pool: std::sync::RwLock::new(None),
             fallback_refresh: tokio::sync::Mutex::new(()),
+            fallback_orders: TtlCache::new(FALLBACK_ORDERS_CAPACITY, cfg.fallback_pool_refresh),
             metrics: Metrics::default(),
             cfg,
             pg,
