@@ -28,6 +28,8 @@ class PostgresResource(dg.ConfigurableResource):
     """PostgreSQL, by URL (``postgres://user@host:port/db``)."""
 
     database_url: str
+    copy_connections: int = 2
+    """Connections that COPY a shard's recommendations at once (PostgreSQL uses a core each)."""
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
