@@ -368,8 +368,13 @@ pub fn item_neighbors(
     exclude_self: bool,
 ) -> Result<Csr<f32>> {
     interactions.check_finite("interactions")?;
-    let w = weight_interactions(interactions, weighting, k1, b)?;
-    let wt = w.view().transpose();
+    // items x users; the weighted copy (if any) is dropped before the similarity pass
+    let wt = match weighting {
+        InteractionWeighting::None => interactions.transpose(),
+        _ => weight_interactions(interactions, weighting, k1, b)?
+            .view()
+            .transpose(),
+    };
     let top = cosine_topk(wt.view(), None, k, exclude_self)?;
     Ok(top.to_csr(interactions.ncols))
 }
