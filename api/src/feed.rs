@@ -249,10 +249,12 @@ pub struct DecodedFeed {
     pub items: Vec<Recommended>,
 }
 
+/// A fast digest (8 bytes a step) with the length: the entry is written by the pipeline, not
+/// by clients, so a non-cryptographic hash is enough to recognize the same bytes again.
 fn digest(raw: &[u8]) -> (u64, usize) {
-    let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hasher::write(&mut h, raw);
-    (std::hash::Hasher::finish(&h), raw.len())
+    let mut h = crate::memo::IdHasher::default();
+    h.write(raw);
+    (h.finish(), raw.len())
 }
 
 fn decoded_items(items: &[CachedRecommendation]) -> Vec<Recommended> {
