@@ -221,7 +221,11 @@ class ApiServer:
             **env,
         )
         self.proc: subprocess.Popen | None = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # the error already carries the log's tail
+            raise
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
