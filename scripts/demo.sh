@@ -193,7 +193,7 @@ else
         tail -n 40 "$DEMO_DIR/materialize.log" >&2
         fail "materializing the pipeline failed (full log: $DEMO_DIR/materialize.log)"
     fi
-    grep -oE 'Finished execution of step "[^"]+" in [0-9.]+m?s' "$DEMO_DIR/materialize.log" |
+    grep -oE 'Finished execution of step "[^"]+" in ([0-9]+m)?[0-9.]+m?s' "$DEMO_DIR/materialize.log" |
         sed 's/^/    /' || true
     info "materialized in $((SECONDS - t)) s"
 fi

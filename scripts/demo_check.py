@@ -252,13 +252,19 @@ def check_page(api_port: int, user_id: str | None) -> None:
     check("screenshot saved", shot.exists() and shot.stat().st_size > 10_000, str(shot))
 
 
-def stop_and_check(run: DemoRun, label: str, demo_dir: Path, ports: list[int]) -> None:
+def sessions_of(demo_dir: Path) -> set[int]:
+    """The sessions of the servers a running `make demo` started (its pids file)."""
     pids_file = demo_dir / "pids"
     sessions: set[int] = set()
     if pids_file.exists():
         for line in pids_file.read_text().split("\n"):
             if line.split():
                 sessions.add(int(line.split()[1]))
+    return sessions
+
+
+def stop_and_check(run: DemoRun, label: str, demo_dir: Path, ports: list[int]) -> None:
+    sessions = sessions_of(demo_dir)
     code = run.stop()
     check(f"{label}: make demo stops on Ctrl-C (SIGINT)", code is not None, f"exit {code}")
     time.sleep(1)
@@ -329,8 +335,20 @@ def main() -> int:
         elif ready:
             check("time left for the second run", False, f"{remaining:.0f} s left")
     finally:
+        # Also on SIGTERM/SIGINT (a timeout, Ctrl-C): stop the running demo as a person would,
+        # then whatever is left of it, before dropping its database.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if run is not None and run.proc.poll() is None:
-            run.kill()
+            log("stopping the running make demo")
+            sessions = sessions_of(demo_dir)
+            if run.stop(timeout=40) is None:
+                run.kill()
+            for sid in sessions:
+                try:
+                    os.killpg(sid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         cleanup(db_name, base_db, base_redis, redis_prefix)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -361,5 +379,10 @@ def cleanup(db_name: str, base_db: str, redis_url: str, redis_prefix: str) -> No
         log(f"cleanup failed: {type(e).__name__}: {e}")
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())
