@@ -52,20 +52,25 @@ fail() {
 # Each server runs in its own session (scripts/run_dagster_dev.py), so its process group id is its
 # pid and one signal to the group reaches every process it spawned (dagster dev's webserver,
 # daemon and code server included). Both are asked at once; dagster dev takes about 10 s.
+# A process group still has a live (not zombie) member.
+group_alive() {
+    ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+}
+
 stop_groups() { # PID... (empty ones are skipped)
     local pid i alive
     for pid in "$@"; do
         [[ -n $pid ]] && kill -TERM -- "-$pid" 2>/dev/null || true
     done
-    for ((i = 0; i < 300; i++)); do
+    for ((i = 0; i < 240; i++)); do
         alive=0
         for pid in "$@"; do
-            [[ -n $pid ]] && kill -0 -- "-$pid" 2>/dev/null && alive=1
+            [[ -n $pid ]] && group_alive "$pid" && alive=1
         done
         [[ $alive == 0 ]] && return 0
-        sleep 0.1
+        sleep 0.25
     done
-    printf '    still running after 30 s: killing process groups %s\n' "$*"
+    printf '    still running after 60 s: killing process groups %s\n' "$*"
     for pid in "$@"; do
         [[ -n $pid ]] && kill -KILL -- "-$pid" 2>/dev/null || true
     done

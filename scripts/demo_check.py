@@ -154,7 +154,7 @@ class DemoRun:
     def curl_commands(self) -> list[str]:
         return [ln.strip() for ln in self.lines if ln.strip().startswith("curl ")]
 
-    def stop(self, timeout: float = 60) -> int | None:
+    def stop(self, timeout: float = 90) -> int | None:
         if self.proc.poll() is None:
             os.killpg(self.pgid, signal.SIGINT)
             try:
