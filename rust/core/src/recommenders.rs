@@ -133,6 +133,44 @@ fn sparse_dot(a: (&[u32], &[f32]), b: (&[u32], &[f32])) -> f32 {
     acc
 }
 
+/// Solves `a · x = b` in place for a symmetric positive definite `a` (`n x n`, row-major) by
+/// Cholesky (`k³/3` flops, half of elimination); falls back to [`solve_dense`] if a pivot is not
+/// positive (round-off on a nearly singular Gram matrix). `a` is overwritten.
+fn solve_spd(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
+    let backup: Vec<f64> = a.to_vec();
+    for j in 0..n {
+        let row_j = &mut a[j * n..j * n + n];
+        let d = row_j[j] - row_j[..j].iter().map(|x| x * x).sum::<f64>();
+        if !(d > 0.0 && d.is_finite()) {
+            a.copy_from_slice(&backup);
+            return solve_dense(a, b, n);
+        }
+        row_j[j] = d.sqrt();
+        let (head, tail) = a.split_at_mut((j + 1) * n);
+        let row_j = &head[j * n..j * n + n];
+        let pivot = row_j[j];
+        for i in 0..n - j - 1 {
+            let row_i = &mut tail[i * n..i * n + n];
+            let dot: f64 = row_i[..j].iter().zip(&row_j[..j]).map(|(x, y)| x * y).sum();
+            row_i[j] = (row_i[j] - dot) / pivot;
+        }
+    }
+    // L y = b, then Lᵀ x = y.
+    for i in 0..n {
+        let row = &a[i * n..i * n + n];
+        let dot: f64 = row[..i].iter().zip(&b[..i]).map(|(x, y)| x * y).sum();
+        b[i] = (b[i] - dot) / row[i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for r in i + 1..n {
+            s -= a[r * n + i] * b[r];
+        }
+        b[i] = s / a[i * n + i];
+    }
+    Some(())
+}
+
 /// Solves `a · x = b` in place (`a` is `n x n`, row-major) by Gaussian elimination with partial
 /// pivoting; `None` when `a` is numerically singular.
 fn solve_dense(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
@@ -231,7 +269,7 @@ fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> R
                 }
             }
             let mut rhs: Vec<f64> = nb.iter().map(|e| e.score as f64).collect();
-            if solve_dense(gram, &mut rhs, n).is_none() {
+            if solve_spd(gram, &mut rhs, n).is_none() {
                 return Vec::new();
             }
             let mut col: Vec<(u32, f32)> = nb
@@ -426,6 +464,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("interactions:"), "{e}");
+    }
+
+    #[test]
+    fn cholesky_solves_spd_systems_and_falls_back_on_indefinite_ones() {
+        // SPD: [[4, 2, 0], [2, 5, 1], [0, 1, 3]] x = [2, 1, 3]
+        let m = [4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let (mut a, mut b) = (m.to_vec(), vec![2.0, 1.0, 3.0]);
+        solve_spd(&mut a, &mut b, 3).unwrap();
+        for r in 0..3 {
+            let got: f64 = (0..3).map(|c| m[r * 3 + c] * b[c]).sum();
+            assert!((got - [2.0, 1.0, 3.0][r]).abs() < 1e-12);
+        }
+        // Indefinite but regular: [[0, 1], [1, 0]] x = [2, 3] -> x = [3, 2]
+        let (mut a, mut b) = (vec![0.0, 1.0, 1.0, 0.0], vec![2.0, 3.0]);
+        solve_spd(&mut a, &mut b, 2).unwrap();
+        assert_eq!(b, vec![3.0, 2.0]);
     }
 
     #[test]
