@@ -53,7 +53,7 @@ async fn users(State(state): State<AppState>) -> ApiResult<Json<DemoUsers>> {
     let client = state.pg.get().await?;
     let rows = client
         .query(
-            "(SELECT u.id, u.username, u.display_name, count(r.id) AS n
+            "(SELECT u.id, u.username, u.display_name, count(*) AS n
               FROM users u JOIN user_recommendations r
                 ON r.user_id = u.id AND r.run_id = current_recommendation_run(u.id)
               WHERE u.id IN (SELECT DISTINCT user_id FROM user_recommendations LIMIT 1000)
