@@ -490,6 +490,12 @@ def curves(topk: np.ndarray, split: Split, max_k: int = 50) -> dict[str, np.ndar
     return feedrank.metrics_at_k(np.ascontiguousarray(topk, np.int64), _test_rows(split), ks)
 
 
+def _curve_lists(topk: np.ndarray, split: Split, max_k: int = 50) -> dict[str, list]:
+    c = curves(topk, split, max_k)
+    return {"k": [int(x) for x in c["k"]], "ndcg": [float(x) for x in c["ndcg"]],
+            "recall": [float(x) for x in c["recall"]]}
+
+
 # --- the whole evaluation -----------------------------------------------------------------------
 
 
@@ -527,9 +533,7 @@ def evaluate(data: Dataset, models: Sequence[str] = MODELS, config: dict[str, An
         row = {"model": m, **score_topk(topk, split, k=k), "seconds": round(seconds, 3)}
         row.pop("users")
         rows.append(row)
-        c = curves(topk, split, chart_k)
-        curve_data[m] = {"k": [int(x) for x in c["k"]], "ndcg": [float(x) for x in c["ndcg"]],
-                         "recall": [float(x) for x in c["recall"]]}
+        curve_data[m] = _curve_lists(topk, split, chart_k)
         if log:
             log(f"{m}: ndcg@{k}={row[f'ndcg@{k}']:.4f} ({row['seconds']:.1f}s)")
     return {
@@ -654,9 +658,7 @@ def recommendation_quality(data: Dataset, config: dict[str, Any], holdout_days: 
     m = score_topk(topk, split, k=k)
     report = {"dataset": data.name, "users_evaluated": int(len(split.eval_users)),
               "rows": [{"model": "current_config", **{c: v for c, v in m.items() if c != "users"}, "seconds": 0.0}]}
-    c = curves(topk, split, 50)
-    report["curves"] = {"current_config": {"k": [int(x) for x in c["k"]], "ndcg": [float(x) for x in c["ndcg"]],
-                                           "recall": [float(x) for x in c["recall"]]}}
+    report["curves"] = {"current_config": _curve_lists(topk, split, 50)}
     if chart_path is not None:
         write_chart(report, chart_path)
     return {**m, "users_evaluated": report["users_evaluated"], "report": report}
