@@ -14,6 +14,7 @@ pub mod memo;
 pub mod metrics;
 pub mod migrate;
 pub mod redis_store;
+pub mod server;
 pub mod state;
 
 pub use http::router;

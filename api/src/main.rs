@@ -108,6 +108,7 @@ async fn serve() -> ExitCode {
         }
     };
     let bind = cfg.bind_addr;
+    let header_timeout = cfg.request_timeout;
     let state = match feedrank_api::AppState::new(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -125,13 +126,14 @@ async fn serve() -> ExitCode {
     };
     tracing::info!(%bind, "feedrank-api listening");
     let app = feedrank_api::router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    {
-        tracing::error!(error = %e, "server error");
-        return ExitCode::FAILURE;
-    }
+    feedrank_api::server::serve(
+        listener,
+        app,
+        header_timeout,
+        Duration::from_secs(30),
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("feedrank-api stopped");
     ExitCode::SUCCESS
 }
