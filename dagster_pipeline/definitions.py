@@ -10,6 +10,7 @@ from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import shard_count_from_env, user_shards
+from dagster_pipeline.quality import QUALITY_CHECKS, build_quality_asset
 from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
 from dagster_pipeline.schedules import build_daily_schedule
 from dagster_pipeline.sensors import alert_on_run_failure
@@ -34,8 +35,8 @@ def build_definitions(shard_count: int | None, resources: dict | None = None) ->
         description="Snapshot, features, scores and the swap-in of everyone's recommendations.",
     )
     return dg.Definitions(
-        assets=build_assets(shards),
-        asset_checks=ALL_CHECKS,
+        assets=[*build_assets(shards), build_quality_asset(shards)],
+        asset_checks=[*ALL_CHECKS, *QUALITY_CHECKS],
         jobs=[job],
         schedules=[build_daily_schedule(job, shards)],
         sensors=[alert_on_run_failure],

@@ -24,6 +24,7 @@ ASSETS = {
     "user_features",
     "recommendation_scores",
     "user_recommendations",
+    "recommendation_quality",
 }
 
 
@@ -38,6 +39,7 @@ def test_definitions_load_and_validate():
         "user_features": {"user_interactions_snapshot"},
         "recommendation_scores": {"post_features", "user_features"},
         "user_recommendations": {"recommendation_scores"},
+        "recommendation_quality": {"recommendation_scores"},
     }
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {
@@ -46,6 +48,7 @@ def test_definitions_load_and_validate():
         "stored_scores_in_range",
         "no_deleted_own_or_hidden_posts",
         "redis_matches_table",
+        "ndcg_not_dropped",
     }
 
 
@@ -75,6 +78,7 @@ def test_sharded_definitions_partition_scoring_and_writing_only():
     assert parts["user_interactions_snapshot"] is None and parts["user_features"] is None
     assert parts["recommendation_scores"].get_partition_keys() == ["00-of-04", "01-of-04", "02-of-04", "03-of-04"]
     assert parts["user_recommendations"] == parts["recommendation_scores"]
+    assert parts["recommendation_quality"] is None  # evaluates the whole user base
 
 
 def test_shard_count_from_the_environment_is_checked(monkeypatch):
