@@ -9,7 +9,9 @@ import pytest
 from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.config import run_config_for_all
+from dagster_pipeline.partitions import user_shards
 from dagster_pipeline.quality import QUALITY, QUALITY_CHECKS, build_quality_asset, ndcg_dropped
+from dagster_pipeline.schedules import all_shards_tags
 
 
 def test_ndcg_dropped_is_a_relative_drop_of_more_than_the_tolerance():
@@ -108,3 +110,19 @@ def test_a_bad_quality_config_fails_naming_the_field(pipeline_resources, demo_db
     assert not result.success
     failure = result.failure_data_for_node("recommendation_quality")
     assert "neighbors" in str(failure.user_failure_data or failure.error)
+
+
+def test_quality_runs_with_user_shards(pipeline_resources, demo_db):
+    """With FEEDRANK_USER_SHARDS the asset stays unpartitioned and runs in the run that covers
+    every shard (the schedule's run)."""
+    shards = user_shards(3)
+    result = dg.materialize(
+        [*build_assets(shards), *ALL_CHECKS, build_quality_asset(shards), *QUALITY_CHECKS],
+        resources=pipeline_resources,
+        run_config=run_config_for_all(),
+        tags=all_shards_tags(shards),
+    )
+    assert result.success
+    md = _quality_metadata(result)
+    assert 0.0 < md["ndcg@10"].value <= 1.0 and md["users_evaluated"].value > 0
+    assert _check_result(result).passed
