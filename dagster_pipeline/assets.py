@@ -546,6 +546,43 @@ def _rows_frame_native(
     )
 
 
+def _may_skip_ri_triggers(postgres: PostgresResource) -> bool:
+    """Whether the role may set ``session_replication_role`` (a superuser may)."""
+    with postgres.connect() as conn:
+        return conn.execute("SELECT current_setting('is_superuser') = 'on'").fetchone()[0]
+
+
+def _lock_references(
+    conn: Any, run_id: int, user_ids: list[str], post_ids: list[str]
+) -> tuple[set[str] | None, set[str] | None]:
+    """The set-based replacement of the per-row foreign-key checks of one COPY transaction.
+
+    Switches this transaction's per-row triggers off (``SET LOCAL session_replication_role =
+    replica``, which also skips the RI check triggers) and takes, once per referenced row, the
+    lock those checks would take per inserted row: ``FOR KEY SHARE`` on the run, on each user and
+    on each post. A referenced row deleted meanwhile is not returned (under READ COMMITTED a row
+    whose deleter committed is skipped), and a locked row cannot be deleted before this
+    transaction commits, after which its ON DELETE CASCADE sees and removes the new rows. Returns
+    the live user and post ids when some are missing (the caller drops rows naming the others),
+    or None for a side where all are present."""
+    conn.execute("SET LOCAL session_replication_role = replica")
+    if conn.execute(
+        "SELECT 1 FROM recommendation_runs WHERE id = %s AND status = 'building' FOR KEY SHARE",
+        (run_id,),
+    ).fetchone() is None:
+        raise RuntimeError(f"recommendation run {run_id} was removed or is no longer 'building'")
+    live = []
+    for table, ids in (("users", user_ids), ("posts", post_ids)):
+        found = conn.execute(
+            sql.SQL("SELECT id::text FROM {} WHERE id = ANY(%s::uuid[]) FOR KEY SHARE").format(
+                sql.Identifier(table)
+            ),
+            (ids,),
+        ).fetchall()
+        live.append(None if len(found) == len(ids) else {r[0] for r in found})
+    return live[0], live[1]
+
+
 def copy_rows(
     postgres: PostgresResource,
     bundle: dict[str, Any],
@@ -559,32 +596,51 @@ def copy_rows(
     """COPYs a shard's rows over ``postgres.copy_connections`` connections at once (PostgreSQL
     parses and indexes each COPY on one core, so two of them use two). Each connection commits
     its own part; the rows stay invisible until the run's flip to complete, and a run whose part
-    failed is marked failed, so readers never see a partial run."""
+    failed is marked failed, so readers never see a partial run.
+
+    When the role is a superuser the per-row foreign-key triggers are replaced by one lock per
+    referenced run, user and post (``_lock_references``; trade-off in README.md); rows naming a
+    user or post deleted since the snapshot are dropped instead of failing the run."""
     n_users = int(bundle["user_idx"].size)
     chunks = [(lo, min(lo + WRITE_CHUNK_USERS, n_users)) for lo in range(0, n_users, WRITE_CHUNK_USERS)]
     parts = max(1, min(postgres.copy_connections, len(chunks)))
     statement = sql.SQL("COPY user_recommendations ({}) FROM STDIN (FORMAT csv)").format(
         sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
     )
+    set_based_ri = _may_skip_ri_triggers(postgres)
 
     def write_part(part: int) -> tuple[int, Timer]:
         local = Timer()
         written = 0
-        with postgres.connect() as conn, conn.transaction(), conn.cursor().copy(statement) as copy:
-            for lo, hi in chunks[part::parts]:
-                frame = _rows_frame(bundle, lo, hi, post_ids, weights, local)
-                written += frame.height
-                with local.step("rows to csv (polars)"):
-                    buf = io.BytesIO()
-                    frame.select(
-                        pl.lit(run_id).alias("run_id"),
-                        pl.all(),
-                        pl.lit(generated_iso).alias("generated_at"),
-                        pl.lit(expires_at).alias("expires_at"),
-                    ).write_csv(buf, include_header=False)
-                with local.step("copy rows", "io"):
-                    copy.write(buf.getbuffer())
-            t = time.perf_counter()
+        mine = chunks[part::parts]
+        with postgres.connect() as conn, conn.transaction():
+            live_users = live_posts = None
+            if set_based_ri:
+                with local.step("lock referenced rows", "io"):
+                    users = bundle["user_ids"]["user_id"]
+                    part_users = pl.concat([users.slice(lo, hi - lo) for lo, hi in mine]).to_list()
+                    used = np.unique(np.concatenate([bundle["indices"][lo:hi].ravel() for lo, hi in mine]))
+                    part_posts = post_ids.gather(used[used >= 0]).to_list()
+                    live_users, live_posts = _lock_references(conn, run_id, part_users, part_posts)
+            with conn.cursor().copy(statement) as copy:
+                for lo, hi in mine:
+                    frame = _rows_frame(bundle, lo, hi, post_ids, weights, local)
+                    if live_users is not None:
+                        frame = frame.filter(pl.col("user_id").is_in(list(live_users)))
+                    if live_posts is not None:
+                        frame = frame.filter(pl.col("post_id").is_in(list(live_posts)))
+                    written += frame.height
+                    with local.step("rows to csv (polars)"):
+                        buf = io.BytesIO()
+                        frame.select(
+                            pl.lit(run_id).alias("run_id"),
+                            pl.all(),
+                            pl.lit(generated_iso).alias("generated_at"),
+                            pl.lit(expires_at).alias("expires_at"),
+                        ).write_csv(buf, include_header=False)
+                    with local.step("copy rows", "io"):
+                        copy.write(buf.getbuffer())
+                t = time.perf_counter()
         # leaving the blocks ends the COPY and commits: PostgreSQL finishes the rows
         local.add("copy rows", "io", time.perf_counter() - t)
         return written, local

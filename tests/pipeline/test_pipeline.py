@@ -203,6 +203,9 @@ def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
             "CREATE TRIGGER fail_mid_copy BEFORE INSERT ON user_recommendations "
             "FOR EACH ROW EXECUTE FUNCTION fail_mid_copy()"
         )
+        # The COPY runs with session_replication_role = replica (per-row foreign-key triggers
+        # replaced by set-based locks), which skips ordinary triggers: this one must fire always.
+        conn.execute("ALTER TABLE user_recommendations ENABLE ALWAYS TRIGGER fail_mid_copy")
     result = materialize_all(pipeline_resources, top_k=20, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
