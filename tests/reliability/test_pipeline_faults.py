@@ -1,7 +1,8 @@
 """The pipeline under faults, on a private PostgreSQL and Redis loaded by ``feedrank demo-data``:
 
 - killed with SIGKILL in the middle of writing ``user_recommendations`` (its COPY has sent the rows
-  and is held on a row lock the test takes, so the kill lands inside the write every time):
+  and is held on a lock the test takes after 1,000 rows, so the kill lands inside the write every
+  time):
   readers, through SQL and through the API, still see the previous complete set; the next run
   succeeds and replaces it;
 - run twice at the same time on the same data: what readers see equals what one run alone gives.
@@ -121,10 +122,22 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
     for u, (source, ids) in feeds_before.items():
         assert source == "db" and set(ids) <= {p for p, _, _ in before[u]}
 
-    # Hold every users row FOR UPDATE: the COPY's foreign-key checks (FOR KEY SHARE) wait on it
-    # once its rows are in the table, uncommitted. That is where the kill lands.
+    # After 1,000 rows of the COPY are in the table, uncommitted, a trigger waits on an advisory
+    # lock the test holds. That is where the kill lands. (The COPY no longer runs per-row
+    # foreign-key checks, which a row lock on users used to block; the pipeline runs it with
+    # session_replication_role = replica, so the trigger must be ENABLE ALWAYS.)
+    with psycopg.connect(pstack.url, autocommit=True) as c:
+        c.execute("CREATE SEQUENCE hold_copy_rows")
+        c.execute(
+            "CREATE FUNCTION hold_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('hold_copy_rows') > 1000 THEN PERFORM pg_advisory_xact_lock_shared(724201); "
+            "END IF; RETURN NEW; END $$"
+        )
+        c.execute("CREATE TRIGGER hold_copy BEFORE INSERT ON user_recommendations "
+                  "FOR EACH ROW EXECUTE FUNCTION hold_copy()")
+        c.execute("ALTER TABLE user_recommendations ENABLE ALWAYS TRIGGER hold_copy")
     blocker = psycopg.connect(pstack.url)
-    blocker.execute("SELECT id FROM users FOR UPDATE").fetchall()
+    blocker.execute("SELECT pg_advisory_xact_lock(724201)")
     proc = pstack.start_run()
     try:
         def copy_waiting():
@@ -150,6 +163,8 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
             proc.wait(30)
         blocker.rollback()
         blocker.close()
+        with psycopg.connect(pstack.url, autocommit=True) as c:
+            c.execute("DROP TRIGGER hold_copy ON user_recommendations")
 
     def backend_gone():
         with psycopg.connect(pstack.url) as c:
