@@ -198,6 +198,22 @@ def _lists(view) -> dict[str, list[str]]:
     return {u: [p for p, _, _ in rows] for u, rows in view.items()}
 
 
+def _assert_same_ranking_up_to_near_ties(a, b, rel_tol: float = 1e-4) -> None:
+    """a, b: (post, score, run) best first. Same length and score profile; a post may move only
+    among posts of (nearly) the same score, and may be missing only at the cut."""
+    assert len(a) == len(b)
+    tol = lambda x: rel_tol * max(1.0, abs(x))  # noqa: E731
+    for (_, s1, _), (_, s2, _) in zip(a, b):
+        assert abs(s1 - s2) <= tol(s1)
+    score_in_b = {p: s for p, s, _ in b}
+    cut = min(a[-1][1], b[-1][1])
+    for p, s, _ in a:
+        if p in score_in_b:
+            assert abs(score_in_b[p] - s) <= tol(s), (p, s, score_in_b[p])
+        else:
+            assert s <= cut + tol(s), f"post {p} (score {s}) missing from the concurrent result"
+
+
 def test_two_concurrent_runs_give_what_one_run_gives(pstack):
     # One run alone, as reference: the previous test's last run when it left one (same data, one
     # complete run visible), else a fresh one.
@@ -211,10 +227,12 @@ def test_two_concurrent_runs_give_what_one_run_gives(pstack):
     both = readers_view(pstack.url)
     runs = {run for rows in both.values() for _, _, run in rows}
     assert len(runs) == 1, f"readers see a mix of runs {runs}"
-    assert _lists(both) == _lists(alone)
+    # Each run scores recency against its own snapshot time (now()), so runs seconds apart may
+    # order two posts whose scores differ by less than the drift differently, or swap the last
+    # post of a list; anything beyond such near-ties is a real difference.
+    assert set(both) == set(alone)
     for u in alone:
-        for (_, s1, _), (_, s2, _) in zip(alone[u], both[u]):
-            assert abs(s1 - s2) <= 1e-4 * max(1.0, abs(s1))
+        _assert_same_ranking_up_to_near_ties(alone[u], both[u])
     # The Redis copy agrees with the table for every user (whichever run wrote it last).
     client = pstack.redis.client()
     for u in list(both)[:50]:
