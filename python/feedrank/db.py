@@ -201,3 +201,22 @@ def temporary_database(
         yield created
     finally:
         drop_database(name, base)
+
+
+def current_recommendations(url: str) -> dict[str, list[tuple[str, float, int]]]:
+    """What readers get: per user, (post id, score, run id) of their current run, best first.
+
+    The same rows the API reads (``current_recommendation_run``, not expired); tests and
+    checks compare runs through this one query.
+    """
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT u.id::text, r.post_id::text, r.score, r.run_id FROM users u "
+            "JOIN user_recommendations r ON r.user_id = u.id "
+            "AND r.run_id = current_recommendation_run(u.id) AND r.expires_at > now() "
+            "ORDER BY u.id, r.score DESC, r.post_id"
+        ).fetchall()
+    out: dict[str, list[tuple[str, float, int]]] = {}
+    for user_id, post_id, score, run_id in rows:
+        out.setdefault(user_id, []).append((post_id, score, run_id))
+    return out

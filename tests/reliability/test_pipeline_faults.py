@@ -25,6 +25,7 @@ import pytest
 import requests
 
 import feedrank
+from feedrank import db as feedrank_db
 
 from .stack import REPO_ROOT, Stack, bearer, private_stack, wait_until
 
@@ -90,19 +91,7 @@ def pstack(api_binary: Path) -> Iterator[PipelineStack]:
         shutil.rmtree(storage, ignore_errors=True)
 
 
-def readers_view(url: str) -> dict[str, list[tuple[str, float, int]]]:
-    """What readers get: per user, (post, score, run id) of their current run, best first."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT u.id::text, r.post_id::text, r.score, r.run_id FROM users u "
-            "JOIN user_recommendations r ON r.user_id = u.id "
-            "AND r.run_id = current_recommendation_run(u.id) AND r.expires_at > now() "
-            "ORDER BY u.id, r.score DESC, r.post_id"
-        ).fetchall()
-    out: dict[str, list[tuple[str, float, int]]] = {}
-    for user, post, score, run in rows:
-        out.setdefault(user, []).append((post, score, run))
-    return out
+readers_view = feedrank_db.current_recommendations
 
 
 def _feed_ids(stack: PipelineStack, user: str) -> tuple[str, list[str]]:
