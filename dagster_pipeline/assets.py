@@ -398,13 +398,11 @@ def recommendation_scores(
         age = np.asarray(post_features["age_days"])
         engagement = np.asarray(post_features["engagement"])
         author = np.asarray(post_features["post_author"])
-    model_kwargs = hybrid_kwargs(cfg)  # the one ScoringConfig -> hybrid_topk mapping
-    if cfg["collaborative"] == "item_item":
-        # fit the item-item neighbours once for every batch (hybrid_topk would refit per call)
-        with timer.step("item_neighbors", "rust"):
-            model_kwargs["item_neighbors"] = feedrank.item_neighbors(
-                interactions, k=int(cfg["neighbors"]), weighting=cfg["weighting"]
-            )
+    # prepared once (weighting, the collaborative model, per-post values), then scored in batches
+    with timer.step("prepare model", "rust"):
+        model = feedrank.HybridModel(
+            interactions, tfidf, age, engagement, author, k=k, exclude=hidden, **hybrid_kwargs(cfg)
+        )
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []
@@ -418,9 +416,7 @@ def recommendation_scores(
         for start in range(0, m, batch):
             part = users[start : start + batch]
             t = time.perf_counter()
-            result = feedrank.hybrid_topk(
-                interactions, tfidf, age, engagement, author, part, k=k, exclude=hidden, **model_kwargs
-            )
+            result = model.topk(part)
             kernel_seconds += time.perf_counter() - t
             got = result["indices"].shape[1]
             indices[start : start + part.size, :got] = result["indices"]
@@ -447,7 +443,7 @@ def recommendation_scores(
                 "users_without_recommendations": int((~valid.any(axis=1)).sum()),
                 "rows": int(valid.sum()),
             }
-    timer.add("hybrid_topk", "rust", kernel_seconds)
+    timer.add("topk", "rust", kernel_seconds)
     with timer.step("validate"):
         checks = {s: validate_scores(b, author, hidden, weights) for s, b in outputs.items()}
     passed = all(ok for ok, _ in checks.values())
@@ -824,13 +820,13 @@ def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.Asset
         )(post_features),
         dg.asset(
             description="Each user's weighted interaction vector (users x posts, interaction-type "
-            "weights from config) and the posts they hid; hybrid_topk builds the content profiles "
+            "weights from config) and the posts they hid; feedrank.HybridModel builds the content profiles "
             "from these per batch.",
             kinds={"scipy", "numpy"},
             backfill_policy=policy,
         )(user_features),
         dg.asset(
-            description="Top top_k posts per user by the hybrid score (feedrank.hybrid_topk), in "
+            description="Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in "
             "batches of batch_size users, with each component kept. Users without history get "
             "fresh and popular posts; posts without interactions compete through content and "
             "recency.",

@@ -100,6 +100,33 @@ def hybrid_topk(
     **model_params: float,
 ) -> dict[str, np.ndarray]: ...
 
+class HybridModel:
+    """``hybrid_topk`` prepared once (all arguments but ``users``); ``topk`` scores any batch."""
+
+    def __init__(
+        self,
+        interactions: CsrLike,
+        post_tfidf: CsrLike,
+        post_age_days: FloatArray,
+        post_engagement: FloatArray,
+        post_author: IntArray,
+        k: int = 200,
+        weights: Weights | None = None,
+        neighbors: int = 50,
+        recency_tau_days: float = 30.0,
+        collaborative: str = "user_user",
+        weighting: str = "none",
+        exclude: CsrLike | None = None,
+        candidates: IntArray | None = None,
+        bm25_k1: float = 100.0,
+        bm25_b: float = 0.8,
+        item_neighbors: CsrLike | None = None,
+        **model_params: float,
+    ) -> None: ...
+    def topk(self, users: IntArray) -> dict[str, np.ndarray]: ...
+    @property
+    def n_users(self) -> int: ...
+
 # --- metrics (shared/EVAL.md) ---
 def ranking_metrics(topk: IntArray, test: CsrLike, k: int = 10, n_items: int | None = None) -> dict[str, float]: ...
 def metrics_at_k(topk: IntArray, test: CsrLike, ks: Sequence[int], n_items: int | None = None) -> dict[str, Any]: ...

@@ -411,10 +411,11 @@ def hybrid_topk(split: Split, feats: Features, config: dict[str, Any], users: np
     d = split.data
     x = feats.interactions(d.n_users, d.n_items, float(config.get("history_half_life", 0.0)))
     out = np.full((len(users), k), -1, np.int64)
-    kw = hybrid_kwargs(config)
+    model = feedrank.HybridModel(x, feats.tfidf, feats.age_days, feats.engagement, feats.author, k=k,
+                                 **hybrid_kwargs(config))
     for s in range(0, len(users), batch):
         part = users[s : s + batch]
-        res = feedrank.hybrid_topk(x, feats.tfidf, feats.age_days, feats.engagement, feats.author, part, k=k, **kw)
+        res = model.topk(part)
         got = res["indices"].shape[1]
         out[s : s + len(part), :got] = res["indices"]
     return out

@@ -180,6 +180,29 @@ def test_hybrid_exclude_candidates_and_item_item():
     assert np.all(res["indices"][0] >= 0)
 
 
+def test_a_prepared_model_scores_batches_exactly_like_one_call():
+    """HybridModel is what the pipeline builds once and asks per batch: any batching, order or
+    repetition of users gives each user the very result of hybrid_topk (the kernel scores users
+    in blocks of 32, so batches here cross and split blocks)."""
+    x, tfidf, age, eng, author = hybrid_inputs(4)
+    hidden = sp.csr_matrix((np.ones(4), ([0, 3, 5, 7], [1, 2, 3, 4])), shape=x.shape)
+    kw = dict(k=7, exclude=hidden, neighbors=4, weights=(0.5, 0.2, 0.2, 0.1))
+    users = np.arange(x.shape[0])
+    whole = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, **kw)
+    model = feedrank.HybridModel(x, tfidf, age, eng, author, **kw)
+    assert model.n_users == x.shape[0]
+    order = np.random.default_rng(0).choice(users, 70)
+    for batch in (np.array_split(order, 5), [order]):
+        for part in batch:
+            got = model.topk(part)
+            for key in ("indices", "scores", "components"):
+                np.testing.assert_array_equal(got[key], whole[key][part])
+    with pytest.raises(ValueError, match=r"^users: index"):
+        model.topk(np.array([x.shape[0]]))
+    with pytest.raises(ValueError, match=r"^k: must be >= 1"):
+        feedrank.HybridModel(x, tfidf, age, eng, author, k=0)
+
+
 def test_bad_arguments_name_the_argument():
     x, tfidf, age, eng, author = hybrid_inputs(1)
     users = np.array([0, 1])

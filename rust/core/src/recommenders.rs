@@ -290,19 +290,19 @@ fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> R
 /// The hybrid's `ridge` collaborative model: [`ridge_item_neighbors`] of the weighted matrix
 /// (`weighting`; `binary` fits the regression on who-saw-what), scored as `x_u · S` with the
 /// user's history values (e.g. recency-weighted). Setting: `ridge_l2` (default: ScoringConfig's).
-pub fn ridge_scorer<'a>(input: &CollaborativeInput<'a>) -> Result<ItemNeighbors<'a>> {
+pub fn ridge_scorer(input: &CollaborativeInput) -> Result<ItemNeighbors> {
     let l2 = match input.params.get("ridge_l2") {
         Some(&v) => v as f32,
         None => ScoringConfig::default().ridge_l2,
     };
     let s = ridge_item_neighbors(
-        input.weighted,
+        input.weighted.view(),
         RidgeParams {
             neighbors: input.neighbors,
             l2,
         },
     )?;
-    ItemNeighbors::new(input.interactions, s)
+    ItemNeighbors::new(input.interactions.clone(), s)
 }
 
 #[cfg(test)]

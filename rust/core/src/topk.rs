@@ -106,6 +106,16 @@ impl FlatTopK {
         }
     }
 
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Empties every row (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.len.fill(0);
+        self.thresholds.fill(f32::NEG_INFINITY);
+    }
+
     /// Offers `(index, score)` to row `row` (a max-heap by [`Scored`]'s order: worst on top).
     #[inline]
     pub fn push(&mut self, row: usize, index: u32, score: f32) {

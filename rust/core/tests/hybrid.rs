@@ -43,6 +43,7 @@ proptest! {
         k in 1usize..30,
         item_item in any::<bool>(),
         candidates_even in any::<bool>(),
+        order in proptest::collection::vec(0usize..12, 33..80),
     ) {
         let (n_users, n_posts) = (12, 25);
         let x = csr(n_users, n_posts, &cells);
@@ -60,6 +61,16 @@ proptest! {
         let cands: Vec<usize> = (0..n_posts).filter(|p| p % 2 == 0).collect();
         let res = hybrid_topk(x.view(), &posts, &users, &params, Some(ex.view()),
                               if candidates_even { Some(&cands) } else { None }).unwrap();
+        // users are scored in blocks of LANES: a user's result does not depend on its block,
+        // its lane or the other users of the block (here: repeats, in any order, > 2 blocks)
+        let many = hybrid_topk(x.view(), &posts, &order, &params, Some(ex.view()),
+                               if candidates_even { Some(&cands) } else { None }).unwrap();
+        for (r, &u) in order.iter().enumerate() {
+            prop_assert_eq!(&many.indices[r * k..(r + 1) * k], &res.indices[u * k..(u + 1) * k]);
+            prop_assert_eq!(&many.scores[r * k..(r + 1) * k], &res.scores[u * k..(u + 1) * k]);
+            prop_assert_eq!(&many.components[r * k * 4..(r + 1) * k * 4],
+                            &res.components[u * k * 4..(u + 1) * k * 4]);
+        }
         for &u in &users {
             let row = &res.indices[u * k..(u + 1) * k];
             let scores = &res.scores[u * k..(u + 1) * k];

@@ -35,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity::item_neighbors, m)?)?;
     m.add_function(wrap_pyfunction!(similarity::recommend_items, m)?)?;
     m.add_function(wrap_pyfunction!(similarity::hybrid_topk, m)?)?;
+    m.add_class::<similarity::PyHybridModel>()?;
     m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Wrappers of the similarity, weighting, recommending and hybrid kernels.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use feedrank_core::config::InteractionWeighting;
 use feedrank_core::score::{self, HybridParams, Posts};
@@ -148,11 +149,105 @@ pub fn recommend_items<'py>(
     topk_out(py, t)
 }
 
+/// The arguments of [`hybrid_topk`] and [`PyHybridModel`] but `users`, parsed and prepared:
+/// the model's one construction path.
+#[allow(clippy::too_many_arguments)]
+fn build_model(
+    py: Python<'_>,
+    interactions: &Bound<'_, PyAny>,
+    post_tfidf: &Bound<'_, PyAny>,
+    post_age_days: &Bound<'_, PyAny>,
+    post_engagement: &Bound<'_, PyAny>,
+    post_author: &Bound<'_, PyAny>,
+    k: i64,
+    weights: Option<&Bound<'_, PyAny>>,
+    neighbors: i64,
+    recency_tau_days: f32,
+    collaborative: &str,
+    weighting: &str,
+    exclude: Option<&Bound<'_, PyAny>>,
+    candidates: Option<&Bound<'_, PyAny>>,
+    bm25_k1: f32,
+    bm25_b: f32,
+    item_neighbors: Option<&Bound<'_, PyAny>>,
+    model_params: Option<&Bound<'_, PyDict>>,
+) -> PyResult<score::HybridModel> {
+    let k = positive("k", k)?;
+    let neighbors = positive("neighbors", neighbors)?;
+    let weights = match weights {
+        Some(w) => parse_weights(w)?,
+        None => Default::default(),
+    };
+    let weighting = weighting_arg(weighting)?;
+    let mut extra: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(d) = model_params {
+        for (key, v) in d.iter() {
+            let key: String = key.extract()?;
+            let v: f64 = v
+                .extract()
+                .map_err(|_| type_error("model_params", format!("{key} must be a number")))?;
+            extra.insert(key, v);
+        }
+    }
+    let x = csr_arg("interactions", interactions)?;
+    let tfidf = csr_arg("post_tfidf", post_tfidf)?;
+    let age = floats_1d("post_age_days", post_age_days)?;
+    let engagement = floats_1d("post_engagement", post_engagement)?;
+    let author = ids_1d("post_author", post_author)?;
+    let exclude = exclude.map(|e| csr_arg("exclude", e)).transpose()?;
+    let item_nb = item_neighbors
+        .map(|s| csr_arg("item_neighbors", s))
+        .transpose()?;
+    let candidates = candidates
+        .map(|c| index_1d("candidates", c, x.ncols))
+        .transpose()?;
+    let collaborative = collaborative.to_string();
+    py.detach(|| {
+        let posts = Posts {
+            tfidf: tfidf.view(),
+            age_days: &age,
+            engagement: &engagement,
+            author: &author,
+        };
+        let params = HybridParams {
+            k,
+            weights,
+            neighbors,
+            recency_tau_days,
+            collaborative: &collaborative,
+            weighting,
+            bm25_k1,
+            bm25_b,
+            model_params: &extra,
+            item_neighbors: item_nb.as_ref().map(|s| s.view()),
+        };
+        score::HybridModel::new(Arc::new(x), &posts, &params, exclude, candidates.as_deref())
+    })
+    .py()
+}
+
+fn topk_dict<'py>(
+    py: Python<'py>,
+    model: &score::HybridModel,
+    users: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let users = index_1d("users", users, model.n_users())?;
+    let res = py.detach(|| model.topk(&users)).py()?;
+    let (m, k) = (users.len(), res.k);
+    let d = PyDict::new(py);
+    d.set_item("indices", array2(py, res.indices, m, k)?)?;
+    d.set_item("scores", array2(py, res.scores, m, k)?)?;
+    let comps = array2(py, res.components, m * k, 4)?.call_method1("reshape", ((m, k, 4),))?;
+    d.set_item("components", comps)?;
+    Ok(d)
+}
+
 /// The hybrid top-k per user: collaborative, content, recency and engagement components, each
 /// min-max normalized per user over the posts they may see, combined with `weights`. Excludes
 /// posts the user interacted with (any stored entry), their own posts, `exclude` and posts
 /// outside `candidates`. Extra keyword arguments are numeric settings of the collaborative model;
-/// `item_neighbors` (from `feedrank.item_neighbors`) skips refitting `item_item` per batch.
+/// `item_neighbors` (from `feedrank.item_neighbors`) skips refitting `item_item`. Scoring users
+/// in batches? Build a `HybridModel` once and call its `topk` per batch.
 /// Returns a dict: indices int64 [m, k] (-1 padded), scores float32 [m, k], components
 /// float32 [m, k, 4].
 ///
@@ -192,72 +287,109 @@ pub fn hybrid_topk<'py>(
     item_neighbors: Option<&Bound<'py, PyAny>>,
     model_params: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let k = positive("k", k)?;
-    let neighbors = positive("neighbors", neighbors)?;
-    let weights = match weights {
-        Some(w) => parse_weights(w)?,
-        None => Default::default(),
-    };
-    let weighting = weighting_arg(weighting)?;
-    let mut extra: BTreeMap<String, f64> = BTreeMap::new();
-    if let Some(d) = model_params {
-        for (key, v) in d.iter() {
-            let key: String = key.extract()?;
-            let v: f64 = v
-                .extract()
-                .map_err(|_| type_error("model_params", format!("{key} must be a number")))?;
-            extra.insert(key, v);
-        }
+    let model = build_model(
+        py,
+        interactions,
+        post_tfidf,
+        post_age_days,
+        post_engagement,
+        post_author,
+        k,
+        weights,
+        neighbors,
+        recency_tau_days,
+        collaborative,
+        weighting,
+        exclude,
+        candidates,
+        bm25_k1,
+        bm25_b,
+        item_neighbors,
+        model_params,
+    )?;
+    topk_dict(py, &model, users)
+}
+
+/// `hybrid_topk` prepared once: the same arguments but `users`; `topk(users)` then scores any
+/// batch of users without repeating the preparation (weighting, the collaborative model, the
+/// per-post values), so a pipeline scoring users in batches builds one.
+///
+/// >>> X = sp.csr_matrix(np.array([[4, 1, 0, 0], [4, 1, 2, 0], [0, 0, 1, 6]], dtype=np.float32))
+/// >>> T = feedrank.TfidfVectorizer().fit_transform(["red apples", "green apples", "red cars", "fast cars"])
+/// >>> model = feedrank.HybridModel(X, T, np.array([1.0, 2, 3, 40]), np.array([9.0, 2, 3, 6]), np.array([-1, -1, -1, 2]), k=2)
+/// >>> model.topk(np.array([0]))["indices"]
+/// array([[2, 3]])
+#[pyclass(name = "HybridModel", module = "feedrank._core", frozen)]
+pub struct PyHybridModel {
+    model: score::HybridModel,
+}
+
+#[pymethods]
+impl PyHybridModel {
+    #[new]
+    #[pyo3(signature = (
+        interactions, post_tfidf, post_age_days, post_engagement, post_author, k=200,
+        weights=None, neighbors=50, recency_tau_days=30.0, collaborative="user_user",
+        weighting="none", exclude=None, candidates=None, bm25_k1=100.0, bm25_b=0.8,
+        item_neighbors=None, **model_params
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        interactions: &Bound<'_, PyAny>,
+        post_tfidf: &Bound<'_, PyAny>,
+        post_age_days: &Bound<'_, PyAny>,
+        post_engagement: &Bound<'_, PyAny>,
+        post_author: &Bound<'_, PyAny>,
+        k: i64,
+        weights: Option<&Bound<'_, PyAny>>,
+        neighbors: i64,
+        recency_tau_days: f32,
+        collaborative: &str,
+        weighting: &str,
+        exclude: Option<&Bound<'_, PyAny>>,
+        candidates: Option<&Bound<'_, PyAny>>,
+        bm25_k1: f32,
+        bm25_b: f32,
+        item_neighbors: Option<&Bound<'_, PyAny>>,
+        model_params: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let model = build_model(
+            py,
+            interactions,
+            post_tfidf,
+            post_age_days,
+            post_engagement,
+            post_author,
+            k,
+            weights,
+            neighbors,
+            recency_tau_days,
+            collaborative,
+            weighting,
+            exclude,
+            candidates,
+            bm25_k1,
+            bm25_b,
+            item_neighbors,
+            model_params,
+        )?;
+        Ok(PyHybridModel { model })
     }
-    let x = csr_arg("interactions", interactions)?;
-    let tfidf = csr_arg("post_tfidf", post_tfidf)?;
-    let age = floats_1d("post_age_days", post_age_days)?;
-    let engagement = floats_1d("post_engagement", post_engagement)?;
-    let author = ids_1d("post_author", post_author)?;
-    let users = index_1d("users", users, x.nrows)?;
-    let exclude = exclude.map(|e| csr_arg("exclude", e)).transpose()?;
-    let item_nb = item_neighbors
-        .map(|s| csr_arg("item_neighbors", s))
-        .transpose()?;
-    let candidates = candidates
-        .map(|c| index_1d("candidates", c, x.ncols))
-        .transpose()?;
-    let collaborative = collaborative.to_string();
-    let res = py
-        .detach(|| {
-            let posts = Posts {
-                tfidf: tfidf.view(),
-                age_days: &age,
-                engagement: &engagement,
-                author: &author,
-            };
-            let params = HybridParams {
-                k,
-                weights,
-                neighbors,
-                recency_tau_days,
-                collaborative: &collaborative,
-                weighting,
-                bm25_k1,
-                bm25_b,
-                model_params: &extra,
-                item_neighbors: item_nb.as_ref().map(|s| s.view()),
-            };
-            score::hybrid_topk(
-                x.view(),
-                &posts,
-                &users,
-                &params,
-                exclude.as_ref().map(|e| e.view()),
-                candidates.as_deref(),
-            )
-        })
-        .py()?;
-    let m = users.len();
-    let d = PyDict::new(py);
-    d.set_item("indices", array2(py, res.indices, m, k)?)?;
-    d.set_item("scores", array2(py, res.scores, m, k)?)?;
-    let comps = array2(py, res.components, m * k, 4)?.call_method1("reshape", ((m, k, 4),))?;
-    d.set_item("components", comps)?;
-    Ok(d)
+
+    /// The hybrid top-k of `users` (row indices of `interactions`): the dict `hybrid_topk`
+    /// returns.
+    fn topk<'py>(
+        &self,
+        py: Python<'py>,
+        users: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        topk_dict(py, &self.model, users)
+    }
+
+    /// Rows of `interactions` (valid user indices are `0..n_users`).
+    #[getter]
+    fn n_users(&self) -> usize {
+        self.model.n_users()
+    }
 }
