@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -418,10 +419,19 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
                 }
             }
         }
-        // 2. The database's current recommendations, written back to Redis.
-        if let Some((run_id, generated_at, expires_at, items)) =
-            db::current_recommendations(&state.pg, user).await?
-        {
+        // 2. The database's current recommendations, written back to Redis (not asked again
+        // for a user it had none for, until recommendations change).
+        let generation = state.recommendations_generation.load(Ordering::SeqCst);
+        let current = if !req.refresh && known_without_recommendations(state, user, generation) {
+            None
+        } else {
+            let found = db::current_recommendations(&state.pg, user).await?;
+            if found.is_none() && state.recommendations_listening.load(Ordering::SeqCst) {
+                state.no_recommendations.insert(user, generation);
+            }
+            found
+        };
+        if let Some((run_id, generated_at, expires_at, items)) = current {
             let marks = db::interaction_marks(&state.pg, user, generated_at * 1000).await?;
             let ttl = (expires_at.timestamp_millis() - now).max(1000) as u64;
             let ttl = state.cfg.feed_cache_ttl.min(Duration::from_millis(ttl));
@@ -515,6 +525,13 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
         Source::Fallback,
         Some(seed),
     ))
+}
+
+/// Whether PostgreSQL had no recommendations for `user` when last asked, with no change since
+/// (`generation` is the current `recommendations_generation`).
+fn known_without_recommendations(state: &AppState, user: Uuid, generation: u64) -> bool {
+    state.recommendations_listening.load(Ordering::SeqCst)
+        && state.no_recommendations.get(&user) == Some(generation)
 }
 
 /// The current snapshot of the recent-posts pool, reloaded when older than the refresh interval

@@ -1,8 +1,11 @@
-//! Forgets cached post bodies when PostgreSQL says they changed (migration V3's triggers send
-//! `NOTIFY feedrank_post_changed` with a post id, or `*` for everything). One dedicated
-//! connection LISTENs; when it drops, the whole post cache is cleared (messages may have been
-//! missed meanwhile) and it reconnects. The cache's TTL bounds staleness if this lags.
+//! Forgets what the API remembers when PostgreSQL says it changed: cached post bodies (migration
+//! V3's triggers send `NOTIFY feedrank_post_changed` with a post id, or `*` for everything) and
+//! which users have no recommendations (V5: `feedrank_recommendations_changed` after any new run
+//! or recommendation rows). One dedicated connection LISTENs; when it drops, everything is
+//! forgotten (messages may have been missed meanwhile), nothing is remembered about
+//! recommendations until it is back, and it reconnects. TTLs bound staleness if this lags.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
@@ -11,6 +14,7 @@ use uuid::Uuid;
 use crate::state::AppState;
 
 pub const CHANNEL: &str = "feedrank_post_changed";
+pub const RECOMMENDATIONS_CHANNEL: &str = "feedrank_recommendations_changed";
 
 /// Starts the listener task (it runs until the runtime stops).
 pub fn spawn(state: &AppState) {
@@ -26,14 +30,28 @@ pub fn spawn(state: &AppState) {
                 }
                 Err(_) => {}
             }
+            state
+                .recommendations_listening
+                .store(false, Ordering::SeqCst);
+            recommendations_changed(&state);
             state.posts.clear();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
 
-fn apply(state: &AppState, payload: &str) {
-    if payload == "*" {
+/// Every remembered "no recommendations" answer is void from now on.
+fn recommendations_changed(state: &AppState) {
+    state
+        .recommendations_generation
+        .fetch_add(1, Ordering::SeqCst);
+    state.no_recommendations.clear();
+}
+
+fn apply(state: &AppState, channel: &str, payload: &str) {
+    if channel == RECOMMENDATIONS_CHANNEL {
+        recommendations_changed(state);
+    } else if payload == "*" {
         state.posts.clear();
     } else if let Ok(id) = Uuid::parse_str(payload) {
         state.posts.remove(&id);
@@ -49,12 +67,12 @@ async fn listen(state: &AppState) -> Result<(), tokio_postgres::Error> {
     pg.connect_timeout(state.cfg.pg_pool_timeout);
     pg.application_name("feedrank-api-listener");
     let (client, mut connection) = pg.connect(tokio_postgres::NoTls).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let driver = tokio::spawn(async move {
         while let Some(msg) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match msg {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n.payload().to_string());
+                    let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
                 }
                 Ok(_) => {}
                 Err(e) => return Err(e),
@@ -62,11 +80,19 @@ async fn listen(state: &AppState) -> Result<(), tokio_postgres::Error> {
         }
         Ok(())
     });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    client
+        .batch_execute(&format!(
+            "LISTEN {CHANNEL}; LISTEN {RECOMMENDATIONS_CHANNEL}"
+        ))
+        .await?;
     // Anything cached before LISTEN took effect may be stale.
     state.posts.clear();
-    while let Some(payload) = rx.recv().await {
-        apply(state, &payload);
+    recommendations_changed(state);
+    state
+        .recommendations_listening
+        .store(true, Ordering::SeqCst);
+    while let Some((channel, payload)) = rx.recv().await {
+        apply(state, &channel, &payload);
     }
     drop(client);
     match driver.await {

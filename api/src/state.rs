@@ -2,6 +2,7 @@
 //! the in-process caches and the metrics registry.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ const KNOWN_USER_CAPACITY: usize = 100_000;
 /// Decoded recommendation entries kept (about 5 KB each for 200 items).
 const DECODED_FEED_CAPACITY: usize = 10_000;
 const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
+/// Users remembered to have no recommendations in PostgreSQL (see `feed::known_without_recommendations`).
+const NO_RECOMMENDATIONS_CAPACITY: usize = 200_000;
+const NO_RECOMMENDATIONS_TTL: Duration = Duration::from_secs(600);
 /// Memoized fallback orders kept (320 KB each at the default pool size of 10,000).
 const FALLBACK_ORDERS_CAPACITY: usize = 256;
 
@@ -42,6 +46,14 @@ pub struct Inner {
     /// Fallback orders (shuffled, filtered, re-ranked `(post, author)`), by a digest of what they
     /// depend on; a few hundred, each at most `FALLBACK_POOL_SIZE` entries.
     pub fallback_orders: TtlCache<u64, Arc<Vec<(Uuid, Uuid)>>>,
+    /// Users PostgreSQL had no current recommendations for, with the value of
+    /// `recommendations_generation` when it was asked: an entry holds only while that is still
+    /// the current generation (migration V5's notifications bump it; `invalidation` listens).
+    pub no_recommendations: TtlCache<Uuid, u64>,
+    pub recommendations_generation: AtomicU64,
+    /// True while the listener is connected: otherwise a change could go unnoticed, so nothing
+    /// is remembered.
+    pub recommendations_listening: AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -75,6 +87,9 @@ impl AppState {
             fallback_pool: std::sync::RwLock::new(None),
             fallback_refresh: tokio::sync::Mutex::new(()),
             fallback_orders: TtlCache::new(FALLBACK_ORDERS_CAPACITY, cfg.fallback_pool_refresh),
+            no_recommendations: TtlCache::new(NO_RECOMMENDATIONS_CAPACITY, NO_RECOMMENDATIONS_TTL),
+            recommendations_generation: AtomicU64::new(0),
+            recommendations_listening: AtomicBool::new(false),
             metrics: Metrics::default(),
             cfg,
             pg,

@@ -632,3 +632,50 @@ async fn edited_and_deleted_posts_leave_the_in_process_cache_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_remembered_without_recommendations_gets_them_as_soon_as_a_run_lands() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new().await;
+    let reader = env.user("reader").await;
+    let posts = corpus(&env, 3, 2).await;
+    let t = env.token(reader);
+    // Remembering is only safe while the change listener is connected.
+    let start = Instant::now();
+    while !env.state.recommendations_listening.load(Ordering::SeqCst) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the listener connects"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, b) = get(env.app(), "/api/feeds?limit=5", Some(&t)).await;
+    assert_eq!(b["metadata"]["source"], "fallback");
+    assert!(
+        env.state.no_recommendations.get(&reader).is_some(),
+        "PostgreSQL's empty answer is remembered"
+    );
+    let (_, again) = get(env.app(), "/api/feeds?limit=5", Some(&t)).await;
+    assert_eq!(again["metadata"]["source"], "fallback");
+
+    // A run lands (rows and a complete run, as the pipeline commits them): the notification
+    // voids what was remembered, and the next feed comes from the database.
+    let items: Vec<(Uuid, f64, [f64; 4])> = posts
+        .iter()
+        .map(|(_, p)| (*p, 0.5, [1.0, 0.0, 0.0, 0.0]))
+        .collect();
+    env.recommend(reader, &items, 60.0).await;
+    let start = Instant::now();
+    loop {
+        let (_, b) = get(env.app(), "/api/feeds?limit=5", Some(&t)).await;
+        if b["metadata"]["source"] == "db" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still {} five seconds after the run landed",
+            b["metadata"]["source"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
