@@ -26,6 +26,7 @@ import dagster as dg
 import feedrank
 import numpy as np
 import polars as pl
+import psycopg
 import scipy.sparse as sp
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -542,46 +543,40 @@ def _rows_frame_native(
     )
 
 
-def _may_skip_ri_triggers(postgres: PostgresResource) -> bool:
-    """Whether the role may set ``session_replication_role`` (a superuser may)."""
-    with postgres.connect() as conn:
-        return conn.execute("SELECT current_setting('is_superuser') = 'on'").fetchone()[0]
+def load_table(run_id: int) -> str:
+    """The table a run's rows are loaded into, then attached as its partition (migration V6)."""
+    return f"user_recommendations_run_{int(run_id)}"
 
 
-def _lock_references(
-    conn: Any, run_id: int, user_ids: list[str], post_ids: list[str]
-) -> tuple[set[str] | None, set[str] | None]:
-    """The set-based replacement of the per-row foreign-key checks of one COPY transaction.
+# The parent's indexes (migration V6), built on a loaded table so that ATTACH PARTITION adopts them
+# instead of building its own; bulk-built after the load instead of maintained row by row.
+PARTITION_INDEXES = (
+    "ALTER TABLE {t} ADD PRIMARY KEY (run_id, user_id, post_id)",
+    "CREATE INDEX ON {t} (user_id, run_id DESC, score DESC)",
+    "CREATE INDEX ON {t} (post_id)",
+    "CREATE INDEX ON {t} (expires_at)",
+)
+# The parent's foreign keys: added NOT VALID (a brief lock on the referenced table), then validated
+# (a scan that does not block writes to users and posts); ATTACH then adopts them as they are.
+FOREIGN_KEYS = (("run_id", "recommendation_runs"), ("user_id", "users"), ("post_id", "posts"))
+# DDL on the parent waits at most this long for a lock, then fails (and the step retries).
+LOCK_TIMEOUT = "5s"
 
-    Switches this transaction's per-row triggers off (``SET LOCAL session_replication_role =
-    replica``, which also skips the RI check triggers) and takes, once per referenced row, the
-    lock those checks would take per inserted row: ``FOR KEY SHARE`` on the run, on each user and
-    on each post. A referenced row deleted meanwhile is not returned (under READ COMMITTED a row
-    whose deleter committed is skipped), and a locked row cannot be deleted before this
-    transaction commits, after which its ON DELETE CASCADE sees and removes the new rows. Returns
-    the live user and post ids when some are missing (the caller drops rows naming the others),
-    or None for a side where all are present."""
-    conn.execute("SET LOCAL session_replication_role = replica")
-    if conn.execute(
-        "SELECT 1 FROM recommendation_runs WHERE id = %s AND status = 'building' FOR KEY SHARE",
-        (run_id,),
-    ).fetchone() is None:
-        raise RuntimeError(f"recommendation run {run_id} was removed or is no longer 'building'")
-    live = []
-    for table, ids in (("users", user_ids), ("posts", post_ids)):
-        found = conn.execute(
-            sql.SQL("SELECT id::text FROM {} WHERE id = ANY(%s::uuid[]) FOR KEY SHARE").format(
-                sql.Identifier(table)
-            ),
-            (ids,),
-        ).fetchall()
-        live.append(None if len(found) == len(ids) else {r[0] for r in found})
-    return live[0], live[1]
+
+def _parallel(postgres: PostgresResource, statements: list[sql.Composable]) -> None:
+    """Runs independent statements over ``postgres.copy_connections`` connections at once."""
+    def run(stmt: sql.Composable) -> None:
+        with postgres.connect(autocommit=True) as conn:
+            conn.execute(stmt)
+
+    with ThreadPoolExecutor(max(1, postgres.copy_connections)) as pool:
+        list(pool.map(run, statements))
 
 
 def copy_rows(
     postgres: PostgresResource,
     bundle: dict[str, Any],
+    table: str,
     run_id: int,
     generated_iso: str,
     expires_at: str,
@@ -589,42 +584,23 @@ def copy_rows(
     weights: dict[str, float],
     timer: Timer,
 ) -> int:
-    """COPYs a shard's rows over ``postgres.copy_connections`` connections at once (PostgreSQL
-    parses and indexes each COPY on one core, so two of them use two). Each connection commits
-    its own part; the rows stay invisible until the run's flip to complete, and a run whose part
-    failed is marked failed, so readers never see a partial run.
-
-    When the role is a superuser the per-row foreign-key triggers are replaced by one lock per
-    referenced run, user and post (``_lock_references``; trade-off in README.md); rows naming a
-    user or post deleted since the snapshot are dropped instead of failing the run."""
+    """COPYs a shard's rows into its load table over ``postgres.copy_connections`` connections at
+    once (PostgreSQL parses each COPY on one core, so two of them use two). The table has no index,
+    trigger or foreign key yet: loading is only parsing and appending."""
     n_users = int(bundle["user_idx"].size)
     chunks = [(lo, min(lo + WRITE_CHUNK_USERS, n_users)) for lo in range(0, n_users, WRITE_CHUNK_USERS)]
     parts = max(1, min(postgres.copy_connections, len(chunks)))
-    statement = sql.SQL("COPY user_recommendations ({}) FROM STDIN (FORMAT csv)").format(
-        sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
     )
-    set_based_ri = _may_skip_ri_triggers(postgres)
 
     def write_part(part: int) -> tuple[int, Timer]:
         local = Timer()
         written = 0
-        mine = chunks[part::parts]
         with postgres.connect() as conn, conn.transaction():
-            live_users = live_posts = None
-            if set_based_ri:
-                with local.step("lock referenced rows", "io"):
-                    users = bundle["user_ids"]["user_id"]
-                    part_users = pl.concat([users.slice(lo, hi - lo) for lo, hi in mine]).to_list()
-                    used = np.unique(np.concatenate([bundle["indices"][lo:hi].ravel() for lo, hi in mine]))
-                    part_posts = post_ids.gather(used[used >= 0]).to_list()
-                    live_users, live_posts = _lock_references(conn, run_id, part_users, part_posts)
             with conn.cursor().copy(statement) as copy:
-                for lo, hi in mine:
+                for lo, hi in chunks[part::parts]:
                     frame = _rows_frame(bundle, lo, hi, post_ids, weights, local)
-                    if live_users is not None:
-                        frame = frame.filter(pl.col("user_id").is_in(list(live_users)))
-                    if live_posts is not None:
-                        frame = frame.filter(pl.col("post_id").is_in(list(live_posts)))
                     written += frame.height
                     with local.step("rows to csv (polars)"):
                         buf = io.BytesIO()
@@ -656,6 +632,48 @@ def copy_rows(
     return sum(written for written, _ in results)
 
 
+def _constrain(postgres: PostgresResource, table: str, timer: Timer) -> int:
+    """Indexes and foreign keys on a loaded table; rows naming a user or post deleted since the
+    snapshot are dropped (returns how many). Once a foreign key exists, deletes cascade into the
+    table as into any partition, so after the one clean-up below no orphan can appear."""
+    t = sql.Identifier(table)
+    with timer.step("build indexes", "io"):
+        _parallel(postgres, [sql.SQL(stmt).format(t=t) for stmt in PARTITION_INDEXES])
+        with postgres.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(t))
+    dropped = 0
+    with timer.step("foreign keys", "io"), postgres.connect() as conn:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            for column, parent in FOREIGN_KEYS:
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE {t} ADD CONSTRAINT {name} FOREIGN KEY ({c}) REFERENCES {p} (id) "
+                        "ON DELETE CASCADE NOT VALID"
+                    ).format(
+                        t=t, name=sql.Identifier(f"{table}_{column}_fkey"),
+                        c=sql.Identifier(column), p=sql.Identifier(parent),
+                    )
+                )
+        for column, parent in FOREIGN_KEYS:
+            validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                t, sql.Identifier(f"{table}_{column}_fkey")
+            )
+            try:
+                with conn.transaction():
+                    conn.execute(validate)
+            except psycopg.errors.ForeignKeyViolation:
+                # deleted since the snapshot, before the key existed: drop those rows
+                with conn.transaction():
+                    dropped += conn.execute(
+                        sql.SQL(
+                            "DELETE FROM {t} r WHERE NOT EXISTS (SELECT 1 FROM {p} x WHERE x.id = r.{c})"
+                        ).format(t=t, p=sql.Identifier(parent), c=sql.Identifier(column))
+                    ).rowcount
+                    conn.execute(validate)
+    return dropped
+
+
 def write_shard(
     context: dg.AssetExecutionContext,
     postgres: PostgresResource,
@@ -663,7 +681,10 @@ def write_shard(
     bundle: dict[str, Any],
     timer: Timer,
 ) -> dict[str, Any]:
-    """One shard: a recommendation run, its rows by COPY, the flip to complete, clean-up, Redis."""
+    """One shard: a recommendation run whose rows are loaded into a table of their own, indexed,
+    constrained, then attached as the run's partition in the transaction that marks the run
+    complete (readers see the old run or the new one, never a mix); then superseded runs are
+    dropped as tables, and Redis is written."""
     cfg = bundle["config"]
     weights = dict(cfg["weights"])
     shard = bundle["shard"]
@@ -680,10 +701,24 @@ def write_shard(
                 "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
                 (shard, context.run.run_id, Jsonb(run_config), int(cfg["expires_after_hours"])),
             ).fetchone()
+            table = load_table(run_id)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {t} (LIKE user_recommendations INCLUDING DEFAULTS, "
+                    "CHECK (run_id = {r}))"
+                ).format(t=sql.Identifier(table), r=sql.Literal(int(run_id)))
+            )
         generated_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at))
         try:
-            rows = copy_rows(postgres, bundle, run_id, generated_iso, expires_at, post_ids, weights, timer)
-            with timer.step("flip to complete", "io"), conn.transaction():
+            rows = copy_rows(postgres, bundle, table, run_id, generated_iso, expires_at, post_ids, weights, timer)
+            rows -= _constrain(postgres, table, timer)
+            with timer.step("attach and flip to complete", "io"), conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                conn.execute(
+                    sql.SQL("ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                        sql.Identifier(table), sql.Literal(int(run_id))
+                    )
+                )
                 conn.execute(
                     "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
                     "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
@@ -697,19 +732,32 @@ def write_shard(
                     "WHERE id = %s",
                     (run_id,),
                 )
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             raise
-        with timer.step("clean up", "io"), conn.transaction():
+        with timer.step("clean up", "io"):
             # Older runs of this shard, failed runs, runs stuck in 'building' for a day (their
-            # process died), then rows past their expiry (runs of another shard layout).
-            superseded = conn.execute(
-                "DELETE FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
-                "AND id < %s) OR status = 'failed' OR "
-                "(status = 'building' AND started_at < now() - interval '1 day') RETURNING id",
-                (shard, run_id),
-            ).fetchall()
-            expired = conn.execute(
-                "DELETE FROM user_recommendations WHERE expires_at < now()"
-            ).rowcount
+            # process died): their tables are dropped (a partition's drop is a catalog change,
+            # not a delete of its rows), then the runs (any rows in the default partition go by
+            # cascade); then rows past their expiry (runs of another shard layout).
+            superseded = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
+                    "AND id < %s) OR status = 'failed' OR "
+                    "(status = 'building' AND started_at < now() - interval '1 day')",
+                    (shard, run_id),
+                ).fetchall()
+            ]
+            conn.commit()
+            for old in superseded:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(old))))
+                    conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
+            with conn.transaction():
+                expired = conn.execute(
+                    "DELETE FROM user_recommendations WHERE expires_at < now()"
+                ).rowcount
     # Redis only after the commit: a reader never finds a cached run the table does not have.
     cached = write_cache(redis_res, bundle, run_id, int(generated_at), int(cfg["cache_ttl_seconds"]), timer)
     return {

@@ -115,7 +115,7 @@ class RecommendationConfig(dg.Config):
 def resolve_run(context: dg.AssetExecutionContext, config: RecommendationConfig) -> dict[str, Any]:
     """Validates the config of every asset in this run (so that a bad value stops the run in its
     first step) and returns this asset's resolved config."""
-    ops = (context.run_config or {}).get("ops", {}) or {}
+    ops = (context.run.run_config or {}).get("ops", {}) or {}
     for name, section in ops.items():
         values = (section or {}).get("config")
         if not isinstance(values, dict):

@@ -154,3 +154,42 @@ def redis_prefix(redis_client) -> Iterator[str]:
                 batch.clear()
         if batch:
             redis_client.unlink(*batch)
+
+
+@pytest.fixture
+def on_load_tables():
+    """``install(url, function)``: from now on, every table the pipeline creates to load a run's
+    rows (``dagster_pipeline.assets.load_table``) gets ``BEFORE INSERT ... FOR EACH ROW EXECUTE
+    FUNCTION function()`` (an event trigger adds it when the table is created), so that a test can
+    make a real fault happen inside the pipeline's COPY. Returns a callable that stops it; whatever
+    is still installed is removed at the end of the test."""
+    installed: list[tuple[str, str]] = []
+
+    def remove(url: str, function: str) -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f"DROP EVENT TRIGGER IF EXISTS add_{function}")
+        if (url, function) in installed:
+            installed.remove((url, function))
+
+    def install(url: str, function: str):
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(
+                f"CREATE OR REPLACE FUNCTION add_{function}() RETURNS event_trigger LANGUAGE plpgsql AS $$ "
+                "DECLARE r record; BEGIN "
+                "FOR r IN SELECT object_identity FROM pg_event_trigger_ddl_commands() "
+                "WHERE command_tag = 'CREATE TABLE' LOOP "
+                "IF r.object_identity LIKE 'public.user\\_recommendations\\_run\\_%' THEN "
+                f"EXECUTE format('CREATE TRIGGER {function} BEFORE INSERT ON %s "
+                f"FOR EACH ROW EXECUTE FUNCTION {function}()', r.object_identity); "
+                "END IF; END LOOP; END $$"
+            )
+            c.execute(
+                f"CREATE EVENT TRIGGER add_{function} ON ddl_command_end "
+                f"WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION add_{function}()"
+            )
+        installed.append((url, function))
+        return lambda: remove(url, function)
+
+    yield install
+    for url, function in list(installed):
+        remove(url, function)

@@ -183,7 +183,7 @@ def test_second_run_replaces_the_first_atomically(demo_db: DemoData, pipeline_re
 
 
 def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
-    demo_db: DemoData, pipeline_resources, redis_client
+    demo_db: DemoData, pipeline_resources, redis_client, on_load_tables
 ):
     materialize_all(pipeline_resources, top_k=20)
     before = current_recommendations(demo_db.url)
@@ -199,13 +199,8 @@ def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
             "IF nextval('copy_rows') > 1000 THEN RAISE EXCEPTION 'disk full (test)'; END IF; "
             "RETURN NEW; END $$"
         )
-        conn.execute(
-            "CREATE TRIGGER fail_mid_copy BEFORE INSERT ON user_recommendations "
-            "FOR EACH ROW EXECUTE FUNCTION fail_mid_copy()"
-        )
-        # The COPY runs with session_replication_role = replica (per-row foreign-key triggers
-        # replaced by set-based locks), which skips ordinary triggers: this one must fire always.
-        conn.execute("ALTER TABLE user_recommendations ENABLE ALWAYS TRIGGER fail_mid_copy")
+    # (on the table the run's rows are COPYed into, before it becomes a partition)
+    stop_failing = on_load_tables(demo_db.url, "fail_mid_copy")
     result = materialize_all(pipeline_resources, top_k=20, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -215,8 +210,12 @@ def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
     assert redis_client.get(feedrank.recommendations_key(prefix, some_user)) == cached_before
     with psycopg.connect(demo_db.url) as conn:
         statuses = conn.execute("SELECT status FROM recommendation_runs ORDER BY id").fetchall()
-        conn.execute("DROP TRIGGER fail_mid_copy ON user_recommendations")
+        loaded = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'user\\_recommendations\\_run\\_%'"
+        ).fetchone()[0]
+    stop_failing()
     assert [s[0] for s in statuses] == ["complete", "failed"]
+    assert loaded == 1, "the failed run's table is dropped; the first run's partition stays"
 
     # the next good run replaces the old one and removes the failed run
     assert materialize_all(pipeline_resources, top_k=20).success

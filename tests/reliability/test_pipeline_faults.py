@@ -101,7 +101,7 @@ def _feed_ids(stack: PipelineStack, user: str) -> tuple[str, list[str]]:
     return r.json()["metadata"]["source"], [p["id"] for p in r.json()["posts"]]
 
 
-def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_replaces_it(pstack):
+def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_replaces_it(pstack, on_load_tables):
     pstack.run()
     before = readers_view(pstack.url)
     assert len(before) > 250
@@ -111,10 +111,8 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
     for u, (source, ids) in feeds_before.items():
         assert source == "db" and set(ids) <= {p for p, _, _ in before[u]}
 
-    # After 1,000 rows of the COPY are in the table, uncommitted, a trigger waits on an advisory
-    # lock the test holds. That is where the kill lands. (The COPY no longer runs per-row
-    # foreign-key checks, which a row lock on users used to block; the pipeline runs it with
-    # session_replication_role = replica, so the trigger must be ENABLE ALWAYS.)
+    # After 1,000 rows of the COPY are in the load table, uncommitted, a trigger waits on an
+    # advisory lock the test holds. That is where the kill lands.
     with psycopg.connect(pstack.url, autocommit=True) as c:
         c.execute("CREATE SEQUENCE hold_copy_rows")
         c.execute(
@@ -122,9 +120,8 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
             "IF nextval('hold_copy_rows') > 1000 THEN PERFORM pg_advisory_xact_lock_shared(724201); "
             "END IF; RETURN NEW; END $$"
         )
-        c.execute("CREATE TRIGGER hold_copy BEFORE INSERT ON user_recommendations "
-                  "FOR EACH ROW EXECUTE FUNCTION hold_copy()")
-        c.execute("ALTER TABLE user_recommendations ENABLE ALWAYS TRIGGER hold_copy")
+    # (on the table the run's rows are COPYed into, before it becomes a partition)
+    stop_holding = on_load_tables(pstack.url, "hold_copy")
     blocker = psycopg.connect(pstack.url)
     blocker.execute("SELECT pg_advisory_xact_lock(724201)")
     proc = pstack.start_run()
@@ -132,7 +129,7 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
         def copy_waiting():
             with psycopg.connect(pstack.url) as c:
                 return c.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY user_recommendations%%'"
+                    "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY %%user_recommendations%%'"
                     " AND wait_event_type = 'Lock'"
                 ).fetchone()
         (copy_pid,) = wait_until("the pipeline's COPY is blocked mid-write", copy_waiting,
@@ -152,8 +149,7 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
             proc.wait(30)
         blocker.rollback()
         blocker.close()
-        with psycopg.connect(pstack.url, autocommit=True) as c:
-            c.execute("DROP TRIGGER hold_copy ON user_recommendations")
+        stop_holding()
 
     def backend_gone():
         with psycopg.connect(pstack.url) as c:
