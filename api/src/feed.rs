@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use feedrank_core::cache::{CachedFeed, CachedRecommendation};
 use feedrank_core::config::Reason;
@@ -67,9 +67,9 @@ pub fn default_seed(user: Uuid, unix_ms: i64) -> u64 {
 /// Re-ranks `items` so that no author appears more than `cap` times in any `window` consecutive
 /// items, moving an item down as little as possible; items that cannot be placed (an author with
 /// too many posts) are left out. Deterministic; O(n log n).
-pub fn diversify<T>(
+pub fn diversify<T, K: Hash + Eq>(
     items: Vec<T>,
-    author: impl Fn(&T) -> Uuid,
+    author: impl Fn(&T) -> K,
     window: usize,
     cap: usize,
 ) -> Vec<T> {
@@ -79,15 +79,15 @@ pub fn diversify<T>(
 
 /// [`diversify`], stopping once `max_out` items are placed: the first `max_out` items of the
 /// full result, in O(max_out log n) plus the items it had to pass over.
-pub fn diversify_prefix<T>(
+pub fn diversify_prefix<T, K: Hash + Eq>(
     items: Vec<T>,
-    author: impl Fn(&T) -> Uuid,
+    author: impl Fn(&T) -> K,
     window: usize,
     cap: usize,
     max_out: usize,
 ) -> Vec<T> {
     let n = items.len();
-    let mut dense: IdMap<Uuid, usize> = IdMap::default();
+    let mut dense: IdMap<K, usize> = IdMap::default();
     // Dense author ids, computed as the scan reaches each item.
     let mut authors: Vec<usize> = Vec::with_capacity(max_out.min(n) * 2);
     let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
@@ -490,12 +490,19 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
     let order = match state.fallback_orders.get(&key) {
         Some(order) => order,
         None => {
-            let mut shuffled: Vec<(Uuid, Uuid)> = pool.posts.clone();
+            // positions in the pool (4 bytes each) with dense author numbers: no id is hashed
+            let mut shuffled: Vec<u32> = (0..pool.posts.len() as u32).collect();
             feedrank_core::shuffle::shuffle(&mut shuffled, seed);
-            shuffled.retain(|(p, _)| !excluded.posts.contains(p));
+            let mut out = vec![false; pool.posts.len()];
+            for p in &excluded.posts {
+                if let Some(&i) = pool.position.get(p) {
+                    out[i as usize] = true;
+                }
+            }
+            shuffled.retain(|&i| !out[i as usize]);
             let order = Arc::new(diversify(
                 shuffled,
-                |c| c.1,
+                |&i| pool.author_index[i as usize],
                 req.limit,
                 state.cfg.author_diversity_cap,
             ));
@@ -507,11 +514,14 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
         .iter()
         .skip(req.offset)
         .take(req.limit)
-        .map(|&(post, author)| Candidate {
-            post,
-            author,
-            score: None,
-            reason: None,
+        .map(|&i| {
+            let (post, author) = pool.posts[i as usize];
+            Candidate {
+                post,
+                author,
+                score: None,
+                reason: None,
+            }
         })
         .collect();
     let page_ids: Vec<Uuid> = items.iter().map(|c| c.post).collect();
@@ -565,11 +575,10 @@ async fn fallback_pool(state: &AppState) -> ApiResult<Arc<PoolSnapshot>> {
     }
     let posts = db::recent_posts(&state.pg, state.cfg.fallback_pool_size).await?;
     static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let snap = Arc::new(PoolSnapshot {
-        loaded_at: Instant::now(),
-        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    let snap = Arc::new(PoolSnapshot::new(
+        GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         posts,
-    });
+    ));
     *state
         .fallback_pool
         .write()

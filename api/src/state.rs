@@ -23,8 +23,9 @@ const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
 /// Users remembered to have no recommendations in PostgreSQL (see `feed::known_without_recommendations`).
 const NO_RECOMMENDATIONS_CAPACITY: usize = 200_000;
 const NO_RECOMMENDATIONS_TTL: Duration = Duration::from_secs(600);
-/// Memoized fallback orders kept (320 KB each at the default pool size of 10,000).
-const FALLBACK_ORDERS_CAPACITY: usize = 256;
+/// Memoized fallback orders kept (40 KB each at the default pool size of 10,000: positions in
+/// the pool).
+const FALLBACK_ORDERS_CAPACITY: usize = 2048;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -43,9 +44,9 @@ pub struct Inner {
     /// The random fallback's current candidate pool.
     pub fallback_pool: std::sync::RwLock<Option<Arc<PoolSnapshot>>>,
     pub fallback_refresh: tokio::sync::Mutex<()>,
-    /// Fallback orders (shuffled, filtered, re-ranked `(post, author)`), by a digest of what they
-    /// depend on; a few hundred, each at most `FALLBACK_POOL_SIZE` entries.
-    pub fallback_orders: TtlCache<u64, Arc<Vec<(Uuid, Uuid)>>>,
+    /// Fallback orders (shuffled, filtered, re-ranked positions in the pool snapshot), by a
+    /// digest of what they depend on; each at most `FALLBACK_POOL_SIZE` entries.
+    pub fallback_orders: TtlCache<u64, Arc<Vec<u32>>>,
     /// Users PostgreSQL had no current recommendations for, with the value of
     /// `recommendations_generation` when it was asked: an entry holds only while that is still
     /// the current generation (migration V5's notifications bump it; `invalidation` listens).
@@ -57,12 +58,41 @@ pub struct Inner {
     pub metrics: Metrics,
 }
 
-/// The most recent posts at one moment, `(post id, author id)`, newest first.
+/// The most recent posts at one moment, `(post id, author id)`, newest first, with what the
+/// fallback needs to order them cheaply: each post's author as a small dense number, and each
+/// post's position (to turn a user's excluded post ids into positions).
 pub struct PoolSnapshot {
     pub loaded_at: Instant,
     /// Distinguishes snapshots (part of the key of a memoized fallback order).
     pub generation: u64,
     pub posts: Vec<(Uuid, Uuid)>,
+    pub author_index: Vec<u32>,
+    pub position: crate::memo::IdMap<Uuid, u32>,
+}
+
+impl PoolSnapshot {
+    pub fn new(generation: u64, posts: Vec<(Uuid, Uuid)>) -> PoolSnapshot {
+        let mut authors: crate::memo::IdMap<Uuid, u32> = Default::default();
+        let author_index = posts
+            .iter()
+            .map(|(_, a)| {
+                let next = authors.len() as u32;
+                *authors.entry(*a).or_insert(next)
+            })
+            .collect();
+        let position = posts
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (*p, i as u32))
+            .collect();
+        PoolSnapshot {
+            loaded_at: Instant::now(),
+            generation,
+            posts,
+            author_index,
+            position,
+        }
+    }
 }
 
 impl Deref for AppState {
