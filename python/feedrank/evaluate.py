@@ -178,28 +178,38 @@ def load_movielens(path: str | Path) -> Dataset:
 
 def load_database(url: str, since_days: float | None = None) -> Dataset:
     """The project's PostgreSQL: positive interactions (every type but ``hide``) of
-    ``user_interactions``, posts' content, creation time and author."""
+    ``user_interactions``, posts' content, creation time and author. The interactions come in bulk
+    (``COPY`` into polars), not row by row: millions of them at the pipeline's scale."""
+    import polars as pl
     import psycopg
+    from psycopg import sql
 
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        where = "WHERE i.interaction_type <> 'hide'"
-        params: list[Any] = []
-        if since_days is not None:
-            where += " AND i.created_at >= now() - make_interval(secs => %s)"
-            params.append(float(since_days) * DAY)
-        cur.execute(
-            "SELECT i.user_id::text, i.post_id::text, extract(epoch FROM i.created_at)::float8 "
-            f"FROM user_interactions i {where}",
-            params,
+    where = sql.SQL("WHERE i.interaction_type <> 'hide'")
+    if since_days is not None:
+        where = sql.SQL("{} AND i.created_at >= now() - make_interval(secs => {})").format(
+            where, sql.Literal(float(since_days) * DAY)
         )
-        rows = cur.fetchall()
-        if not rows:
+    query = sql.SQL(
+        "COPY (SELECT i.user_id, i.post_id, floor(extract(epoch FROM i.created_at))::bigint "
+        "FROM user_interactions i {}) TO STDOUT (FORMAT csv)"
+    ).format(where)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        data = bytearray()
+        with cur.copy(query) as copy:
+            for block in copy:
+                data += block
+        if not data:
             raise ValueError("database-url: the database has no positive interactions to evaluate")
-        uid = np.array([r[0] for r in rows])
-        pid = np.array([r[1] for r in rows])
-        ts = np.array([r[2] for r in rows], dtype=np.float64).astype(np.int64)
-        users_raw, users = _index(uid)
-        items_raw, items = _index(pid)
+        frame = pl.read_csv(
+            bytes(data), has_header=False, new_columns=["user", "post", "ts"],
+            schema_overrides={"user": pl.String, "post": pl.String, "ts": pl.Int64},
+        )
+        # sorted distinct ids and each row's position among them (np.unique's order and codes)
+        users_raw = frame["user"].unique().sort().to_numpy()
+        items_raw = frame["post"].unique().sort().to_numpy()
+        users = (frame["user"].rank("dense") - 1).cast(pl.Int64).to_numpy()
+        items = (frame["post"].rank("dense") - 1).cast(pl.Int64).to_numpy()
+        ts = frame["ts"].to_numpy()
         cur.execute(
             "SELECT id::text, content, extract(epoch FROM created_at)::float8, user_id::text "
             "FROM posts WHERE id = ANY(%s::uuid[])",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import feedrank.evaluate as ev
+import psycopg
 from feedrank.cli import main
 
 SMALL = ["--users", "300", "--posts", "1500", "--interactions", "20000", "--end-time", "2026-01-01T00:00:00Z"]
@@ -13,6 +14,14 @@ SMALL = ["--users", "300", "--posts", "1500", "--interactions", "20000", "--end-
 def test_evaluate_reads_the_projects_database(fresh_database_url, tmp_path, capsys):
     assert main(["demo-data", "--database-url", fresh_database_url, "--seed", "3", *SMALL]) == 0
     data = ev.load_database(fresh_database_url)
+    # the bulk read (COPY into polars) holds exactly the positive (user, post) pairs, ids sorted
+    with psycopg.connect(fresh_database_url) as conn:
+        pairs = set(conn.execute(
+            "SELECT user_id::text, post_id::text FROM user_interactions WHERE interaction_type <> 'hide'"
+        ).fetchall())
+    assert {(data.user_ids[u], data.item_ids[i]) for u, i in zip(data.users, data.items)} == pairs
+    assert len(data.users) == len(pairs)
+    assert data.user_ids == sorted(data.user_ids) and data.item_ids == sorted(data.item_ids)
     # posts carry their own content, creation time and author
     assert data.item_created is not None and data.item_author is not None
     assert sum(1 for t in data.item_text if t) == data.n_items
