@@ -702,6 +702,10 @@ def write_shard(
                 (shard, context.run.run_id, Jsonb(run_config), int(cfg["expires_after_hours"])),
             ).fetchone()
             table = load_table(run_id)
+            # The id is new, so a table of that name is an orphan: its run was removed without it
+            # (e.g. `feedrank demo-data --reset` truncates the runs and restarts their ids).
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE {t} (LIKE user_recommendations INCLUDING DEFAULTS, "
@@ -748,8 +752,19 @@ def write_shard(
                     (shard, run_id),
                 ).fetchall()
             ]
+            # and tables of runs that no longer exist (their rows were removed without them)
+            orphans = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT t.id FROM (SELECT substring(tablename FROM "
+                    "'^user_recommendations_run_([0-9]+)$')::bigint AS id FROM pg_tables "
+                    "WHERE schemaname = current_schema()) t "
+                    "WHERE t.id IS NOT NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM recommendation_runs r WHERE r.id = t.id)"
+                ).fetchall()
+            ]
             conn.commit()
-            for old in superseded:
+            for old in superseded + orphans:
                 with conn.transaction():
                     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
                     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(old))))

@@ -182,6 +182,29 @@ def test_second_run_replaces_the_first_atomically(demo_db: DemoData, pipeline_re
     assert entry["run_id"] in second_run
 
 
+def _run_tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'user\\_recommendations\\_run\\_%'"
+        ).fetchall()}
+
+
+def test_runs_removed_behind_the_pipelines_back_leave_no_table_in_the_way(demo_db: DemoData, pipeline_resources):
+    """`feedrank demo-data --reset` truncates the runs and restarts their ids: the next run gets
+    an id whose table (and partition) still exists. The pipeline drops such orphans."""
+    materialize_all(pipeline_resources, top_k=10)
+    assert _run_tables(demo_db.url) == {"user_recommendations_run_1"}
+    with psycopg.connect(demo_db.url) as conn:
+        conn.execute("TRUNCATE recommendation_runs RESTART IDENTITY CASCADE")
+        assert conn.execute("SELECT count(*) FROM user_recommendations").fetchone()[0] == 0
+        # an orphan of another id too (a killed run whose run row went with the truncate)
+        conn.execute("CREATE TABLE user_recommendations_run_77 (LIKE user_recommendations)")
+    assert materialize_all(pipeline_resources, top_k=10).success
+    assert _run_tables(demo_db.url) == {"user_recommendations_run_1"}
+    now = current_recommendations(demo_db.url)
+    assert now and {items[0][2] for items in now.values()} == {1}
+
+
 def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
     demo_db: DemoData, pipeline_resources, redis_client, on_load_tables
 ):
