@@ -382,9 +382,20 @@ fn page_of<'a>(list: &'a [Candidate], req: &FeedRequest) -> &'a [Candidate] {
 pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult<Vec<u8>> {
     let now = now_ms();
     let user_key = user.to_string();
-    let read = state
+    // The seen entries the cached path needs start when its entry was built: the entry read last
+    // time tells when that was (a newer entry needs fewer; an older one is read again below).
+    let seen_since = state
+        .decoded_feeds
+        .get(&user)
+        .map(|f| f.generated_at * 1000);
+    let mut read = state
         .redis
-        .read_feed(&user_key, (req.offset == 0).then_some(now), &state.metrics)
+        .read_feed(
+            &user_key,
+            (req.offset == 0).then_some(now),
+            seen_since,
+            &state.metrics,
+        )
         .await;
     // The start of the page sequence: this request at offset 0, else the marker of the first page.
     let as_of = match (&read, req.offset) {
@@ -395,12 +406,27 @@ pub async fn build(state: &AppState, user: Uuid, req: &FeedRequest) -> ApiResult
     if !req.fallback_only {
         // 1. The Redis entry.
         if !req.refresh {
-            if let Some(r) = &read {
+            if let Some(r) = &mut read {
                 let entry = r
                     .recommendations
                     .as_deref()
                     .and_then(|raw| decode_entry(state, user, raw));
                 state.metrics.cache_lookup(entry.is_some());
+                let since = entry.as_ref().map(|f| f.generated_at * 1000);
+                if let (Some(needed), Some(read_from)) = (since, seen_since) {
+                    if needed < read_from {
+                        // an entry older than the one remembered: read its seen entries again
+                        match state
+                            .redis
+                            .read_seen(&user_key, needed, &state.metrics)
+                            .await
+                        {
+                            Some(seen) => r.seen = seen,
+                            None => r.recommendations = None,
+                        }
+                    }
+                }
+                let entry = entry.filter(|_| r.recommendations.is_some());
                 if let Some(feed) = entry {
                     let excluded = Exclusions::from_redis(r, feed.generated_at * 1000, as_of);
                     let (list, bodies) =

@@ -134,10 +134,14 @@ impl RedisStore {
     }
 
     /// Reads everything a feed request needs; at offset 0 it also starts a new page sequence.
+    /// `seen_since_ms`: only the seen entries at or after this time are read (the cached path
+    /// filters only interactions after its entry was built; reading the whole set, up to
+    /// `SEEN_MAX_ENTRIES`, made very active users' pages expensive); `None` reads them all.
     pub async fn read_feed(
         &self,
         user: &str,
         new_session_at_ms: Option<i64>,
+        seen_since_ms: Option<i64>,
         metrics: &Metrics,
     ) -> Option<FeedRead> {
         let mut pipe = redis::pipe();
@@ -157,11 +161,7 @@ impl RedisStore {
                 pipe.get(self.session_key(user));
             }
         }
-        pipe.cmd("ZRANGE")
-            .arg(self.seen_key(user))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES");
+        self.add_seen_read(&mut pipe, user, seen_since_ms);
         pipe.smembers(self.hidden_key(user));
         type Reply = (
             Option<Vec<u8>>,
@@ -176,6 +176,37 @@ impl RedisStore {
             seen: seen.into_iter().map(|(p, s)| (p, s as i64)).collect(),
             hidden,
         })
+    }
+
+    fn add_seen_read(&self, pipe: &mut redis::Pipeline, user: &str, since_ms: Option<i64>) {
+        match since_ms {
+            Some(ms) => pipe
+                .cmd("ZRANGE")
+                .arg(self.seen_key(user))
+                .arg(ms)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("WITHSCORES"),
+            None => pipe
+                .cmd("ZRANGE")
+                .arg(self.seen_key(user))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        };
+    }
+
+    /// The user's seen entries at or after `since_ms` (post id, ms), on their own.
+    pub async fn read_seen(
+        &self,
+        user: &str,
+        since_ms: i64,
+        metrics: &Metrics,
+    ) -> Option<Vec<(String, i64)>> {
+        let mut pipe = redis::pipe();
+        self.add_seen_read(&mut pipe, user, Some(since_ms));
+        let (seen,): (Vec<(String, f64)>,) = self.run("read", &pipe, metrics).await?;
+        Some(seen.into_iter().map(|(p, s)| (p, s as i64)).collect())
     }
 
     /// Writes a user's recommendations back (after a database read), with the interactions that
