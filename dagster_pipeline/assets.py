@@ -559,8 +559,10 @@ PARTITION_INDEXES = (
 # The parent's foreign keys: added NOT VALID (a brief lock on the referenced table), then validated
 # (a scan that does not block writes to users and posts); ATTACH then adopts them as they are.
 FOREIGN_KEYS = (("run_id", "recommendation_runs"), ("user_id", "users"), ("post_id", "posts"))
-# DDL on the parent waits at most this long for a lock, then fails (and the step retries).
+# DDL on the parent waits at most this long for a lock: the attach then tries again (up to
+# ATTACH_ATTEMPTS times in all), the clean-up leaves a superseded run for the next run.
 LOCK_TIMEOUT = "5s"
+ATTACH_ATTEMPTS = 3
 
 
 def _parallel(postgres: PostgresResource, statements: list[sql.Composable]) -> None:
@@ -716,18 +718,31 @@ def write_shard(
         try:
             rows = copy_rows(postgres, bundle, table, run_id, generated_iso, expires_at, post_ids, weights, timer)
             rows -= _constrain(postgres, table, timer)
-            with timer.step("attach and flip to complete", "io"), conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                conn.execute(
-                    sql.SQL("ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                        sql.Identifier(table), sql.Literal(int(run_id))
+            # ATTACH locks the default partition exclusively for a moment, so it waits for the
+            # readers in flight; one stuck behind a long transaction gives up and tries again.
+            for attempt in range(1, ATTACH_ATTEMPTS + 1):
+                try:
+                    with timer.step("attach and flip to complete", "io"), conn.transaction():
+                        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                        conn.execute(
+                            sql.SQL(
+                                "ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})"
+                            ).format(sql.Identifier(table), sql.Literal(int(run_id)))
+                        )
+                        conn.execute(
+                            "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
+                            "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
+                            (n_users, rows, run_id),
+                        )
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    if attempt == ATTACH_ATTEMPTS:
+                        raise
+                    context.log.warning(
+                        f"attach: user_recommendations stayed locked {LOCK_TIMEOUT} "
+                        f"(attempt {attempt} of {ATTACH_ATTEMPTS}); retrying"
                     )
-                )
-                conn.execute(
-                    "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
-                    "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
-                    (n_users, rows, run_id),
-                )
+                    time.sleep(1.0)
         except BaseException:
             conn.rollback()
             with conn.transaction():
@@ -764,11 +779,21 @@ def write_shard(
                 ).fetchall()
             ]
             conn.commit()
+            removed = []
             for old in superseded + orphans:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(old))))
-                    conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
+                try:
+                    with conn.transaction():
+                        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(old))))
+                        conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
+                    removed.append(old)
+                except psycopg.errors.LockNotAvailable:
+                    # A long reader holds the table: the new run is live already, so this is not
+                    # worth failing for (and Redis still has to be written); the next run's
+                    # clean-up removes it.
+                    context.log.warning(
+                        f"clean-up: run {old} left in place (its table stayed locked {LOCK_TIMEOUT})"
+                    )
             with conn.transaction():
                 expired = conn.execute(
                     "DELETE FROM user_recommendations WHERE expires_at < now()"
@@ -780,7 +805,7 @@ def write_shard(
         "users": n_users,
         "rows": rows,
         "cached_users": cached,
-        "runs_removed": len(superseded),
+        "runs_removed": len(removed),
         "expired_rows_removed": int(expired),
     }
 

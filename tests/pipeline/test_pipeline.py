@@ -205,6 +205,54 @@ def test_runs_removed_behind_the_pipelines_back_leave_no_table_in_the_way(demo_d
     assert now and {items[0][2] for items in now.values()} == {1}
 
 
+def test_long_readers_delay_the_swap_and_the_clean_up_but_never_fail_the_run(
+    demo_db: DemoData, pipeline_resources, monkeypatch
+):
+    """Attaching a run takes a moment's exclusive lock on the default partition, dropping a
+    superseded run's table one on that table. A reader holding either in a long transaction makes
+    the pipeline wait LOCK_TIMEOUT: the attach then tries again, the clean-up leaves the old run
+    for the next run; the new run is served either way."""
+    from dagster_pipeline import assets
+
+    materialize_all(pipeline_resources, top_k=10)
+    monkeypatch.setattr(assets, "LOCK_TIMEOUT", "300ms")
+    # a reader of the old run's partition, for the whole second run
+    with psycopg.connect(demo_db.url) as reader:
+        reader.execute("SELECT count(*) FROM user_recommendations_run_1").fetchone()
+        # and a reader of the whole table, whose transaction ends once the attach has waited
+        # longer than its lock timeout (so that it has to try again)
+        blocker = psycopg.connect(demo_db.url)
+        blocker.execute("SELECT count(*) FROM user_recommendations").fetchone()
+        attach_waited = threading.Event()
+
+        def release_once_the_attach_waits() -> None:
+            deadline = time.monotonic() + 120
+            with psycopg.connect(demo_db.url, autocommit=True) as watcher:
+                while time.monotonic() < deadline and not attach_waited.is_set():
+                    if watcher.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'ALTER TABLE user_recommendations ATTACH%%'"
+                    ).fetchone():
+                        attach_waited.set()
+                    time.sleep(0.02)
+            time.sleep(0.6)
+            blocker.rollback()
+
+        thread = threading.Thread(target=release_once_the_attach_waits)
+        thread.start()
+        try:
+            assert materialize_all(pipeline_resources, top_k=10).success
+        finally:
+            thread.join()
+            blocker.close()
+        assert attach_waited.is_set(), "the attach never waited for the reader"
+        now = current_recommendations(demo_db.url)
+        assert {items[0][2] for items in now.values()} == {2}
+        assert _run_tables(demo_db.url) == {"user_recommendations_run_1", "user_recommendations_run_2"}
+    assert materialize_all(pipeline_resources, top_k=10).success
+    assert _run_tables(demo_db.url) == {"user_recommendations_run_3"}
+
+
 def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
     demo_db: DemoData, pipeline_resources, redis_client, on_load_tables
 ):
