@@ -155,7 +155,7 @@ pub async fn interaction_marks(
     let stmt = client
         .prepare_cached(
             "SELECT post_id, interaction_type = 'hide',
-                    (extract(epoch FROM created_at) * 1000)::bigint
+                    floor(extract(epoch FROM created_at) * 1000)::bigint
              FROM user_interactions
              WHERE user_id = $1
                AND (interaction_type = 'hide' OR created_at >= to_timestamp($2::bigint / 1000.0))
@@ -208,7 +208,7 @@ pub async fn insert_interaction(
             "INSERT INTO user_interactions (user_id, post_id, interaction_type, metadata, event_id)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (user_id, event_id) DO NOTHING
-             RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+             RETURNING id, floor(extract(epoch FROM created_at) * 1000)::bigint",
         )
         .await?;
     let row = client
@@ -235,7 +235,7 @@ pub async fn insert_interaction(
     // The event id is already stored: answer with the original interaction.
     let select = client
         .prepare_cached(
-            "SELECT id, post_id, (extract(epoch FROM created_at) * 1000)::bigint
+            "SELECT id, post_id, floor(extract(epoch FROM created_at) * 1000)::bigint
              FROM user_interactions WHERE user_id = $1 AND event_id = $2",
         )
         .await?;

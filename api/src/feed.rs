@@ -201,7 +201,8 @@ async fn hydrate(state: &AppState, ids: &[Uuid]) -> ApiResult<IdMap<Uuid, Arc<Ca
     Ok(found)
 }
 
-/// Posts to leave out: hidden ones, and those seen in `[seen_from_ms, as_of_ms)`.
+/// Posts to leave out: hidden ones, and those seen in `[seen_from_ms, as_of_ms]` (both ends
+/// included: a view stored in the same millisecond as the request began was before it).
 struct Exclusions {
     posts: HashSet<Uuid>,
 }
@@ -215,7 +216,7 @@ impl Exclusions {
             }
         }
         for (p, at) in &read.seen {
-            if *at >= seen_from_ms && *at < as_of_ms {
+            if *at >= seen_from_ms && *at <= as_of_ms {
                 if let Ok(id) = Uuid::parse_str(p) {
                     posts.insert(id);
                 }
@@ -227,7 +228,7 @@ impl Exclusions {
     fn from_marks(marks: &[db::InteractionMark], seen_from_ms: i64, as_of_ms: i64) -> Exclusions {
         let posts = marks
             .iter()
-            .filter(|m| m.hide || (m.at_ms >= seen_from_ms && m.at_ms < as_of_ms))
+            .filter(|m| m.hide || (m.at_ms >= seen_from_ms && m.at_ms <= as_of_ms))
             .map(|m| m.post_id)
             .collect();
         Exclusions { posts }
