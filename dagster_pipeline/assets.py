@@ -565,6 +565,16 @@ LOCK_TIMEOUT = "5s"
 ATTACH_ATTEMPTS = 3
 
 
+def _drop_run_table(conn: Any, table: str) -> None:
+    """Drops a run's table (a partition or not) in the caller's transaction. The parent is locked
+    first: DROP alone locks the partition, then the parent, the reverse of a reader's order
+    (parent, then partitions), and a reader in between made a deadlock."""
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+        return
+    conn.execute("LOCK TABLE user_recommendations IN ACCESS EXCLUSIVE MODE")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
 def _parallel(postgres: PostgresResource, statements: list[sql.Composable]) -> None:
     """Runs independent statements over ``postgres.copy_connections`` connections at once."""
     def run(stmt: sql.Composable) -> None:
@@ -707,7 +717,7 @@ def write_shard(
             # The id is new, so a table of that name is an orphan: its run was removed without it
             # (e.g. `feedrank demo-data --reset` truncates the runs and restarts their ids).
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+            _drop_run_table(conn, table)
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE {t} (LIKE user_recommendations INCLUDING DEFAULTS, "
@@ -784,7 +794,7 @@ def write_shard(
                 try:
                     with conn.transaction():
                         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(old))))
+                        _drop_run_table(conn, load_table(old))
                         conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
                     removed.append(old)
                 except psycopg.errors.LockNotAvailable:
