@@ -565,6 +565,11 @@ LOCK_TIMEOUT = "5s"
 ATTACH_ATTEMPTS = 3
 
 
+def _lock_timeout(conn: Any) -> None:
+    """This transaction's DDL waits at most LOCK_TIMEOUT for a lock."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+
+
 def _drop_run_table(conn: Any, table: str) -> None:
     """Drops a run's table (a partition or not) in the caller's transaction. The parent is locked
     first: DROP alone locks the partition, then the parent, the reverse of a reader's order
@@ -656,7 +661,7 @@ def _constrain(postgres: PostgresResource, table: str, timer: Timer) -> int:
     dropped = 0
     with timer.step("foreign keys", "io"), postgres.connect() as conn:
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            _lock_timeout(conn)
             for column, parent in FOREIGN_KEYS:
                 conn.execute(
                     sql.SQL(
@@ -716,7 +721,7 @@ def write_shard(
             table = load_table(run_id)
             # The id is new, so a table of that name is an orphan: its run was removed without it
             # (e.g. `feedrank demo-data --reset` truncates the runs and restarts their ids).
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            _lock_timeout(conn)
             _drop_run_table(conn, table)
             conn.execute(
                 sql.SQL(
@@ -733,7 +738,7 @@ def write_shard(
             for attempt in range(1, ATTACH_ATTEMPTS + 1):
                 try:
                     with timer.step("attach and flip to complete", "io"), conn.transaction():
-                        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                        _lock_timeout(conn)
                         conn.execute(
                             sql.SQL(
                                 "ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})"
@@ -793,7 +798,7 @@ def write_shard(
             for old in superseded + orphans:
                 try:
                     with conn.transaction():
-                        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                        _lock_timeout(conn)
                         _drop_run_table(conn, load_table(old))
                         conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
                     removed.append(old)

@@ -450,7 +450,7 @@ pub fn hybrid_topk(
     exclude: Option<CsrRef<f32>>,
     candidates: Option<&[usize]>,
 ) -> Result<HybridResult> {
-    validate(&interactions, posts, params, exclude.as_ref(), candidates)?;
+    // HybridModel::new validates the rest; bad users are refused before building it
     check_users(users, interactions.nrows)?;
     HybridModel::new(
         Arc::new(interactions.to_owned()),
@@ -584,6 +584,8 @@ impl HybridModel {
         let (shared, scorer, k) = (&self.shared, self.scorer.as_ref(), self.k);
         let n_posts = shared.interactions.ncols;
         let n_terms = shared.tfidf.ncols;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
         let mut out = HybridResult {
             k,
             indices: vec![-1; users.len() * k],
@@ -610,7 +612,7 @@ impl HybridModel {
                 },
                 |s, (((idx_out, sc_out), comp_out), block)| {
                     #[cfg(target_arch = "x86_64")]
-                    if std::arch::is_x86_feature_detected!("avx2") {
+                    if avx2 {
                         // SAFETY: the CPU has AVX2 (checked just above).
                         unsafe {
                             score_block_avx2(shared, scorer, block, s, idx_out, sc_out, comp_out)
@@ -687,16 +689,16 @@ fn score_block(
         );
         let acc = &mut s.collab_acc;
         acc.touched.sort_unstable();
-        for &p in &acc.touched {
+        for t in 0..acc.touched.len() {
+            let p = acc.touched[t];
+            let value = acc.take(p);
             let allowed = match &sh.allowed_bits {
                 Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
                 None => true,
             };
             if allowed {
-                s.collab.push((p, acc.acc[p as usize]));
+                s.collab.push((p, value));
             }
-            acc.acc[p as usize] = 0.0;
-            acc.seen[p as usize] = false;
         }
         acc.touched.clear();
         // content profile: the mean TF-IDF vector of the engaged posts, divided by its norm
@@ -712,25 +714,24 @@ fn score_block(
             }
         }
         let acc = &mut s.profile;
-        if engaged > 0 {
-            let inv = 1.0 / engaged as f32;
-            let norm2: f64 = acc
-                .touched
-                .iter()
-                .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
-                .sum();
-            let pnorm = norm2.sqrt() as f32;
+        let inv = if engaged > 0 {
+            1.0 / engaged as f32
+        } else {
+            0.0
+        };
+        let norm2: f64 = acc
+            .touched
+            .iter()
+            .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
+            .sum();
+        let pnorm = norm2.sqrt() as f32;
+        for ti in 0..acc.touched.len() {
+            let t = acc.touched[ti];
+            let m = acc.take(t) * inv;
             if pnorm > 0.0 {
-                for &t in &acc.touched {
-                    let m = acc.acc[t as usize] * inv;
-                    s.profiles[t as usize * LANES + lane] = m / pnorm;
-                    s.profile_terms.push(t);
-                }
+                s.profiles[t as usize * LANES + lane] = m / pnorm;
+                s.profile_terms.push(t);
             }
-        }
-        for &t in &acc.touched {
-            acc.acc[t as usize] = 0.0;
-            acc.seen[t as usize] = false;
         }
         acc.touched.clear();
     }

@@ -107,6 +107,14 @@ impl Accumulator {
         self.count = count;
     }
 
+    /// The value at `i`, reset to untouched (the caller clears `touched` when done).
+    #[inline]
+    pub fn take(&mut self, i: u32) -> f32 {
+        let iu = i as usize;
+        self.seen[iu] = false;
+        std::mem::take(&mut self.acc[iu])
+    }
+
     #[inline]
     pub fn add(&mut self, i: u32, v: f32) {
         let iu = i as usize;
