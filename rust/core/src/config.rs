@@ -119,8 +119,53 @@ impl Reason {
     }
 }
 
-/// The kinds of interaction a client can track, in the order used by [`InteractionWeights`].
-pub const INTERACTION_TYPES: [&str; 5] = ["view", "click", "like", "share", "hide"];
+/// A kind of interaction a client can track. The one list of them: the API's tracking body, the
+/// pipeline's snapshot, [`InteractionWeights`] and the Python lists all derive from it (and a test
+/// compares it with the migration's CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionType {
+    View,
+    Click,
+    Like,
+    Share,
+    /// "Not interested": never a positive signal; a hidden post is never recommended again.
+    Hide,
+}
+
+impl InteractionType {
+    /// Every type, in the order of [`InteractionWeights::as_array`].
+    pub const ALL: [InteractionType; 5] = [
+        InteractionType::View,
+        InteractionType::Click,
+        InteractionType::Like,
+        InteractionType::Share,
+        InteractionType::Hide,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            InteractionType::View => "view",
+            InteractionType::Click => "click",
+            InteractionType::Like => "like",
+            InteractionType::Share => "share",
+            InteractionType::Hide => "hide",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InteractionType> {
+        InteractionType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// The names of [`InteractionType::ALL`], in that order.
+pub const INTERACTION_TYPES: [&str; 5] = [
+    InteractionType::ALL[0].as_str(),
+    InteractionType::ALL[1].as_str(),
+    InteractionType::ALL[2].as_str(),
+    InteractionType::ALL[3].as_str(),
+    InteractionType::ALL[4].as_str(),
+];
 
 /// How much each interaction type says about a user's interest.
 ///
@@ -364,6 +409,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("history_half_life:"));
+    }
+
+    #[test]
+    fn interaction_types_parse_their_names() {
+        for t in InteractionType::ALL {
+            assert_eq!(InteractionType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", t.as_str()));
+        }
+        assert_eq!(InteractionType::parse("unlike"), None);
     }
 
     #[test]
