@@ -7,6 +7,7 @@
 //! [`config`] (hybrid weights, interaction weights, defaults) and [`cache`] (the Redis entry of a
 //! user's recommendations).
 
+pub mod blend;
 pub mod cache;
 pub mod config;
 pub mod error;
