@@ -11,6 +11,7 @@ pub mod blend;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fresh;
 pub mod metrics;
 pub mod recommenders;
 pub mod score;
