@@ -415,7 +415,10 @@ mod tests {
     fn interaction_types_parse_their_names() {
         for t in InteractionType::ALL {
             assert_eq!(InteractionType::parse(t.as_str()), Some(t));
-            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", t.as_str()));
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("\"{}\"", t.as_str())
+            );
         }
         assert_eq!(InteractionType::parse("unlike"), None);
     }
