@@ -14,7 +14,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api services migrate lint rust-test py-test bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
+.PHONY: help demo demo-kernels demo-check test venv develop api openapi services migrate lint rust-test py-test bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -47,6 +47,12 @@ target/release/feedrank-api: $(API_SOURCES)
 	@touch $@
 
 api: target/release/feedrank-api
+
+# docs/openapi.json, the committed contract: regenerated here only (a test compares it with what
+# the API serves and fails when they differ).
+openapi: api
+	@target/release/feedrank-api openapi > docs/openapi.json
+	@echo "==> docs/openapi.json written"
 
 # The API's tests mint NextAuth session cookies with the real next-auth package (tests/nextauth).
 NEXTAUTH_HELPER := tests/nextauth/node_modules/.package-lock.json
@@ -98,7 +104,7 @@ bench: develop
 	@$(PY) -m feedrank.bench kernels
 
 # The API under wrk on loopback (feed from the cache, random fallback, tracking); loads
-# 100,000 users and 1,000,000 posts into its own database first (api/bench/README.md).
+# 100,000 users and 1,000,000 posts into its own database first (docs/api.md, "Benchmark").
 bench-api: api develop services
 	@api/bench/bench.sh
 
@@ -134,7 +140,7 @@ fuzz:
 	    || { cat /tmp/feedrank-fuzz.log; exit 1; }; \
 	  rounds=$$((rounds + 1)); \
 	done; \
-	echo "fuzz: $$rounds rounds x 16 properties x $(FUZZ_CASES) cases, no failure"
+	echo "fuzz: $$rounds rounds x 15 properties x $(FUZZ_CASES) cases, no failure"
 
 # schemathesis from /openapi.json, >= FUZZ_API_EXAMPLES (2000) requests per route with inputs.
 fuzz-api: api venv reliability-tools

@@ -8,7 +8,7 @@
 - ``fresh_database_url``: the same, for one test only (an empty, migrated database).
 - ``db_conn``: a psycopg connection to ``database_url``, closed after the test.
 - ``redis_client`` / ``redis_prefix``: a Redis client for ``REDIS_URL`` and a key prefix unique to
-  one test; every key under it is deleted afterwards.
+  one test; every key under it is deleted afterwards (``redis_key_prefixes`` hands out more).
 
 A test that needs PostgreSQL or Redis FAILS (never skips) when the service does not answer; the
 message says how to start it (``scripts/services.sh up``).
@@ -21,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -138,22 +139,37 @@ def redis_client():
     client.close()
 
 
-@pytest.fixture
-def redis_prefix(redis_client) -> Iterator[str]:
-    """A key prefix unique to this test (``feedrank_test_<hex>:``); its keys are deleted after."""
+@contextmanager
+def redis_key_prefix(client) -> Iterator[str]:
+    """A key prefix unique to its block (``feedrank_test_<hex>:``); every key under it is
+    deleted when the block ends, however it ends."""
     prefix = f"feedrank_test_{secrets.token_hex(6)}:"
     try:
         yield prefix
     finally:
         # Keys may contain glob characters in the part after the prefix, never in the prefix.
         batch = []
-        for key in redis_client.scan_iter(match=prefix + "*", count=1000):
+        for key in client.scan_iter(match=prefix + "*", count=1000):
             batch.append(key)
             if len(batch) >= 1000:
-                redis_client.unlink(*batch)
+                client.unlink(*batch)
                 batch.clear()
         if batch:
-            redis_client.unlink(*batch)
+            client.unlink(*batch)
+
+
+@pytest.fixture
+def redis_prefix(redis_client) -> Iterator[str]:
+    """A key prefix unique to this test (``redis_key_prefix``); its keys are deleted after."""
+    with redis_key_prefix(redis_client) as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def redis_key_prefixes(redis_client):
+    """``redis_key_prefixes()``: the context manager behind ``redis_prefix``, for a test that
+    checks the clean-up itself."""
+    return lambda: redis_key_prefix(redis_client)
 
 
 @pytest.fixture

@@ -298,9 +298,21 @@ mod tests {
     }
 
     #[test]
-    fn the_derived_key_is_hkdf_sha256() {
-        // HKDF with an empty salt is HKDF with a zero salt (RFC 5869); two secrets, two keys.
-        assert_ne!(nextauth_key("a"), nextauth_key("b"));
-        assert_eq!(nextauth_key("a"), nextauth_key("a"));
+    fn the_derived_key_is_the_one_next_auth_derives() {
+        // next-auth v4's key for SECRET (HKDF-SHA256, empty salt, info "NextAuth.js Generated
+        // Encryption Key", 32 bytes), computed outside this crate with next-auth's own HKDF
+        // package (Node's crypto.hkdfSync gives the same):
+        // cd tests/nextauth && node --input-type=module -e 'import hkdf from "@panva/hkdf";
+        //   console.log(Buffer.from(await hkdf("sha256", process.argv[1], "",
+        //   "NextAuth.js Generated Encryption Key", 32)).toString("hex"))' SECRET
+        let hex: String = nextauth_key(SECRET)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "0b77c2310f642c7ec884b0b52096ae1555583d199b320d2b12573b153dccfd64"
+        );
+        assert_ne!(nextauth_key(SECRET), nextauth_key("another secret"));
     }
 }

@@ -130,11 +130,18 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let c = TtlCache::new(64, Duration::from_millis(20));
-        c.insert("a", 1);
-        assert_eq!(c.get(&"a"), Some(1));
+        // No timing assumption: an hour is never reached within the test, a zero TTL has passed
+        // by the first read, and sleeping twice a TTL guarantees at least that much time.
+        let kept = TtlCache::new(64, Duration::from_secs(3600));
+        kept.insert("a", 1);
+        assert_eq!(kept.get(&"a"), Some(1));
+        let gone = TtlCache::new(64, Duration::ZERO);
+        gone.insert("a", 1);
+        assert_eq!(gone.get(&"a"), None);
+        let short = TtlCache::new(64, Duration::from_millis(20));
+        short.insert("a", 1);
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.get(&"a"), None);
+        assert_eq!(short.get(&"a"), None);
     }
 
     #[test]

@@ -27,6 +27,14 @@ use uuid::Uuid;
 
 const SECRET: &str = "security-test-auth-secret-0123456789abcdef";
 const NEXTAUTH: &str = "security-test-nextauth-secret-0123456789";
+/// The key next-auth v4 itself derives from NEXTAUTH (its `getDerivedEncryptionKey`: HKDF-SHA256,
+/// empty salt, info "NextAuth.js Generated Encryption Key", 32 bytes), computed outside this
+/// crate with next-auth's own HKDF package, so that the well-made cookies below are sealed as
+/// the real app seals them and not with the API's `nextauth_key`:
+/// `cd tests/nextauth && node --input-type=module -e 'import hkdf from "@panva/hkdf";
+/// console.log(Buffer.from(await hkdf("sha256", process.argv[1], "",
+/// "NextAuth.js Generated Encryption Key", 32)).toString("hex"))' SECRET`
+const NEXTAUTH_KEY_HEX: &str = "29cbca52b3fd7b9e709dc72b7d92fa1d78cf9aea6f177bbd8ce23901127ebc94";
 
 fn now() -> i64 {
     SystemTime::now()
@@ -273,10 +281,16 @@ async fn a_token_within_the_leeway_and_an_nbf_in_the_past_are_accepted() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
 }
 
-/// A NextAuth v4 JWE with a chosen protected header and claims.
-fn jwe(secret: &str, header: &Value, claims: &Value) -> String {
+fn nextauth_reference_key() -> Vec<u8> {
+    (0..32)
+        .map(|i| u8::from_str_radix(&NEXTAUTH_KEY_HEX[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A NextAuth v4 JWE with a chosen protected header and claims, sealed with `key`.
+fn jwe(key: &[u8], header: &Value, claims: &Value) -> String {
     let h = b64(header.to_string().as_bytes());
-    let cipher = Aes256Gcm::new_from_slice(&nextauth_key(secret)).unwrap();
+    let cipher = Aes256Gcm::new_from_slice(key).unwrap();
     let iv = [9u8; 12];
     let sealed = cipher
         .encrypt(
@@ -297,7 +311,8 @@ async fn forged_nextauth_cookies_are_401() {
     let sub = user.to_string();
     let std_header = json!({"alg": "dir", "enc": "A256GCM"});
     let ok = json!({"sub": sub, "exp": now() + 600});
-    let good = jwe(NEXTAUTH, &std_header, &ok);
+    let key = nextauth_reference_key();
+    let good = jwe(&key, &std_header, &ok);
     let (status, v) = call(
         &st,
         feed(None, Some(&format!("next-auth.session-token={good}"))),
@@ -308,45 +323,48 @@ async fn forged_nextauth_cookies_are_401() {
     let cases: Vec<(&str, String)> = vec![
         (
             "another secret",
-            jwe("someone-else's-secret-entirely", &std_header, &ok),
+            jwe(
+                &nextauth_key("someone-else's-secret-entirely"),
+                &std_header,
+                &ok,
+            ),
         ),
-        ("the bearer secret", jwe(SECRET, &std_header, &ok)),
+        (
+            "the bearer secret",
+            jwe(&nextauth_key(SECRET), &std_header, &ok),
+        ),
         (
             "expired",
-            jwe(
-                NEXTAUTH,
-                &std_header,
-                &json!({"sub": sub, "exp": now() - 60}),
-            ),
+            jwe(&key, &std_header, &json!({"sub": sub, "exp": now() - 60})),
         ),
         (
             "not valid yet",
             jwe(
-                NEXTAUTH,
+                &key,
                 &std_header,
                 &json!({"sub": sub, "exp": now() + 7200, "nbf": now() + 3600}),
             ),
         ),
-        ("no exp", jwe(NEXTAUTH, &std_header, &json!({"sub": sub}))),
+        ("no exp", jwe(&key, &std_header, &json!({"sub": sub}))),
         (
             "no sub",
-            jwe(NEXTAUTH, &std_header, &json!({"exp": now() + 600})),
+            jwe(&key, &std_header, &json!({"exp": now() + 600})),
         ),
         (
             "compressed (zip)",
             jwe(
-                NEXTAUTH,
+                &key,
                 &json!({"alg": "dir", "enc": "A256GCM", "zip": "DEF"}),
                 &ok,
             ),
         ),
         (
             "another enc",
-            jwe(NEXTAUTH, &json!({"alg": "dir", "enc": "A128GCM"}), &ok),
+            jwe(&key, &json!({"alg": "dir", "enc": "A128GCM"}), &ok),
         ),
         (
             "a wrapped key",
-            jwe(NEXTAUTH, &json!({"alg": "A256KW", "enc": "A256GCM"}), &ok),
+            jwe(&key, &json!({"alg": "A256KW", "enc": "A256GCM"}), &ok),
         ),
         (
             "an encrypted key part",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import feedrank.evaluate as ev
+import numpy as np
 import psycopg
 from feedrank.cli import main
 
@@ -22,9 +23,17 @@ def test_evaluate_reads_the_projects_database(fresh_database_url, tmp_path, caps
     assert {(data.user_ids[u], data.item_ids[i]) for u, i in zip(data.users, data.items)} == pairs
     assert len(data.users) == len(pairs)
     assert data.user_ids == sorted(data.user_ids) and data.item_ids == sorted(data.item_ids)
-    # posts carry their own content, creation time and author
-    assert data.item_created is not None and data.item_author is not None
-    assert sum(1 for t in data.item_text if t) == data.n_items
+    # each item carries its post's own content, creation time and author (the author's user
+    # index, or -1 when the author has no interaction and so is not a user of the data set)
+    with psycopg.connect(fresh_database_url) as conn:
+        posts = {pid: (content, created, author) for pid, content, created, author in conn.execute(
+            "SELECT id::text, content, extract(epoch FROM created_at)::float8, user_id::text FROM posts"
+        ).fetchall()}
+    user_index = {u: k for k, u in enumerate(data.user_ids)}
+    assert data.item_text == [posts[p][0] for p in data.item_ids]
+    np.testing.assert_array_equal(data.item_created, [posts[p][1] for p in data.item_ids])
+    np.testing.assert_array_equal(data.item_author, [user_index.get(posts[p][2], -1) for p in data.item_ids])
+    assert (data.item_author >= 0).any() and (data.item_author == -1).any()  # both cases met
     out = tmp_path / "db.json"
     status = main(["evaluate", "--database-url", fresh_database_url, "--models",
                    "random,popular,content,hybrid_default", "--json", str(out), "--quiet"])

@@ -124,7 +124,7 @@ def reference_hybrid(x, tfidf, age, eng, author, users, k, w, neighbors, tau, ex
         score = norm @ np.asarray(w)
         score[~ok] = -np.inf
         order = np.lexsort((np.arange(n_posts), -score))[: min(k, ok.sum())]
-        out.append((order, score[order], norm[order]))
+        out.append((order, score[order], norm[order], score))
     return out
 
 
@@ -148,13 +148,17 @@ def test_hybrid_equals_a_dense_reference(seed):
     res = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, weights=w, neighbors=5)
     assert res["indices"].shape == (30, 10) and res["components"].shape == (30, 10, 4)
     ref = reference_hybrid(x, tfidf, age, eng, author, users, 10, w, 5, 30.0)
-    for u, (order, score, norm) in zip(users, ref):
+    for u, (order, score, norm, every_score) in zip(users, ref):
         got = res["indices"][u]
-        np.testing.assert_allclose(res["scores"][u][: len(order)], score, atol=1e-4)
-        np.testing.assert_allclose(res["components"][u][: len(order)], norm, atol=1e-4)
-        # same posts up to float ties
-        for j, p in enumerate(got[: len(order)]):
-            assert p == order[j] or abs(score[j] - res["scores"][u][j]) < 1e-4
+        n = len(order)
+        assert np.all(got[n:] == -1)
+        np.testing.assert_allclose(res["scores"][u][:n], score, atol=1e-4)
+        np.testing.assert_allclose(res["components"][u][:n], norm, atol=1e-4)
+        # the same posts up to float ties: each returned post has the reference's score for it,
+        # and a post that only one side returns scores like the last post returned (a tie at the cut)
+        np.testing.assert_allclose(every_score[got[:n]], res["scores"][u][:n], atol=1e-4)
+        for p in set(got[:n]) ^ set(order):
+            assert abs(every_score[p] - score[-1]) < 1e-4, (u, p, every_score[p], score[-1])
         # exclusions hold
         assert not set(got) & set(x[u].indices)
         assert not np.any(author[got[got >= 0]] == u)

@@ -1,5 +1,7 @@
 """feedrank.TfidfVectorizer equals scikit-learn's TfidfVectorizer (same vocabulary, idf and
-matrix within 1e-6), on random Unicode corpora and on MovieLens titles, genres and tags."""
+matrix within 1e-6), on random Unicode corpora and on MovieLens titles, genres and tags, with
+every option; with `max_features` wherever no two terms tie in corpus count at the cut (at a tie
+feedrank keeps the earlier term, scikit-learn an arbitrary one: tested explicitly below)."""
 
 import csv
 from pathlib import Path
@@ -82,11 +84,50 @@ def test_options_equal_sklearn(params):
     assert_same(docs, **params)
 
 
-def test_max_features_keeps_the_most_frequent_terms():
-    # counts chosen without ties at the cut (scikit-learn breaks such ties arbitrarily)
-    docs = ["aa " * 5 + "bb " * 4 + "cc " * 3 + "dd " * 2 + "ee", "aa bb ff"]
-    ours, _ = assert_same(docs, max_features=3)
-    assert sorted(ours.vocabulary_) == ["aa", "bb", "cc"]
+def test_max_features_ties_at_the_cut_go_to_the_earlier_term():
+    # Corpus counts: aa 3; bb, cc, dd 2 each (first seen in the order dd, cc, bb); ee 1.
+    docs = ["dd cc bb aa", "aa dd cc bb ee", "aa"]
+    kept = lambda n: list(feedrank.TfidfVectorizer(max_features=n).fit(docs).get_feature_names_out())  # noqa: E731
+    # the cut falls inside the bb/cc/dd tie: the earlier terms (code-point order) are kept,
+    # whatever order the documents show them in
+    assert kept(2) == ["aa", "bb"]
+    assert kept(3) == ["aa", "bb", "cc"]
+    # the cut falls between counts 2 and 1: no tie, so scikit-learn keeps the same terms
+    ours, _ = assert_same(docs, max_features=4)
+    assert list(ours.get_feature_names_out()) == ["aa", "bb", "cc", "dd"]
+
+
+def test_max_features_equals_sklearn_unless_terms_tie_at_the_cut():
+    """feedrank's rule: the `max_features` terms of highest corpus count (the count matrix summed
+    over documents, after min_df/max_df), ties at the cut to the earlier term in code-point
+    order. scikit-learn ranks with an unstable argsort, so at such a tie it may keep other terms
+    of the same count; with no tie at the cut both keep the same terms and give the same matrix."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    rng = np.random.default_rng(16)
+    words = [f"w{i:02d}" for i in range(30)] + ["ΣΑΣ", "straße", "東京", "é_x"]
+    outcomes = {"tie": 0, "no tie": 0}
+    for case in range(160):
+        if case % 2:
+            docs = random_corpus(rng, 60)
+        else:
+            docs = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(40)]
+        counts = CountVectorizer().fit(docs)
+        total = np.asarray(counts.transform(docs).sum(axis=0)).ravel()
+        count = {t: int(total[i]) for t, i in counts.vocabulary_.items()}
+        limit = int(rng.integers(1, len(count)))
+        ranked = sorted(count, key=lambda t: (-count[t], t))
+        ours = feedrank.TfidfVectorizer(max_features=limit).fit(docs)
+        assert sorted(ours.vocabulary_) == sorted(ranked[:limit]), case
+        if count[ranked[limit - 1]] != count[ranked[limit]]:
+            outcomes["no tie"] += 1
+            assert_same(docs, max_features=limit)
+        else:
+            outcomes["tie"] += 1
+            theirs = SkTfidf(max_features=limit).fit(docs)
+            # scikit-learn's pick differs at most among the tied terms: same counts kept
+            assert sorted(count[t] for t in theirs.vocabulary_) == sorted(count[t] for t in ours.vocabulary_)
+    assert min(outcomes.values()) >= 20, outcomes  # both kinds of cut were exercised
 
 
 def test_tokenizer_matches_the_regex():

@@ -6,9 +6,12 @@ answer, never a 5xx, a hang, a crash, or an action taken as someone else.
 from __future__ import annotations
 
 import json
+import re
 import socket
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -243,15 +246,13 @@ def test_bodies_over_the_size_limit_are_400_naming_the_body(live):
         payload = big if path == "/api/track" else {"events": [big]}
         r = requests.post(live.base + path, json=payload, headers=h, timeout=10)
         assert _error(r, 400, "bad_request")["field"] == "body", r.text
-    # 8 MiB announced and sent: refused without reading it all into memory, quickly.
-    t0 = time.monotonic()
-    try:
-        r = requests.post(live.base + "/api/track", data=b"{" + b" " * (8 << 20) + b"}",
-                          headers=h, timeout=20)
-        assert _error(r, 400)["field"] == "body"
-    except requests.ConnectionError:
-        pass  # the server may close the connection after answering, before the client finished
-    assert time.monotonic() - t0 < 15
+    # 8 MiB announced, 128 KiB of it sent, then nothing more: answered 400 without the rest (a
+    # server that read the whole body would still be waiting for it), and the connection closed.
+    head = (f"POST /api/track HTTP/1.1\r\nHost: x\r\nAuthorization: {h['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {8 << 20}\r\n\r\n{{").encode()
+    answer = _exchange(live, head + b" " * (128 << 10))
+    assert answer.status == 400 and json.loads(answer.body)["field"] == "body", answer
+    assert answer.closed, answer
     # Under the limit but metadata over 4 KiB: refused by its own rule.
     r = requests.post(live.base + "/api/track", headers=h, timeout=10,
                       json={"postId": live.data.posts[0], "interactionType": "view",
@@ -308,48 +309,101 @@ def test_awkward_text_in_free_text_fields_is_refused_or_stored_never_a_5xx(live,
 
 def test_very_long_query_strings_are_4xx_never_5xx(live):
     h = bearer(live.data.users[11])
-    for query in (
-        "limit=" + "9" * 20_000,
-        "seed=" + "1" * 100_000,
-        "&".join(f"p{i}={i}" for i in range(20_000)),
-        "limit=5&" + "x" * 60_000,
-        "offset=" + "%27" * 30_000,
-        "limit=%ZZ",
+    for query, statuses in (
+        ("limit=" + "9" * 20_000, {400}),
+        ("seed=" + "1" * 100_000, {400, 414}),
+        ("&".join(f"p{i}={i}" for i in range(20_000)), {200, 414}),  # unknown parameters: ignored
+        ("limit=5&" + "x" * 60_000, {200, 414}),
+        ("offset=" + "%27" * 30_000, {400, 414}),
+        ("limit=%ZZ", {400}),
     ):
-        try:
-            r = requests.get(f"{live.base}/api/feeds?{query}", headers=h, timeout=15)
-        except requests.ConnectionError:
-            continue  # a URI past hyper's buffer: the connection is closed, nothing served
-        assert r.status_code < 500, f"{query[:40]}...: {r.status_code} {r.text[:200]}"
-        if r.status_code == 400:
-            assert r.json()["error"] == "bad_request"
-    # A 1 MiB request line is refused by the HTTP layer (431/414) or the connection closed.
-    try:
-        r = requests.get(f"{live.base}/api/feeds?limit={'1' * (1 << 20)}", headers=h, timeout=15)
-        assert 400 <= r.status_code < 500, r.status_code
-    except requests.ConnectionError:
-        pass
+        r = _exchange(live, _get_request(f"/api/feeds?{query}", h))
+        assert r.status in statuses, f"{query[:40]}...: {r}"
+        if r.status == 400:
+            assert json.loads(r.body)["error"] == "bad_request", r
+        if r.status == 414:  # refused by the HTTP layer before any handler: it closes
+            assert r.closed, r
+    # A 1 MiB request line is refused by the HTTP layer, which then closes the connection.
+    r = _exchange(live, _get_request(f"/api/feeds?limit={'1' * (1 << 20)}", h))
+    assert r.status in (414, 431) and r.closed, r
     _alive(live)
 
 
 def test_many_headers_and_huge_cookies_are_refused_not_5xx(live):
+    # 500 headers: past hyper's header count, refused by the HTTP layer, connection closed.
     headers = {f"X-Pad-{i}": "v" * 100 for i in range(500)}
     headers.update(bearer(live.data.users[12]))
-    try:
-        r = requests.get(live.base + "/api/feeds", headers=headers, timeout=15)
-        assert r.status_code < 500
-    except requests.ConnectionError:
-        pass
+    r = _exchange(live, _get_request("/api/feeds", headers))
+    assert r.status == 431 and r.closed, r
+    # 60 chunked cookies of 3 KB (180 KB): read, joined, and refused as no valid session.
     cookies = "; ".join(f"next-auth.session-token.{i}={'A' * 3000}" for i in range(60))
-    try:
-        r = requests.get(live.base + "/api/feeds", headers={"Cookie": cookies}, timeout=15)
-        assert r.status_code in (401, 431), r.status_code
-    except requests.ConnectionError:
-        pass
+    r = _exchange(live, _get_request("/api/feeds", {"Cookie": cookies}))
+    assert r.status == 401 and json.loads(r.body)["error"] == "unauthorized", r
     _alive(live)
 
 
 # --- slow clients ------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int | None  # None: no HTTP answer at all
+    body: bytes
+    closed: bool  # the server closed the connection after its answer
+
+    def __repr__(self) -> str:
+        return f"Answer({self.status}, {self.body[:200]!r}, closed={self.closed})"
+
+
+def _get_request(target: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _exchange(live, request: bytes) -> Answer:
+    """Sends `request` on a raw connection while reading the answer: the server may answer (and
+    close) before it has read everything, which a client that first sends it all (requests)
+    sees as a broken connection instead of the answer. A send cut short by the server's close
+    is expected here; what it answered decides."""
+    s = _open(live)
+
+    def send() -> None:
+        try:
+            s.sendall(request)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    data = b""
+    closed = False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            match = re.search(rb"content-length: *(\d+)", head, re.I)
+            if sep and match and len(body) >= int(match.group(1)):
+                # a complete answer: did the server close after it?
+                s.settimeout(5)
+                try:
+                    closed = s.recv(1) == b""
+                except TimeoutError:  # still open: kept alive
+                    closed = False
+                except ConnectionResetError:
+                    closed = True
+                break
+    except ConnectionResetError:
+        closed = True
+    finally:
+        sender.join(30)
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = re.match(rb"HTTP/1\.1 (\d{3})", head)
+    return Answer(int(status.group(1)) if status else None, body, closed)
 
 
 def _open(live) -> socket.socket:
@@ -394,11 +448,14 @@ def test_a_client_that_sends_its_body_too_slowly_gets_503_and_is_closed(live):
         if got:
             break
     elapsed = time.monotonic() - t0
-    got += _read_all(s, time.monotonic() + 2)
+    got += _read_all(s, time.monotonic() + 5)
     s.close()
     assert got.startswith(b"HTTP/1.1 503"), got[:200]
     assert b'"unavailable"' in got
-    assert elapsed < 8, f"the slow request was answered after {elapsed:.1f} s"
+    assert got.endswith(b"<closed>"), got[-200:]
+    # A test of the configured timeout: the whole body would take about 30 s at this pace, and
+    # 15 s is five times REQUEST_TIMEOUT_MS, a wide margin for a loaded machine.
+    assert elapsed < 15, f"the slow request was answered after {elapsed:.1f} s"
 
 
 def _slow_header_sockets(live, n: int) -> list[socket.socket]:
@@ -414,11 +471,10 @@ def test_slow_header_clients_do_not_starve_others(live):
     """Slowloris: many connections that never finish their headers; others are still served."""
     socks = _slow_header_sockets(live, 300)
     try:
-        t0 = time.monotonic()
+        # (no bound on how fast: the timeout only keeps a starved request from hanging the suite)
         for u in live.data.users[:5]:
-            r = requests.get(live.base + "/api/feeds", headers=bearer(u), timeout=10)
+            r = requests.get(live.base + "/api/feeds", headers=bearer(u), timeout=60)
             assert r.status_code == 200
-        assert time.monotonic() - t0 < 5
     finally:
         for s in socks:
             s.close()

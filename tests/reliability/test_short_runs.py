@@ -23,5 +23,8 @@ def test_short_soak_loses_no_accepted_event_across_a_redis_restart(api_binary: P
     print(report)
     assert report["problems"] == []
     assert report["accepted_missing"] == 0 and report["duplicate_event_ids"] == 0
-    assert report["events_accepted"] > 100
-    assert report["by_route_and_status"].get("GET /api/feeds 200", 0) > 1000
+    # Both routes were exercised; how many requests a 20 s run gets through is speed, which
+    # depends on the machine's load and belongs to `make soak`'s report, not to a verdict.
+    assert report["events_accepted"] > 0
+    assert report["by_route_and_status"].get("GET /api/feeds 200", 0) > 0
+    assert report["redis_restarted_at_s"] < report["seconds"]

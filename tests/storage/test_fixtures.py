@@ -8,8 +8,6 @@ import os
 
 from feedrank import db
 
-_seen: dict[str, str] = {}
-
 
 def test_the_session_database_is_fresh_migrated_and_in_database_url(database_url, postgres_server_url):
     name = db.database_name(database_url)
@@ -19,14 +17,24 @@ def test_the_session_database_is_fresh_migrated_and_in_database_url(database_url
         assert conn.execute("SELECT count(*) FROM refinery_schema_history").fetchone()[0] >= 2
 
 
-def test_keys_under_the_redis_prefix_exist_during_the_test(redis_client, redis_prefix):
-    assert redis_prefix.startswith("feedrank_test_") and redis_prefix.endswith(":")
-    for i in range(2_500):  # more than one SCAN/UNLINK batch
-        redis_client.set(f"{redis_prefix}recommendations:{i}", b"x")
-    _seen["prefix"] = redis_prefix
+def test_keys_under_a_test_prefix_exist_during_the_test_and_are_gone_after_it(redis_client, redis_key_prefixes):
+    # `redis_prefix` is this context manager around each test; driven by hand here so that one
+    # test sees both sides of the clean-up.
+    with redis_key_prefixes() as prefix:
+        assert prefix.startswith("feedrank_test_") and prefix.endswith(":")
+        for i in range(2_500):  # more than one SCAN/UNLINK batch
+            redis_client.set(f"{prefix}recommendations:{i}", b"x")
+        redis_client.set(f"{prefix}glob*[chars]?", b"x")
+        assert len(list(redis_client.scan_iter(match=prefix + "*", count=1000))) == 2_501
+        neighbour = f"{prefix[:-1]}x:kept"  # shares the prefix's text but not the prefix
+        redis_client.set(neighbour, b"x")
+    try:
+        assert list(redis_client.scan_iter(match=prefix + "*", count=1000)) == []
+        assert redis_client.get(neighbour) == b"x"
+    finally:
+        redis_client.delete(neighbour)
 
 
-def test_keys_under_the_redis_prefix_are_gone_after_the_test(redis_client, redis_prefix):
-    previous = _seen["prefix"]  # set by the test above, which pytest runs first
-    assert previous != redis_prefix
-    assert list(redis_client.scan_iter(match=previous + "*", count=1000)) == []
+def test_each_test_gets_its_own_redis_prefix(redis_prefix, redis_key_prefixes):
+    with redis_key_prefixes() as other:
+        assert other != redis_prefix and other.startswith("feedrank_test_")

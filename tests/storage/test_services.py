@@ -1,5 +1,5 @@
 """`scripts/services.sh up` is idempotent: with services that already answer it only creates the
-database when missing, and says so; run again it changes nothing and is fast. Where nothing answers
+database when missing, and says so; run again it changes nothing and starts nothing. Where nothing answers
 it starts a project-local PostgreSQL cluster (trust on loopback) and redis-server from the Debian
 packages, which a second `up` reuses and `down` stops; it never stops services it did not start.
 Bad URLs get a clear message."""
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_up_uses_running_services_creates_the_database_once_and_is_fast(postgres_server_url, redis_client):
+def test_up_uses_running_services_creates_the_database_once_and_starts_nothing(postgres_server_url, redis_client):
     name = f"feedrank_test_svc_{secrets.token_hex(4)}"
     url = db.with_database(postgres_server_url, name)
     try:
@@ -47,14 +46,11 @@ def test_up_uses_running_services_creates_the_database_once_and_is_fast(postgres
         assert f"created database {name}" in first.stdout
         assert db.database_exists(name, postgres_server_url)
 
-        started = time.monotonic()
         second = services("up", DATABASE_URL=url)
-        elapsed = time.monotonic() - started
         assert second.returncode == 0, second.stderr
         assert f"database {name} exists" in second.stdout and "created" not in second.stdout
         assert "Redis answers" in second.stdout
-        # About 0.2 s here; the bound leaves room for a loaded machine.
-        assert elapsed < 5, elapsed
+        assert "starting" not in first.stdout + second.stdout, first.stdout + second.stdout
 
         status = services("status", DATABASE_URL=url)
         assert status.returncode == 0 and "PostgreSQL: up" in status.stdout

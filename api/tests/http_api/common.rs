@@ -111,6 +111,23 @@ impl TestEnv {
         AppState::new(cfg).unwrap()
     }
 
+    /// Waits until the change listener has connected and LISTENs (it forgets every cached post
+    /// and "no recommendations" answer when it does); 30 s is a wide margin for a connect.
+    pub async fn wait_for_the_listener(&self) {
+        let start = std::time::Instant::now();
+        while !self
+            .state
+            .recommendations_listening
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the change listener never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn app(&self) -> Router {
         feedrank_api::router(self.state.clone())
     }

@@ -1,13 +1,19 @@
 //! Property tests of the hybrid score: exclusions always hold, components are normalized to
-//! [0, 1], scores are `HybridWeights::combine` of the components, results are sorted and
-//! identical to a sequential brute force over the same components.
+//! [0, 1], scores are `HybridWeights::combine` of the components, results are sorted, and each
+//! user's list equals a sequential brute force (`brute_force`: every post the user may be shown
+//! scored one at a time by the formula of `score.rs`'s documentation, in f64, then sorted):
+//! the same scores slot by slot, the same posts up to ties, the same components.
 
 use std::collections::BTreeMap;
 
 use feedrank_core::config::{HybridWeights, InteractionWeighting};
 use feedrank_core::score::{hybrid_topk, HybridParams, Posts};
+use feedrank_core::similarity::item_neighbors;
 use feedrank_core::sparse::Csr;
 use proptest::prelude::*;
+
+/// Scores compared between the kernel (f32, blocked, SIMD) and the brute force (f64).
+const TOLERANCE: f64 = 1e-4;
 
 fn csr(nrows: usize, ncols: usize, cells: &[(usize, usize, u8)]) -> Csr<f32> {
     let mut dense = vec![0f32; nrows * ncols];
@@ -30,6 +36,172 @@ fn csr(nrows: usize, ncols: usize, cells: &[(usize, usize, u8)]) -> Csr<f32> {
     Csr::from_parts("m", nrows, ncols, indptr, indices, data).unwrap()
 }
 
+/// What the brute force needs to know of the settings (a struct of the test's own, so that it
+/// does not depend on how the kernel takes its settings).
+struct Formula {
+    weights: [f32; 4],
+    neighbors: usize,
+    recency_tau_days: f64,
+    item_item: bool,
+}
+
+/// One post as the brute force scores it for one user.
+#[derive(Debug, Clone, Copy)]
+struct BruteForcePost {
+    post: usize,
+    score: f64,
+    components: [f64; 4],
+}
+
+/// The hybrid score of every post `user` may be shown, best first (ties: lower post first).
+/// Interactions are weighted `none`. User-user similarities use the kernel's f32 expression
+/// (`dot / |u| / |v|`, norms accumulated in f64) so that neighbours tied in f32 are tied here
+/// too and the cut at `neighbors` keeps the same users (lower index first, as `topk.rs`);
+/// item-item neighbours come from `item_neighbors`, which similarity.rs's own brute force checks.
+fn brute_force(
+    x: &Csr<f32>,
+    exclude: &Csr<f32>,
+    posts: &Posts,
+    candidates: Option<&[usize]>,
+    formula: &Formula,
+    user: usize,
+) -> Vec<BruteForcePost> {
+    let (n_users, n_posts) = (x.nrows, x.ncols);
+    let dense = |m: &Csr<f32>, r: usize| {
+        let mut row = vec![0f32; m.ncols];
+        let (cols, vals) = m.view().row(r);
+        for (&c, &v) in cols.iter().zip(vals) {
+            row[c as usize] = v;
+        }
+        row
+    };
+    let rows: Vec<Vec<f32>> = (0..n_users).map(|u| dense(x, u)).collect();
+    let (history, _) = x.view().row(user);
+    let (hidden, _) = exclude.view().row(user);
+    let allowed: Vec<usize> = (0..n_posts)
+        .filter(|&p| !history.contains(&(p as u32)) && !hidden.contains(&(p as u32)))
+        .filter(|&p| posts.author[p] != user as i64)
+        .filter(|p| candidates.is_none_or(|c| c.contains(p)))
+        .collect();
+
+    let mut collaborative = vec![0f64; n_posts];
+    if formula.item_item {
+        let s = item_neighbors(
+            x.view(),
+            formula.neighbors,
+            InteractionWeighting::None,
+            0.0,
+            0.0,
+            true,
+        )
+        .unwrap();
+        for (i, &value) in rows[user].iter().enumerate() {
+            let (nb, sims) = s.view().row(i);
+            for (&j, &sim) in nb.iter().zip(sims) {
+                collaborative[j as usize] += value as f64 * sim as f64;
+            }
+        }
+    } else {
+        let inv_norm = |r: &[f32]| {
+            let n = r
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+            if n > 0.0 {
+                1.0 / n
+            } else {
+                0.0
+            }
+        };
+        let mut similar: Vec<(f32, usize)> = (0..n_users)
+            .filter(|&o| o != user)
+            .map(|o| {
+                let dot: f32 = rows[user].iter().zip(&rows[o]).map(|(a, b)| a * b).sum();
+                (dot * inv_norm(&rows[user]) * inv_norm(&rows[o]), o)
+            })
+            .filter(|&(s, _)| s > 0.0)
+            .collect();
+        similar.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(s, o) in similar.iter().take(formula.neighbors) {
+            for p in 0..n_posts {
+                collaborative[p] += s as f64 * rows[o][p] as f64;
+            }
+        }
+    }
+
+    // content: cosine between each post and the mean TF-IDF row of the posts the user engaged with
+    let tfidf: Vec<Vec<f64>> = (0..n_posts)
+        .map(|p| {
+            let mut row = vec![0f64; posts.tfidf.ncols];
+            let (terms, vals) = posts.tfidf.row(p);
+            for (&t, &v) in terms.iter().zip(vals) {
+                row[t as usize] = v as f64;
+            }
+            row
+        })
+        .collect();
+    let mut profile = vec![0f64; posts.tfidf.ncols];
+    for p in (0..n_posts).filter(|&p| rows[user][p] > 0.0) {
+        for (acc, v) in profile.iter_mut().zip(&tfidf[p]) {
+            *acc += v;
+        }
+    }
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let content: Vec<f64> = tfidf
+        .iter()
+        .map(|row| {
+            let d = norm(row) * norm(&profile);
+            if d > 0.0 {
+                row.iter().zip(&profile).map(|(a, b)| a * b).sum::<f64>() / d
+            } else {
+                0.0
+            }
+        })
+        .collect();
+
+    let raw = |p: usize| {
+        [
+            collaborative[p],
+            content[p],
+            (-(posts.age_days[p] as f64) / formula.recency_tau_days).exp(),
+            (posts.engagement[p] as f64).ln_1p(),
+        ]
+    };
+    // each component min-max normalized over the posts this user may be shown (0 if constant)
+    let mut lo = [f64::INFINITY; 4];
+    let mut hi = [f64::NEG_INFINITY; 4];
+    for &p in &allowed {
+        for (c, v) in raw(p).into_iter().enumerate() {
+            lo[c] = lo[c].min(v);
+            hi[c] = hi[c].max(v);
+        }
+    }
+    let mut scored: Vec<BruteForcePost> = allowed
+        .iter()
+        .map(|&p| {
+            let mut components = raw(p);
+            for c in 0..4 {
+                components[c] = if hi[c] > lo[c] {
+                    (components[c] - lo[c]) / (hi[c] - lo[c])
+                } else {
+                    0.0
+                };
+            }
+            let score = (0..4)
+                .map(|c| formula.weights[c] as f64 * components[c])
+                .sum();
+            BruteForcePost {
+                post: p,
+                score,
+                components,
+            }
+        })
+        .collect();
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.post.cmp(&b.post)));
+    scored
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
@@ -44,6 +216,9 @@ proptest! {
         item_item in any::<bool>(),
         candidates_even in any::<bool>(),
         order in proptest::collection::vec(0usize..12, 33..80),
+        weights in (0f32..1.0, 0f32..1.0, 0f32..1.0, 0f32..1.0)
+            .prop_filter("one weight > 0", |w| w.0 + w.1 + w.2 + w.3 > 0.01),
+        neighbors in 1usize..14,
     ) {
         let (n_users, n_posts) = (12, 25);
         let x = csr(n_users, n_posts, &cells);
@@ -52,9 +227,9 @@ proptest! {
         let posts = Posts { tfidf: tfidf.view(), age_days: &ages, engagement: &engagement, author: &authors };
         let users: Vec<usize> = (0..n_users).collect();
         let extra = BTreeMap::new();
-        let weights = HybridWeights::default();
+        let weights = HybridWeights::from_array([weights.0, weights.1, weights.2, weights.3]);
         let params = HybridParams {
-            k, weights, neighbors: 3, recency_tau_days: 30.0,
+            k, weights, neighbors, recency_tau_days: 30.0,
             collaborative: if item_item { "item_item" } else { "user_user" },
             weighting: InteractionWeighting::None, bm25_k1: 100.0, bm25_b: 0.8, model_params: &extra, item_neighbors: None,
         };
@@ -95,6 +270,27 @@ proptest! {
                 if slot > 0 {
                     prop_assert!(scores[slot - 1] > scores[slot]
                         || (scores[slot - 1] == scores[slot] && row[slot - 1] < row[slot]));
+                }
+            }
+            // the brute force: the same scores slot by slot, each returned post scored the same
+            // (so the posts are the same up to ties at the cut), the same components
+            let formula = Formula {
+                weights: weights.as_array(), neighbors, recency_tau_days: 30.0, item_item,
+            };
+            let expected = brute_force(&x, &ex, &posts, candidates_even.then_some(&cands[..]), &formula, u);
+            let by_post: BTreeMap<usize, BruteForcePost> = expected.iter().map(|e| (e.post, *e)).collect();
+            for (slot, &p) in got.iter().enumerate() {
+                let want = &expected[slot];
+                prop_assert!((scores[slot] as f64 - want.score).abs() < TOLERANCE,
+                    "user {} slot {}: score {} (post {}), brute force {} (post {})",
+                    u, slot, scores[slot], p, want.score, want.post);
+                let mine = by_post[&p];
+                prop_assert!((mine.score - scores[slot] as f64).abs() < TOLERANCE,
+                    "user {} post {}: score {}, brute force {}", u, p, scores[slot], mine.score);
+                let c = &res.components[(u * k + slot) * 4..(u * k + slot + 1) * 4];
+                for (ci, (&got_c, want_c)) in c.iter().zip(mine.components).enumerate() {
+                    prop_assert!((got_c as f64 - want_c).abs() < TOLERANCE,
+                        "user {} post {} component {}: {}, brute force {}", u, p, ci, got_c, want_c);
                 }
             }
         }
