@@ -628,46 +628,26 @@ _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _TRAILER = b"\xff\xff"
 
 
-def _defer_constraints_and_indexes(cur, table: str, foreign_keys: bool) -> list[str]:
+def _defer_constraints_and_indexes(cur, table: str, foreign_keys: bool) -> list:
     """Drops ``table``'s indexes, primary/unique keys (unless another table's foreign key needs
     them) and, with ``foreign_keys``, its outgoing foreign keys; returns the statements that
     recreate them, in a valid order. Runs inside the caller's transaction, so a failed load puts
-    everything back."""
-    cons = cur.execute(
-        """
-        SELECT c.conname, c.contype, pg_get_constraintdef(c.oid)
-        FROM pg_constraint c
-        WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'f')
-          AND (c.contype <> 'f' OR %s)
-          AND NOT (c.contype IN ('p', 'u') AND EXISTS (
-                SELECT 1 FROM pg_constraint r
-                WHERE r.contype = 'f' AND r.confrelid = c.conrelid AND r.conindid = c.conindid))
-        ORDER BY c.contype = 'f' DESC, c.conname
-        """,
-        (table, foreign_keys),
-    ).fetchall()
-    idx = cur.execute(
-        """
-        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-        FROM pg_index i
-        WHERE i.indrelid = %s::regclass
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
-        ORDER BY 1
-        """,
-        (table,),
-    ).fetchall()
+    everything back. What exists is read from the catalog (``db.table_constraints`` /
+    ``db.table_indexes``), so a migration's new index is deferred too."""
     from psycopg import sql
 
-    for name, _, _ in cons:  # foreign keys first (ORDER BY above), then the keys
-        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(name)))
-    for name, _ in idx:
-        cur.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
-    keys = [(n, d) for n, t, d in cons if t != "f"]
-    fks = [(n, d) for n, t, d in cons if t == "f"]
-    restore = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in keys]
-    restore += [d for _, d in idx]
-    restore += [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in fks]
-    return restore
+    from feedrank import db
+
+    kinds = ("p", "u", "f") if foreign_keys else ("p", "u")
+    cons = [c for c in db.table_constraints(cur, table, kinds) if not c.referenced_by_foreign_key]
+    indexes = db.table_indexes(cur, table)
+    for c in cons:  # foreign keys first (table_constraints' order), then the keys
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(c.name)))
+    for index in indexes:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index.name)))
+    keys = [c.add(table) for c in cons if c.kind != "f"]
+    fks = [c.add(table) for c in cons if c.kind == "f"]
+    return keys + [index.create(table) for index in indexes] + fks
 
 
 def _check_references(ds: Dataset) -> None:

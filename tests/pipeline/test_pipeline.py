@@ -212,10 +212,10 @@ def test_long_readers_delay_the_swap_and_the_clean_up_but_never_fail_the_run(
     superseded run's table one on that table. A reader holding either in a long transaction makes
     the pipeline wait LOCK_TIMEOUT: the attach then tries again, the clean-up leaves the old run
     for the next run; the new run is served either way."""
-    from dagster_pipeline import assets
+    from dagster_pipeline import swap
 
     materialize_all(pipeline_resources, top_k=10)
-    monkeypatch.setattr(assets, "LOCK_TIMEOUT", "300ms")
+    monkeypatch.setattr(swap, "LOCK_TIMEOUT", "300ms")
     # a reader of the old run's partition, for the whole second run
     with psycopg.connect(demo_db.url) as reader:
         reader.execute("SELECT count(*) FROM user_recommendations_run_1").fetchone()
