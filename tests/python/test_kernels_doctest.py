@@ -19,10 +19,11 @@ def run(obj, name):
 
 
 KERNEL_API = [
-    "shuffle", "permutation", "TfidfVectorizer", "weight_interactions", "cosine_topk",
-    "item_neighbors", "recommend_items", "hybrid_topk", "ranking_metrics", "metrics_at_k",
-    "default_config", "validate_config", "reasons", "recommendations_key", "encode_cache_entry",
-    "decode_cache_entry",
+    "shuffle", "permutation", "TfidfVectorizer", "weight_interactions", "history_weights", "cosine_topk",
+    "item_neighbors", "recommend_items", "ridge_item_neighbors", "hybrid_topk", "HybridModel",
+    "ranking_metrics", "metrics_at_k", "default_config", "validate_config", "reasons",
+    "recommendations_key", "encode_cache_entry", "decode_cache_entry", "component_names",
+    "interaction_types", "collaborative_models", "weighting_names",
 ]
 
 

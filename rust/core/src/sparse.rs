@@ -54,8 +54,8 @@ impl<T: Copy + Send + Sync + Default> Csr<T> {
         self.indices.len()
     }
 
-    /// Builds a matrix from raw parts, checking the structure. Rows whose indices are not
-    /// strictly increasing are sorted and duplicate entries summed (as scipy's
+    /// Builds a matrix from raw parts, checking the structure ([`check_parts`]). Rows whose
+    /// indices are not strictly increasing are sorted and duplicate entries summed (as scipy's
     /// `sum_duplicates`), so any valid scipy CSR is accepted. `arg` names the argument in errors.
     pub fn from_parts(
         arg: &'static str,
@@ -68,51 +68,7 @@ impl<T: Copy + Send + Sync + Default> Csr<T> {
     where
         T: std::ops::AddAssign,
     {
-        if indptr.len() != nrows + 1 {
-            return Err(Error::invalid(
-                arg,
-                format!(
-                    "indptr has length {}, expected nrows + 1 = {}",
-                    indptr.len(),
-                    nrows + 1
-                ),
-            ));
-        }
-        if indices.len() != data.len() {
-            return Err(Error::invalid(
-                arg,
-                format!(
-                    "indices ({}) and data ({}) differ in length",
-                    indices.len(),
-                    data.len()
-                ),
-            ));
-        }
-        if indptr[0] != 0 || indptr[nrows] != indices.len() {
-            return Err(Error::invalid(
-                arg,
-                format!(
-                    "indptr must start at 0 and end at nnz = {}, got {}..{}",
-                    indices.len(),
-                    indptr[0],
-                    indptr[nrows]
-                ),
-            ));
-        }
-        if indptr.windows(2).any(|w| w[0] > w[1]) {
-            return Err(Error::invalid(arg, "indptr must be non-decreasing"));
-        }
-        if let Some(&bad) = indices.iter().find(|&&j| j as usize >= ncols) {
-            return Err(Error::invalid(
-                arg,
-                format!("column index {bad} out of range for {ncols} columns"),
-            ));
-        }
-        let canonical = (0..nrows).all(|i| {
-            indices[indptr[i]..indptr[i + 1]]
-                .windows(2)
-                .all(|w| w[0] < w[1])
-        });
+        let canonical = check_parts(arg, nrows, ncols, &indptr, &indices, data.len())?;
         let mut m = Csr {
             nrows,
             ncols,
@@ -294,6 +250,64 @@ impl CsrRef<'_, f32> {
             })
             .collect()
     }
+}
+
+/// Checks the structure of raw CSR parts (lengths, `indptr` from 0 to nnz and non-decreasing,
+/// column indices in range): `Ok(true)` when every row's indices are strictly increasing, the
+/// layout the kernels read as it is (e.g. borrowed from numpy), `Ok(false)` when rows must be
+/// sorted and duplicates summed first ([`Csr::from_parts`] does it).
+pub fn check_parts(
+    arg: &'static str,
+    nrows: usize,
+    ncols: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    data_len: usize,
+) -> Result<bool> {
+    if indptr.len() != nrows + 1 {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "indptr has length {}, expected nrows + 1 = {}",
+                indptr.len(),
+                nrows + 1
+            ),
+        ));
+    }
+    if indices.len() != data_len {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "indices ({}) and data ({data_len}) differ in length",
+                indices.len()
+            ),
+        ));
+    }
+    if indptr[0] != 0 || indptr[nrows] != indices.len() {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "indptr must start at 0 and end at nnz = {}, got {}..{}",
+                indices.len(),
+                indptr[0],
+                indptr[nrows]
+            ),
+        ));
+    }
+    if indptr.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::invalid(arg, "indptr must be non-decreasing"));
+    }
+    if let Some(&bad) = indices.iter().find(|&&j| j as usize >= ncols) {
+        return Err(Error::invalid(
+            arg,
+            format!("column index {bad} out of range for {ncols} columns"),
+        ));
+    }
+    Ok((0..nrows).all(|i| {
+        indices[indptr[i]..indptr[i + 1]]
+            .windows(2)
+            .all(|w| w[0] < w[1])
+    }))
 }
 
 /// Builds a CSR matrix from per-row `(column, value)` lists whose columns are already sorted.

@@ -2,10 +2,10 @@
 //! [0, 1], scores are `HybridWeights::combine` of the components, results are sorted and
 //! identical to a sequential brute force over the same components.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use feedrank_core::config::{HybridWeights, InteractionWeighting};
-use feedrank_core::score::{hybrid_topk, HybridParams, Posts};
+use feedrank_core::config::{CollaborativeModel, ScoringConfig};
+use feedrank_core::score::{hybrid_topk, Posts};
 use feedrank_core::sparse::Csr;
 use proptest::prelude::*;
 
@@ -49,15 +49,14 @@ proptest! {
         let x = csr(n_users, n_posts, &cells);
         let ex = csr(n_users, n_posts, &hidden);
         let tfidf = csr(n_posts, 8, &terms);
-        let posts = Posts { tfidf: tfidf.view(), age_days: &ages, engagement: &engagement, author: &authors };
+        let posts = Posts { tfidf: Arc::new(tfidf), age_days: &ages, engagement: &engagement, author: &authors };
         let users: Vec<usize> = (0..n_users).collect();
-        let extra = BTreeMap::new();
-        let weights = HybridWeights::default();
-        let params = HybridParams {
-            k, weights, neighbors: 3, recency_tau_days: 30.0,
-            collaborative: if item_item { "item_item" } else { "user_user" },
-            weighting: InteractionWeighting::None, bm25_k1: 100.0, bm25_b: 0.8, model_params: &extra, item_neighbors: None,
+        let params = ScoringConfig {
+            top_k: k, neighbors: 3,
+            collaborative: if item_item { CollaborativeModel::ItemItem } else { CollaborativeModel::UserUser },
+            ..ScoringConfig::default()
         };
+        let weights = params.weights;
         let cands: Vec<usize> = (0..n_posts).filter(|p| p % 2 == 0).collect();
         let res = hybrid_topk(x.view(), &posts, &users, &params, Some(ex.view()),
                               if candidates_even { Some(&cands) } else { None }).unwrap();

@@ -8,6 +8,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::convert::csr_out;
 use crate::error::{type_error, value_error, IntoPyResult};
+use crate::run::{run_infallible, run_kernel};
 
 /// Borrows the documents' text (no copy); the GIL may be released while the `&str`s are used
 /// because Python strings are immutable and `docs` keeps them alive.
@@ -132,7 +133,7 @@ impl PyTfidfModel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let owned = docs_arg(docs)?;
         let strs = doc_strs(&owned)?;
-        let x = py.detach(|| self.inner.transform(&strs));
+        let x = run_infallible(py, |_| self.inner.transform(&strs))?;
         csr_out(py, x)
     }
 
@@ -200,7 +201,7 @@ pub fn tfidf_fit_transform<'py>(
     )?;
     let owned = docs_arg(docs)?;
     let strs = doc_strs(&owned)?;
-    let (model, x) = py.detach(|| TfidfModel::fit_transform(&strs, p)).py()?;
+    let (model, x) = run_kernel(py, |_| TfidfModel::fit_transform(&strs, p))?;
     Ok((PyTfidfModel { inner: model }, csr_out(py, x)?))
 }
 
