@@ -2,7 +2,17 @@
 //!
 //! Rows hold strictly increasing column indices (the kernels merge rows by index and rely on
 //! it). `indptr` is `usize`, `indices` are `u32` (up to 4 billion columns), values are generic.
-//! [`Csr::to_sprs`] hands a matrix to the `sprs` crate for callers that want its algebra.
+//!
+//! Why not `sprs::CsMat`: sprs can hold this very layout (`CsMatI<f32, u32, usize>`), but it has
+//! none of the operations the kernels need (summing scipy's duplicate entries, a transpose that
+//! tells where each entry went, the top-k sparse products) and its row access costs more in the
+//! hot loops. Measured with callgrind (instructions, one thread, release build; a 20,000 x 5,000
+//! matrix of 0.5 M entries times a 5,000 x 5,000 one of 0.25 M, the same results either way):
+//! the row walk of `x_u · S` takes 260.0 M here against 264.6 M through sprs's `outer_view`
+//! (+1.8%; 264.0 M through `indptr().outer_inds_sz`, +1.6%: the range of a row subtracts the
+//! indptr's offset), the transpose 11.5 M against 13.4 M for `transpose_view().to_other_storage()`
+//! (+16%); only building from checked parts is cheaper there (11.9 M against 17.1 M, once per
+//! call). So the core keeps its own type and does not depend on sprs.
 
 use rayon::prelude::*;
 
@@ -115,16 +125,6 @@ impl<T: Copy + Send + Sync + Default> Csr<T> {
         self.indptr = indptr;
         self.indices = indices;
         self.data = data;
-    }
-
-    /// Hands the matrix to `sprs` (same layout; indices widened to `usize`).
-    pub fn to_sprs(&self) -> sprs::CsMat<T> {
-        sprs::CsMat::new(
-            (self.nrows, self.ncols),
-            self.indptr.clone(),
-            self.indices.iter().map(|&j| j as usize).collect(),
-            self.data.clone(),
-        )
     }
 }
 
