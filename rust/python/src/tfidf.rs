@@ -119,6 +119,10 @@ fn params(
 }
 
 /// A fitted TF-IDF vocabulary and idf (use `feedrank.TfidfVectorizer`).
+///
+/// >>> model, _ = feedrank._core.tfidf_fit_transform(["red apples", "red cars"], 1, 1.0)
+/// >>> model.vocabulary()
+/// {'apples': 0, 'cars': 1, 'red': 2}
 #[pyclass(name = "TfidfModel", module = "feedrank._core", frozen)]
 pub struct PyTfidfModel {
     inner: TfidfModel,
@@ -176,6 +180,10 @@ impl PyTfidfModel {
 }
 
 /// Fits a vocabulary and idf on `docs` and returns `(model, X)`.
+///
+/// >>> model, X = feedrank._core.tfidf_fit_transform(["red apples", "red cars"], 1, 1.0)
+/// >>> model.feature_names(), X.shape
+/// (['apples', 'cars', 'red'], (2, 3))
 #[pyfunction]
 #[pyo3(signature = (docs, min_df, max_df, max_features=None, lowercase=true, norm=Some("l2"), smooth_idf=true, sublinear_tf=false))]
 #[allow(clippy::too_many_arguments)]
@@ -206,6 +214,9 @@ pub fn tfidf_fit_transform<'py>(
 }
 
 /// The tokens of `text` as the vectorizer sees them (lowercased, runs of >= 2 word characters).
+///
+/// >>> feedrank.tokenize("Rust makes Python fast, x!")
+/// ['rust', 'makes', 'python', 'fast']
 #[pyfunction]
 #[pyo3(signature = (text, lowercase=true))]
 pub fn tokenize(text: &str, lowercase: bool) -> Vec<String> {
