@@ -129,18 +129,14 @@ pub fn ranking_metrics<'py>(
     if k < 1 {
         return Err(value_error("k", format!("must be >= 1, got {k}")));
     }
-    let (items, test): (&[i64], _) = (&items, test.view());
+    let lists = TopKLists {
+        items: &items,
+        n_users,
+        width,
+    };
+    let test = test.view();
     let m = run_kernel(py, |_| {
-        metrics::ranking_metrics(
-            TopKLists {
-                items,
-                n_users,
-                width,
-            },
-            test,
-            k as usize,
-            n_items,
-        )
+        metrics::ranking_metrics(lists, test, k as usize, n_items)
     })?;
     metrics_dict(py, &m)
 }
@@ -169,19 +165,13 @@ pub fn metrics_at_k<'py>(
         ));
     }
     let ks_u: Vec<usize> = ks.iter().map(|&k| k as usize).collect();
-    let (items, test): (&[i64], _) = (&items, test.view());
-    let ms = run_kernel(py, |_| {
-        metrics::metrics_at_k(
-            TopKLists {
-                items,
-                n_users,
-                width,
-            },
-            test,
-            &ks_u,
-            n_items,
-        )
-    })?;
+    let lists = TopKLists {
+        items: &items,
+        n_users,
+        width,
+    };
+    let test = test.view();
+    let ms = run_kernel(py, |_| metrics::metrics_at_k(lists, test, &ks_u, n_items))?;
     let d = PyDict::new(py);
     d.set_item("k", PyArray1::from_vec(py, ks))?;
     d.set_item(
