@@ -159,6 +159,19 @@ fn ints<'py>(
     }
 }
 
+/// A float64 array (`ndim` 1 or 2) converted to row-major `f32` in one pass, straight into
+/// memory the kernel may keep.
+fn f64_to_f32<'py>(arr: &Bound<'py, PyAny>, ndim: usize) -> PyResult<Values<'py, f32>> {
+    let v: Vec<f32> = if ndim == 1 {
+        let a = arr.extract::<PyReadonlyArray1<f64>>()?;
+        a.as_array().iter().map(|&x| x as f32).collect()
+    } else {
+        let a = arr.extract::<PyReadonlyArray2<f64>>()?;
+        a.as_array().iter().map(|&x| x as f32).collect()
+    };
+    Ok(Values::Owned(v))
+}
+
 /// A float array of `ndim` dimensions as `f32`, checked finite, with its shape: float32 is
 /// viewed, float64 converted.
 fn floats<'py>(
@@ -171,7 +184,7 @@ fn floats<'py>(
     let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
     let v: Values<f32> = match (kind, size) {
         ('f', 4) => take(&arr, ndim)?,
-        ('f', 8) => take(&arr.call_method1("astype", ("float32",))?, ndim)?,
+        ('f', 8) => f64_to_f32(&arr, ndim)?,
         _ => {
             return Err(type_error(
                 arg,
@@ -308,35 +321,32 @@ impl Deref for Indices<'_> {
     }
 }
 
-/// A CSR-like argument with f32 values: borrowed from the caller's arrays when they have the
-/// kernel's layout (sorted rows, int32 indices, float32 data), else an owned [`Csr`].
+/// A CSR matrix in the caller's arrays, in the kernel's layout (sorted rows), f32 values.
+pub struct CsrParts<'py> {
+    nrows: usize,
+    ncols: usize,
+    /// converted to `usize` (`nrows + 1` entries, small beside the entries)
+    indptr: Vec<usize>,
+    indices: Indices<'py>,
+    data: Values<'py, f32>,
+}
+
+/// A CSR-like argument with f32 values: read in place from the caller's arrays where they have
+/// the kernel's layout (sorted rows, int32 indices, float32 data), else an owned [`Csr`].
 pub enum CsrArg<'py> {
-    Borrowed {
-        nrows: usize,
-        ncols: usize,
-        /// converted to `usize` (`nrows + 1` entries, small beside the entries)
-        indptr: Vec<usize>,
-        indices: Indices<'py>,
-        data: Values<'py, f32>,
-    },
+    Borrowed(CsrParts<'py>),
     Owned(Csr<f32>),
 }
 
 impl CsrArg<'_> {
     pub fn view(&self) -> CsrRef<'_, f32> {
         match self {
-            CsrArg::Borrowed {
-                nrows,
-                ncols,
-                indptr,
-                indices,
-                data,
-            } => CsrRef {
-                nrows: *nrows,
-                ncols: *ncols,
-                indptr,
-                indices,
-                data,
+            CsrArg::Borrowed(p) => CsrRef {
+                nrows: p.nrows,
+                ncols: p.ncols,
+                indptr: &p.indptr,
+                indices: &p.indices,
+                data: &p.data,
             },
             CsrArg::Owned(m) => m.view(),
         }
@@ -350,12 +360,23 @@ impl CsrArg<'_> {
         self.view().ncols
     }
 
-    /// The matrix as the core's owned type (a copy unless it already is one), for what
-    /// outlives the call.
+    /// The matrix as the core's owned type, for what outlives the call: the parts still
+    /// borrowed from the caller are copied, the converted ones moved.
     pub fn into_owned(self) -> Csr<f32> {
-        match self {
-            CsrArg::Owned(m) => m,
-            borrowed => borrowed.view().to_owned(),
+        let parts = match self {
+            CsrArg::Owned(m) => return m,
+            CsrArg::Borrowed(parts) => parts,
+        };
+        let indices = match parts.indices {
+            Indices::Owned(v) => v,
+            view => view.to_vec(),
+        };
+        Csr {
+            nrows: parts.nrows,
+            ncols: parts.ncols,
+            indptr: parts.indptr,
+            indices,
+            data: parts.data.into_vec(),
         }
     }
 }
@@ -435,6 +456,7 @@ pub fn csr_arg<'py>(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<CsrA
     check_ndim(arg, &darr, 1)?;
     let data: Values<f32> = match (kind, size) {
         ('f', 4) => Values::vector(&darr)?,
+        ('f', 8) => f64_to_f32(&darr, 1)?,
         ('f', _) | ('i', _) | ('u', _) | ('b', _) => {
             take(&darr.call_method1("astype", ("float32",))?, 1)?
         }
@@ -455,13 +477,13 @@ pub fn csr_arg<'py>(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<CsrA
         ));
     }
     if check_parts(arg, nrows, ncols, &indptr, &indices, data.len()).py()? {
-        return Ok(CsrArg::Borrowed {
+        return Ok(CsrArg::Borrowed(CsrParts {
             nrows,
             ncols,
             indptr,
             indices,
             data,
-        });
+        }));
     }
     // unsorted rows or duplicates: the core sorts and sums them in its own copy
     let owned =
