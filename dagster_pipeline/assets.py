@@ -25,22 +25,14 @@ import polars as pl
 import scipy.sparse as sp
 from psycopg import sql
 
-from feedrank.evaluate import history_weights, hybrid_kwargs
-
 from dagster_pipeline import swap
-from dagster_pipeline.config import RecommendationConfig, resolve_run
 from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
-from dagster_pipeline.resources import PostgresResource, RedisResource
+from dagster_pipeline.resources import PostgresResource, RedisResource, ScoringResource
 from dagster_pipeline.timing import Timer
 
-ASSET_NAMES = (
-    "user_interactions_snapshot",
-    "post_features",
-    "user_features",
-    "recommendation_scores",
-    "user_recommendations",
-)
-COMPONENTS = ("collaborative", "content", "recency", "engagement")
+# The core's lists, in the core's order (arrays, columns and JSON use it).
+COMPONENTS = feedrank.component_names()
+INTERACTION_TYPES = feedrank.interaction_types()
 
 
 def _distribution(values: np.ndarray) -> dict[str, float]:
@@ -55,84 +47,86 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
 
 def _shards(context: dg.AssetExecutionContext) -> list[str]:
     """The user shards this step covers: its partition keys, or the whole user base."""
-    if context.assets_def.partitions_def is None:
-        return [WHOLE]
-    return list(context.partition_keys)
+    if context.has_partition_key_range:  # a run over several shards
+        return list(context.partition_keys)
+    if context.has_partition_key:
+        return [context.partition_key]
+    return [WHOLE]
 
 
 # ------------------------------------------------------------------------------------------------
 # user_interactions_snapshot
 
 
+def index_snapshot(
+    users: pl.DataFrame, posts: pl.DataFrame, interactions: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Dense indices for the snapshot's rows as COPY read them: ``user_idx`` and ``post_idx`` are
+    row numbers, a post's ``author_idx`` its author's (-1: not a user), an interaction keeps the
+    indices of its user and post (one naming neither, or of an unknown ``type``, is left out)."""
+    users = users.with_row_index("user_idx").with_columns(pl.col("user_idx").cast(pl.Int32))
+    posts = posts.with_row_index("post_idx").with_columns(pl.col("post_idx").cast(pl.Int32))
+    posts = posts.join(
+        users.select(pl.col("user_id").alias("author_id"), pl.col("user_idx").alias("author_idx")),
+        on="author_id",
+        how="left",
+        maintain_order="left",
+    ).with_columns(pl.col("author_idx").fill_null(-1))
+    interactions = (
+        interactions.join(users.select("user_id", "user_idx"), on="user_id", how="inner")
+        .join(posts.select("post_id", "post_idx"), on="post_id", how="inner")
+        .select("user_idx", "post_idx", pl.col("type").fill_null(-1), "created_at")
+        .filter(pl.col("type") >= 0)
+    )
+    return users, posts, interactions
+
+
 def user_interactions_snapshot(
-    context: dg.AssetExecutionContext, config: RecommendationConfig, postgres: PostgresResource
+    scoring: ScoringResource, postgres: PostgresResource
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Users, posts and the interactions of the last lookback_days, read in one consistent
+    snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices."""
+    cfg = scoring.scoring_config
     timer = Timer()
-    types = list(cfg["interaction_weights"])  # the ScoringConfig's interaction types, in order
+    types = list(INTERACTION_TYPES)  # an interaction's type travels as its position here
     with postgres.connect() as conn:
         conn.isolation_level = 3  # psycopg IsolationLevel.REPEATABLE_READ
         with conn.cursor() as cur:
             cur.execute("SELECT extract(epoch FROM now())::float8")
             snapshot_at = float(cur.fetchone()[0])
-            with timer.step("copy users", "io"):
-                users = postgres.copy_out(
-                    cur,
+            reads = {
+                "users": (
                     sql.SQL("SELECT id, {} FROM users ORDER BY id").format(
                         sql.SQL(SHARD_HASH_SQL).format(col=sql.Identifier("id"))
                     ),
                     None,
                     {"user_id": pl.String, "shard_hash": pl.Int64},
-                )
-            with timer.step("copy posts", "io"):
-                posts = postgres.copy_out(
-                    cur,
+                ),
+                "posts": (
                     sql.SQL(
                         "SELECT id, user_id, extract(epoch FROM created_at)::float8, content "
                         "FROM posts ORDER BY id"
                     ),
                     None,
-                    {
-                        "post_id": pl.String,
-                        "author_id": pl.String,
-                        "created_at": pl.Float64,
-                        "content": pl.String,
-                    },
-                )
-            with timer.step("copy interactions", "io"):
-                raw = postgres.copy_out(
-                    cur,
+                    {"post_id": pl.String, "author_id": pl.String, "created_at": pl.Float64, "content": pl.String},
+                ),
+                "interactions": (
                     sql.SQL(
-                        "SELECT user_id, post_id, "
-                        "array_position(%s::text[], interaction_type::text) - 1, "
-                        "extract(epoch FROM created_at)::float8 "
-                        "FROM user_interactions "
+                        "SELECT user_id, post_id, array_position(%s::text[], interaction_type::text) - 1, "
+                        "extract(epoch FROM created_at)::float8 FROM user_interactions "
                         "WHERE created_at >= to_timestamp(%s) - make_interval(days => %s)"
                     ),
                     (types, snapshot_at, int(cfg["lookback_days"])),
-                    {
-                        "user_id": pl.String,
-                        "post_id": pl.String,
-                        "type": pl.Int8,
-                        "created_at": pl.Float64,
-                    },
-                )
+                    {"user_id": pl.String, "post_id": pl.String, "type": pl.Int8, "created_at": pl.Float64},
+                ),
+            }
+            frames = {}
+            for name, (query, params, schema) in reads.items():
+                with timer.step(f"copy {name}", "io"):
+                    frames[name] = postgres.copy_out(cur, query, params, schema)
         conn.rollback()
     with timer.step("map ids to indices"):
-        users = users.with_row_index("user_idx").with_columns(pl.col("user_idx").cast(pl.Int32))
-        posts = posts.with_row_index("post_idx").with_columns(pl.col("post_idx").cast(pl.Int32))
-        posts = posts.join(
-            users.select(pl.col("user_id").alias("author_id"), pl.col("user_idx").alias("author_idx")),
-            on="author_id",
-            how="left",
-            maintain_order="left",
-        ).with_columns(pl.col("author_idx").fill_null(-1))
-        interactions = (
-            raw.join(users.select("user_id", "user_idx"), on="user_id", how="inner")
-            .join(posts.select("post_id", "post_idx"), on="post_id", how="inner")
-            .select("user_idx", "post_idx", pl.col("type").fill_null(-1), "created_at")
-            .filter(pl.col("type") >= 0)
-        )
+        users, posts, interactions = index_snapshot(frames["users"], frames["posts"], frames["interactions"])
     counts = interactions.group_by("type").len().sort("type")
     per_type = {types[t]: int(n) for t, n in counts.iter_rows()}
     active = interactions["user_idx"].n_unique() if interactions.height else 0
@@ -170,11 +164,11 @@ def interaction_values(snapshot: dict[str, Any], cfg: dict[str, Any]) -> np.ndar
 
 
 def post_features(
-    context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
-    user_interactions_snapshot: dict[str, Any],
+    scoring: ScoringResource, user_interactions_snapshot: dict[str, Any]
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept as JSON), age,
+    recency and engagement (weighted interaction count) per post."""
+    cfg = scoring.scoring_config
     snap = user_interactions_snapshot
     timer = Timer()
     posts: pl.DataFrame = snap["posts"]
@@ -225,11 +219,12 @@ def post_features(
 
 
 def user_features(
-    context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
-    user_interactions_snapshot: dict[str, Any],
+    scoring: ScoringResource, user_interactions_snapshot: dict[str, Any]
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Each user's weighted interaction vector (users x posts: interaction-type weight x the
+    recency of the user's own history) and the posts they hid; feedrank.HybridModel builds the
+    content profiles from these."""
+    cfg = scoring.scoring_config
     snap = user_interactions_snapshot
     timer = Timer()
     users: pl.DataFrame = snap["users"]
@@ -239,7 +234,7 @@ def user_features(
         rows = inter["user_idx"].to_numpy()
         cols = inter["post_idx"].to_numpy()
         # type weight x recency within the user's own history (the evaluation's definition)
-        values = interaction_values(snap, cfg) * history_weights(
+        values = interaction_values(snap, cfg) * feedrank.history_weights(
             rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"])
         )
         positive = values > 0
@@ -250,8 +245,8 @@ def user_features(
         )
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
-        hide_code = snap["interaction_types"].index("hide") if "hide" in snap["interaction_types"] else -1
-        hidden_mask = inter["type"].to_numpy() == hide_code
+        # "not interested": never recommended to that user again
+        hidden_mask = inter["type"].to_numpy() == snap["interaction_types"].index("hide")
         hidden = sp.csr_matrix(
             (
                 np.ones(int(hidden_mask.sum()), np.float32),
@@ -331,13 +326,16 @@ def validate_scores(
 
 def recommendation_scores(
     context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
+    scoring: ScoringResource,
     post_features: dict[str, Any],
     user_features: dict[str, Any],
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in batches of
+    batch_size users, with each component kept. Users without history get fresh and popular posts;
+    posts without interactions compete through content and recency."""
+    cfg = scoring.scoring_config
     timer = Timer()
-    k, batch = int(cfg["top_k"]), int(cfg["batch_size"])
+    k, batch = int(cfg["top_k"]), scoring.batch_size
     weights = dict(cfg["weights"])
     interactions, hidden = user_features["interactions"], user_features["hidden"]
     history = np.asarray(user_features["history_length"])
@@ -348,9 +346,7 @@ def recommendation_scores(
         author = np.asarray(post_features["post_author"])
     # prepared once (weighting, the collaborative model, per-post values), then scored in batches
     with timer.step("prepare model", "rust"):
-        model = feedrank.HybridModel(
-            interactions, tfidf, age, engagement, author, k=k, exclude=hidden, **hybrid_kwargs(cfg)
-        )
+        model = feedrank.HybridModel(interactions, tfidf, age, engagement, author, cfg, exclude=hidden)
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []
@@ -360,7 +356,7 @@ def recommendation_scores(
         m = users.size
         indices = np.full((m, k), -1, np.int32)
         scores = np.zeros((m, k), np.float32)
-        components = np.zeros((m, k, 4), np.float32)
+        components = np.zeros((m, k, len(COMPONENTS)), np.float32)
         for start in range(0, m, batch):
             part = users[start : start + batch]
             t = time.perf_counter()
@@ -553,12 +549,14 @@ def write_cache(
 
 def user_recommendations(
     context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
     postgres: PostgresResource,
     redis: RedisResource,
     recommendation_scores: dict[str, Any],
 ) -> dg.MaterializeResult:
-    resolve_run(context, config)
+    """Recommendations written to PostgreSQL (one recommendation run per shard, rows by COPY into
+    a partition of their own, swapped in by one short transaction; older, failed and expired runs
+    removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL
+    cache_ttl_seconds)."""
     timer = Timer()
     shards = _shards(context)
     bundles = recommendation_scores if len(shards) > 1 else {shards[0]: recommendation_scores}
@@ -581,58 +579,30 @@ def user_recommendations(
 # the asset definitions
 
 
+SCORES_VALID = dg.AssetCheckSpec(
+    "scores_valid",
+    asset="recommendation_scores",
+    blocking=True,
+    description="Scores finite and within [0, sum(weights)], components in [0, 1], no post of the "
+    "user's own, none the user hid, no duplicates. Blocks the write.",
+)
+
+
 def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.AssetsDefinition]:
-    """The five assets. With ``shards`` (user-shard partitions), ``recommendation_scores`` and
-    ``user_recommendations`` are partitioned, and every asset gets a single-run backfill policy so
-    that one run (the schedule's, or ``dagster asset materialize --partition-range``) can cover a
-    range of shards."""
+    """The five assets (each function's docstring is its description in the UI). With ``shards``
+    (user-shard partitions), ``recommendation_scores`` and ``user_recommendations`` are
+    partitioned, and every asset gets a single-run backfill policy so that one run (the
+    schedule's, or ``dagster asset materialize --partition-range``) can cover a range of shards."""
     policy = dg.BackfillPolicy.single_run() if shards is not None else None
-    sharded = {"partitions_def": shards, "backfill_policy": policy}
+
+    def asset(fn, kinds: set[str], *, sharded: bool = False, **extra: Any) -> dg.AssetsDefinition:
+        partitions = shards if sharded else None
+        return dg.asset(kinds=kinds, backfill_policy=policy, partitions_def=partitions, **extra)(fn)
+
     return [
-        dg.asset(
-            description="Users, posts and the interactions of the last lookback_days, read in "
-            "one consistent snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense "
-            "indices.",
-            kinds={"postgres", "polars"},
-            backfill_policy=policy,
-        )(user_interactions_snapshot),
-        dg.asset(
-            description="TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept "
-            "as JSON), age, recency and engagement (weighted interaction count) per post.",
-            kinds={"rust", "numpy"},
-            backfill_policy=policy,
-        )(post_features),
-        dg.asset(
-            description="Each user's weighted interaction vector (users x posts, interaction-type "
-            "weights from config) and the posts they hid; feedrank.HybridModel builds the content profiles "
-            "from these per batch.",
-            kinds={"scipy", "numpy"},
-            backfill_policy=policy,
-        )(user_features),
-        dg.asset(
-            description="Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in "
-            "batches of batch_size users, with each component kept. Users without history get "
-            "fresh and popular posts; posts without interactions compete through content and "
-            "recency.",
-            kinds={"rust"},
-            check_specs=[
-                dg.AssetCheckSpec(
-                    "scores_valid",
-                    asset="recommendation_scores",
-                    blocking=True,
-                    description="Scores finite and within [0, sum(weights)], components in "
-                    "[0, 1], no post of the user's own, none the user hid, no duplicates. Blocks "
-                    "the write.",
-                )
-            ],
-            **sharded,
-        )(recommendation_scores),
-        dg.asset(
-            description="Recommendations written to PostgreSQL (one recommendation run per shard, "
-            "rows by COPY, made visible by one short transaction; older, failed and expired runs "
-            "removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL "
-            "from config).",
-            kinds={"postgres", "redis"},
-            **sharded,
-        )(user_recommendations),
+        asset(user_interactions_snapshot, {"postgres", "polars"}),
+        asset(post_features, {"rust", "numpy"}),
+        asset(user_features, {"scipy", "numpy"}),
+        asset(recommendation_scores, {"rust"}, sharded=True, check_specs=[SCORES_VALID]),
+        asset(user_recommendations, {"postgres", "redis"}, sharded=True),
     ]

@@ -17,6 +17,8 @@ from dagster_pipeline.definitions import JOB_NAME, build_definitions, defs
 from dagster_pipeline.resources import AlertNotifier
 from dagster_pipeline.sensors import alert_on_run_failure
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = {
     "user_interactions_snapshot",
