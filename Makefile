@@ -86,7 +86,7 @@ py-test: develop services api reliability-tools
 	@echo "==> pytest"
 	@$(PY) -m pytest -q tests
 
-test: lint rust-test py-test demo-check
+test: lint stubtest rust-test py-test demo-check
 
 # The edit-test loop: the core's Rust tests and every Python test that needs no service
 # (`pytest -m fast`: tests/python and the tests marked fast; tests/conftest.py fails one that
@@ -105,14 +105,14 @@ demo:
 
 # The kernels alone, in Python: the extension's runnable example.
 demo-kernels: develop
-	@$(PY) -m feedrank.demo
+	@$(PY) scripts/demo_kernels.py
 
 # Runs `make demo` in the background, checks what it prints and the /demo page, stops it (< 10 min).
 demo-check: develop api
 	@$(PY) scripts/demo_check.py
 
 bench: develop
-	@$(PY) -m feedrank.bench kernels
+	@$(PY) scripts/bench_kernels.py kernels
 
 # The API under wrk on loopback (feed from the cache, random fallback, tracking); loads
 # 100,000 users and 1,000,000 posts into its own database first (api/bench/README.md).
