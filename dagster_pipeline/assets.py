@@ -230,13 +230,13 @@ def user_features(
     users: pl.DataFrame = snap["users"]
     n_users, n_posts = users.height, snap["posts"].height
     inter = snap["interactions"]
+    rows = inter["user_idx"].to_numpy()
+    cols = inter["post_idx"].to_numpy()
+    with timer.step("history weights", "rust"):
+        # recency within the user's own history (the evaluation's definition)
+        recency = feedrank.history_weights(rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"]))
     with timer.step("interaction matrix"):
-        rows = inter["user_idx"].to_numpy()
-        cols = inter["post_idx"].to_numpy()
-        # type weight x recency within the user's own history (the evaluation's definition)
-        values = interaction_values(snap, cfg) * feedrank.history_weights(
-            rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"])
-        )
+        values = interaction_values(snap, cfg) * recency  # x the interaction type's weight
         positive = values > 0
         matrix = sp.csr_matrix(
             (values[positive], (rows[positive], cols[positive])),
