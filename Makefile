@@ -14,11 +14,12 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test venv develop api openapi services migrate lint rust-test py-test bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
+.PHONY: help demo demo-kernels demo-check test test-fast venv develop api openapi services migrate lint rust-test py-test stubtest bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
 	@echo "make test   the whole test suite (starts the services it needs)"
+	@echo "make test-fast  the core's cargo tests and the Python tests that need no service (< 3 min)"
 	@echo "make bench  kernel benchmarks against scikit-learn, implicit and numpy"
 	@echo "make fuzz / fuzz-api / soak   hostile input and load (docs/reliability.md)"
 
@@ -76,6 +77,13 @@ lint:
 	@cargo fmt --all -- --check
 	@cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# The stubs (python/feedrank/_core.pyi) against the built module: every name, parameter and
+# default as the module declares them (mypy.stubtest, as pydantic-core does).
+.PHONY: stubtest
+stubtest: develop
+	@echo "==> mypy.stubtest feedrank._core"
+	@MYPYPATH=python MYPY_CACHE_DIR=$(MATURIN_TARGET)/mypy-cache $(PY) -m mypy.stubtest feedrank._core
+
 rust-test: services $(NEXTAUTH_HELPER)
 	@echo "==> cargo test"
 	@cargo test --workspace --quiet
@@ -84,7 +92,16 @@ py-test: develop services api reliability-tools
 	@echo "==> pytest"
 	@$(PY) -m pytest -q tests
 
-test: lint rust-test py-test demo-check
+test: lint stubtest rust-test py-test demo-check
+
+# The edit-test loop: the core's Rust tests and every Python test that needs no service
+# (`pytest -m fast`: tests/python and the tests marked fast; tests/conftest.py fails one that
+# reaches PostgreSQL, Redis or RabbitMQ). No service is started.
+test-fast: develop
+	@echo "==> cargo test -p feedrank-core"
+	@cargo test -p feedrank-core --quiet
+	@echo "==> pytest -m fast"
+	@$(PY) -m pytest -q -m fast tests
 
 # --- demo and benchmarks ---------------------------------------------------------------------
 
@@ -94,14 +111,14 @@ demo:
 
 # The kernels alone, in Python: the extension's runnable example.
 demo-kernels: develop
-	@$(PY) -m feedrank.demo
+	@$(PY) scripts/demo_kernels.py
 
 # Runs `make demo` in the background, checks what it prints and the /demo page, stops it (< 10 min).
 demo-check: develop api
 	@$(PY) scripts/demo_check.py
 
 bench: develop
-	@$(PY) -m feedrank.bench kernels
+	@$(PY) scripts/bench_kernels.py kernels
 
 # The API under wrk on loopback (feed from the cache, random fallback, tracking); loads
 # 100,000 users and 1,000,000 posts into its own database first (docs/api.md, "Benchmark").
@@ -110,12 +127,12 @@ bench-api: api develop services
 
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
 bench-load: api develop services
-	@$(PY) scripts/bench_load.py
+	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) scripts/bench_load.py
 
 # The Dagster pipeline on 100,000 users / 200,000 posts / 5,000,000 interactions, top 200: a
 # throw-away database, one process per asset; prints time by kind and peak RSS per asset.
 bench-pipeline: api develop services
-	@$(PY) -W ignore -m dagster_pipeline.bench \
+	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) -W ignore -m dagster_pipeline.bench \
 	  --users 100000 --posts 200000 --interactions 5000000 --top-k 200 --json artifacts/bench-pipeline.json
 
 # --- reliability: hostile input, faults, load (docs/reliability.md) --------------------------

@@ -15,85 +15,24 @@ own recommendation run, which becomes visible atomically.
 """
 
 
-import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 import feedrank
 import numpy as np
 import polars as pl
-import psycopg
 import scipy.sparse as sp
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from feedrank.evaluate import history_weights, hybrid_kwargs
-
-from dagster_pipeline.config import RecommendationConfig, resolve_run
+from dagster_pipeline import swap
 from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
-from dagster_pipeline.resources import PostgresResource, RedisResource
+from dagster_pipeline.resources import PostgresResource, RedisResource, ScoringResource
+from dagster_pipeline.timing import Timer
 
-ASSET_NAMES = (
-    "user_interactions_snapshot",
-    "post_features",
-    "user_features",
-    "recommendation_scores",
-    "user_recommendations",
-)
-COMPONENTS = ("collaborative", "content", "recency", "engagement")
-
-
-KINDS = ("rust", "native", "io")
-
-
-class Timer:
-    """Durations of the named steps of one asset, for its metadata.
-
-    Each step has a kind: ``rust`` (feedrank kernels), ``native`` (polars / numpy / scipy
-    vectorized calls), ``io`` (PostgreSQL and Redis round trips). Whatever the steps do not cover
-    is Python glue (the interpreter, Dagster's bookkeeping, loops over users).
-    """
-
-    def __init__(self) -> None:
-        self.steps: dict[str, tuple[str, float]] = {}
-        self._t0 = time.perf_counter()
-
-    def add(self, name: str, kind: str, seconds: float) -> None:
-        assert kind in KINDS, kind
-        prev = self.steps.get(name, (kind, 0.0))[1]
-        self.steps[name] = (kind, prev + seconds)
-
-    @contextmanager
-    def step(self, name: str, kind: str = "native") -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, kind, time.perf_counter() - t)
-
-    def total(self) -> float:
-        return time.perf_counter() - self._t0
-
-    def by_kind(self) -> dict[str, float]:
-        out = {k: 0.0 for k in KINDS}
-        for kind, secs in self.steps.values():
-            out[kind] += secs
-        out["glue"] = max(self.total() - sum(out.values()), 0.0)
-        return {k: round(v, 3) for k, v in out.items()}
-
-    def metadata(self) -> dict[str, Any]:
-        rows = "\n".join(f"| {k} | {kind} | {v:.3f} |" for k, (kind, v) in self.steps.items())
-        return {
-            "duration_seconds": dg.MetadataValue.float(round(self.total(), 3)),
-            "seconds_by_kind": dg.MetadataValue.json(self.by_kind()),
-            "step_durations": dg.MetadataValue.md(
-                f"| step | kind | seconds |\n|---|---|---|\n{rows}"
-            ),
-        }
+# The core's lists, in the core's order (arrays, columns and JSON use it).
+COMPONENTS = feedrank.component_names()
+INTERACTION_TYPES = feedrank.interaction_types()
 
 
 def _distribution(values: np.ndarray) -> dict[str, float]:
@@ -108,84 +47,86 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
 
 def _shards(context: dg.AssetExecutionContext) -> list[str]:
     """The user shards this step covers: its partition keys, or the whole user base."""
-    if context.assets_def.partitions_def is None:
-        return [WHOLE]
-    return list(context.partition_keys)
+    if context.has_partition_key_range:  # a run over several shards
+        return list(context.partition_keys)
+    if context.has_partition_key:
+        return [context.partition_key]
+    return [WHOLE]
 
 
 # ------------------------------------------------------------------------------------------------
 # user_interactions_snapshot
 
 
+def index_snapshot(
+    users: pl.DataFrame, posts: pl.DataFrame, interactions: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Dense indices for the snapshot's rows as COPY read them: ``user_idx`` and ``post_idx`` are
+    row numbers, a post's ``author_idx`` its author's (-1: not a user), an interaction keeps the
+    indices of its user and post (one naming neither, or of an unknown ``type``, is left out)."""
+    users = users.with_row_index("user_idx").with_columns(pl.col("user_idx").cast(pl.Int32))
+    posts = posts.with_row_index("post_idx").with_columns(pl.col("post_idx").cast(pl.Int32))
+    posts = posts.join(
+        users.select(pl.col("user_id").alias("author_id"), pl.col("user_idx").alias("author_idx")),
+        on="author_id",
+        how="left",
+        maintain_order="left",
+    ).with_columns(pl.col("author_idx").fill_null(-1))
+    interactions = (
+        interactions.join(users.select("user_id", "user_idx"), on="user_id", how="inner")
+        .join(posts.select("post_id", "post_idx"), on="post_id", how="inner")
+        .select("user_idx", "post_idx", pl.col("type").fill_null(-1), "created_at")
+        .filter(pl.col("type") >= 0)
+    )
+    return users, posts, interactions
+
+
 def user_interactions_snapshot(
-    context: dg.AssetExecutionContext, config: RecommendationConfig, postgres: PostgresResource
+    scoring: ScoringResource, postgres: PostgresResource
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Users, posts and the interactions of the last lookback_days, read in one consistent
+    snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices."""
+    cfg = scoring.scoring_config
     timer = Timer()
-    types = list(cfg["interaction_weights"])  # the ScoringConfig's interaction types, in order
+    types = list(INTERACTION_TYPES)  # an interaction's type travels as its position here
     with postgres.connect() as conn:
         conn.isolation_level = 3  # psycopg IsolationLevel.REPEATABLE_READ
         with conn.cursor() as cur:
             cur.execute("SELECT extract(epoch FROM now())::float8")
             snapshot_at = float(cur.fetchone()[0])
-            with timer.step("copy users", "io"):
-                users = postgres.copy_out(
-                    cur,
+            reads = {
+                "users": (
                     sql.SQL("SELECT id, {} FROM users ORDER BY id").format(
                         sql.SQL(SHARD_HASH_SQL).format(col=sql.Identifier("id"))
                     ),
                     None,
                     {"user_id": pl.String, "shard_hash": pl.Int64},
-                )
-            with timer.step("copy posts", "io"):
-                posts = postgres.copy_out(
-                    cur,
+                ),
+                "posts": (
                     sql.SQL(
                         "SELECT id, user_id, extract(epoch FROM created_at)::float8, content "
                         "FROM posts ORDER BY id"
                     ),
                     None,
-                    {
-                        "post_id": pl.String,
-                        "author_id": pl.String,
-                        "created_at": pl.Float64,
-                        "content": pl.String,
-                    },
-                )
-            with timer.step("copy interactions", "io"):
-                raw = postgres.copy_out(
-                    cur,
+                    {"post_id": pl.String, "author_id": pl.String, "created_at": pl.Float64, "content": pl.String},
+                ),
+                "interactions": (
                     sql.SQL(
-                        "SELECT user_id, post_id, "
-                        "array_position(%s::text[], interaction_type::text) - 1, "
-                        "extract(epoch FROM created_at)::float8 "
-                        "FROM user_interactions "
+                        "SELECT user_id, post_id, array_position(%s::text[], interaction_type::text) - 1, "
+                        "extract(epoch FROM created_at)::float8 FROM user_interactions "
                         "WHERE created_at >= to_timestamp(%s) - make_interval(days => %s)"
                     ),
                     (types, snapshot_at, int(cfg["lookback_days"])),
-                    {
-                        "user_id": pl.String,
-                        "post_id": pl.String,
-                        "type": pl.Int8,
-                        "created_at": pl.Float64,
-                    },
-                )
+                    {"user_id": pl.String, "post_id": pl.String, "type": pl.Int8, "created_at": pl.Float64},
+                ),
+            }
+            frames = {}
+            for name, (query, params, schema) in reads.items():
+                with timer.step(f"copy {name}", "io"):
+                    frames[name] = postgres.copy_out(cur, query, params, schema)
         conn.rollback()
     with timer.step("map ids to indices"):
-        users = users.with_row_index("user_idx").with_columns(pl.col("user_idx").cast(pl.Int32))
-        posts = posts.with_row_index("post_idx").with_columns(pl.col("post_idx").cast(pl.Int32))
-        posts = posts.join(
-            users.select(pl.col("user_id").alias("author_id"), pl.col("user_idx").alias("author_idx")),
-            on="author_id",
-            how="left",
-            maintain_order="left",
-        ).with_columns(pl.col("author_idx").fill_null(-1))
-        interactions = (
-            raw.join(users.select("user_id", "user_idx"), on="user_id", how="inner")
-            .join(posts.select("post_id", "post_idx"), on="post_id", how="inner")
-            .select("user_idx", "post_idx", pl.col("type").fill_null(-1), "created_at")
-            .filter(pl.col("type") >= 0)
-        )
+        users, posts, interactions = index_snapshot(frames["users"], frames["posts"], frames["interactions"])
     counts = interactions.group_by("type").len().sort("type")
     per_type = {types[t]: int(n) for t, n in counts.iter_rows()}
     active = interactions["user_idx"].n_unique() if interactions.height else 0
@@ -223,11 +164,11 @@ def interaction_values(snapshot: dict[str, Any], cfg: dict[str, Any]) -> np.ndar
 
 
 def post_features(
-    context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
-    user_interactions_snapshot: dict[str, Any],
+    scoring: ScoringResource, user_interactions_snapshot: dict[str, Any]
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept as JSON), age,
+    recency and engagement (weighted interaction count) per post."""
+    cfg = scoring.scoring_config
     snap = user_interactions_snapshot
     timer = Timer()
     posts: pl.DataFrame = snap["posts"]
@@ -278,23 +219,24 @@ def post_features(
 
 
 def user_features(
-    context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
-    user_interactions_snapshot: dict[str, Any],
+    scoring: ScoringResource, user_interactions_snapshot: dict[str, Any]
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Each user's weighted interaction vector (users x posts: interaction-type weight x the
+    recency of the user's own history) and the posts they hid; feedrank.HybridModel builds the
+    content profiles from these."""
+    cfg = scoring.scoring_config
     snap = user_interactions_snapshot
     timer = Timer()
     users: pl.DataFrame = snap["users"]
     n_users, n_posts = users.height, snap["posts"].height
     inter = snap["interactions"]
+    rows = inter["user_idx"].to_numpy()
+    cols = inter["post_idx"].to_numpy()
+    with timer.step("history weights", "rust"):
+        # recency within the user's own history (the evaluation's definition)
+        recency = feedrank.history_weights(rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"]))
     with timer.step("interaction matrix"):
-        rows = inter["user_idx"].to_numpy()
-        cols = inter["post_idx"].to_numpy()
-        # type weight x recency within the user's own history (the evaluation's definition)
-        values = interaction_values(snap, cfg) * history_weights(
-            rows, inter["created_at"].to_numpy(), cols, float(cfg["history_half_life"])
-        )
+        values = interaction_values(snap, cfg) * recency  # x the interaction type's weight
         positive = values > 0
         matrix = sp.csr_matrix(
             (values[positive], (rows[positive], cols[positive])),
@@ -303,8 +245,8 @@ def user_features(
         )
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
-        hide_code = snap["interaction_types"].index("hide") if "hide" in snap["interaction_types"] else -1
-        hidden_mask = inter["type"].to_numpy() == hide_code
+        # "not interested": never recommended to that user again
+        hidden_mask = inter["type"].to_numpy() == snap["interaction_types"].index("hide")
         hidden = sp.csr_matrix(
             (
                 np.ones(int(hidden_mask.sum()), np.float32),
@@ -384,13 +326,16 @@ def validate_scores(
 
 def recommendation_scores(
     context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
+    scoring: ScoringResource,
     post_features: dict[str, Any],
     user_features: dict[str, Any],
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
-    cfg = resolve_run(context, config)
+    """Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in batches of
+    batch_size users, with each component kept. Users without history get fresh and popular posts;
+    posts without interactions compete through content and recency."""
+    cfg = scoring.scoring_config
     timer = Timer()
-    k, batch = int(cfg["top_k"]), int(cfg["batch_size"])
+    k, batch = int(cfg["top_k"]), scoring.batch_size
     weights = dict(cfg["weights"])
     interactions, hidden = user_features["interactions"], user_features["hidden"]
     history = np.asarray(user_features["history_length"])
@@ -401,9 +346,7 @@ def recommendation_scores(
         author = np.asarray(post_features["post_author"])
     # prepared once (weighting, the collaborative model, per-post values), then scored in batches
     with timer.step("prepare model", "rust"):
-        model = feedrank.HybridModel(
-            interactions, tfidf, age, engagement, author, k=k, exclude=hidden, **hybrid_kwargs(cfg)
-        )
+        model = feedrank.HybridModel(interactions, tfidf, age, engagement, author, cfg, exclude=hidden)
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []
@@ -413,7 +356,7 @@ def recommendation_scores(
         m = users.size
         indices = np.full((m, k), -1, np.int32)
         scores = np.zeros((m, k), np.float32)
-        components = np.zeros((m, k, 4), np.float32)
+        components = np.zeros((m, k, len(COMPONENTS)), np.float32)
         for start in range(0, m, batch):
             part = users[start : start + batch]
             t = time.perf_counter()
@@ -486,209 +429,38 @@ def recommendation_scores(
 # ------------------------------------------------------------------------------------------------
 # user_recommendations
 
-COPY_COLUMNS = (
-    "run_id",
+# The columns of a recommendation row, as _rows_frame renders them (the run's own columns,
+# run_id, generated_at and expires_at, are added by swap.copy_rows).
+ROW_COLUMNS = (
     "user_id",
     "post_id",
     "score",
-    "collaborative_score",
-    "content_score",
-    "recency_score",
-    "engagement_score",
+    *(f"{name}_score" for name in COMPONENTS),
     "reason",
-    "generated_at",
-    "expires_at",
 )
 # Users per COPY chunk: bounds the CSV held in memory (about 150 bytes a row).
 WRITE_CHUNK_USERS = 5000
 REDIS_PIPELINE_USERS = 500
 
 
-def _rows_frame(
-    scores_bundle: dict[str, Any],
-    lo: int,
-    hi: int,
-    post_ids: pl.Series,
-    weights: dict[str, float],
-    timer: Timer,
-) -> pl.DataFrame:
-    with timer.step("reasons", "rust"):
-        comps_all = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, 4))
-        valid_all = (scores_bundle["indices"][lo:hi] >= 0).ravel()
-        reasons = feedrank.reasons(comps_all[valid_all], weights)
-    with timer.step("rows (polars)"):
-        return _rows_frame_native(scores_bundle, lo, hi, post_ids, pl.Series(reasons, dtype=pl.String))
-
-
-def _rows_frame_native(
-    scores_bundle: dict[str, Any], lo: int, hi: int, post_ids: pl.Series, reasons: pl.Series
-) -> pl.DataFrame:
+def _rows_frame(scores_bundle: dict[str, Any], lo: int, hi: int, timer: Timer) -> pl.DataFrame:
+    """The rows of users ``lo..hi`` of a shard's scores, in ROW_COLUMNS."""
     idx = scores_bundle["indices"][lo:hi]
-    k = idx.shape[1]
     valid = (idx >= 0).ravel()
-    flat_idx = idx.ravel()[valid]
-    comps = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, 4)[valid])
-    user_rows = np.repeat(np.arange(lo, hi), k)[valid]
-    return pl.DataFrame(
-        {
-            "user_id": scores_bundle["user_ids"]["user_id"].gather(user_rows),
-            "post_id": post_ids.gather(flat_idx),
-            "score": scores_bundle["scores"][lo:hi].ravel()[valid],
-            "collaborative_score": comps[:, 0],
-            "content_score": comps[:, 1],
-            "recency_score": comps[:, 2],
-            "engagement_score": comps[:, 3],
-            "reason": reasons,
-        }
-    )
-
-
-def load_table(run_id: int) -> str:
-    """The table a run's rows are loaded into, then attached as its partition (migration V6)."""
-    return f"user_recommendations_run_{int(run_id)}"
-
-
-# The parent's indexes (migration V6), built on a loaded table so that ATTACH PARTITION adopts them
-# instead of building its own; bulk-built after the load instead of maintained row by row.
-PARTITION_INDEXES = (
-    "ALTER TABLE {t} ADD PRIMARY KEY (run_id, user_id, post_id)",
-    "CREATE INDEX ON {t} (user_id, run_id DESC, score DESC)",
-    "CREATE INDEX ON {t} (post_id)",
-    "CREATE INDEX ON {t} (expires_at)",
-)
-# The parent's foreign keys: added NOT VALID (a brief lock on the referenced table), then validated
-# (a scan that does not block writes to users and posts); ATTACH then adopts them as they are.
-FOREIGN_KEYS = (("run_id", "recommendation_runs"), ("user_id", "users"), ("post_id", "posts"))
-# DDL on the parent waits at most this long for a lock: the attach then tries again (up to
-# ATTACH_ATTEMPTS times in all), the clean-up leaves a superseded run for the next run.
-LOCK_TIMEOUT = "5s"
-ATTACH_ATTEMPTS = 3
-
-
-def _lock_timeout(conn: Any) -> None:
-    """This transaction's DDL waits at most LOCK_TIMEOUT for a lock."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-
-
-def _drop_run_table(conn: Any, table: str) -> None:
-    """Drops a run's table (a partition or not) in the caller's transaction. The parent is locked
-    first: DROP alone locks the partition, then the parent, the reverse of a reader's order
-    (parent, then partitions), and a reader in between made a deadlock."""
-    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
-        return
-    conn.execute("LOCK TABLE user_recommendations IN ACCESS EXCLUSIVE MODE")
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-
-
-def _parallel(postgres: PostgresResource, statements: list[sql.Composable]) -> None:
-    """Runs independent statements over ``postgres.copy_connections`` connections at once."""
-    def run(stmt: sql.Composable) -> None:
-        with postgres.connect(autocommit=True) as conn:
-            conn.execute(stmt)
-
-    with ThreadPoolExecutor(max(1, postgres.copy_connections)) as pool:
-        list(pool.map(run, statements))
-
-
-def copy_rows(
-    postgres: PostgresResource,
-    bundle: dict[str, Any],
-    table: str,
-    run_id: int,
-    generated_iso: str,
-    expires_at: str,
-    post_ids: pl.Series,
-    weights: dict[str, float],
-    timer: Timer,
-) -> int:
-    """COPYs a shard's rows into its load table over ``postgres.copy_connections`` connections at
-    once (PostgreSQL parses each COPY on one core, so two of them use two). The table has no index,
-    trigger or foreign key yet: loading is only parsing and appending."""
-    n_users = int(bundle["user_idx"].size)
-    chunks = [(lo, min(lo + WRITE_CHUNK_USERS, n_users)) for lo in range(0, n_users, WRITE_CHUNK_USERS)]
-    parts = max(1, min(postgres.copy_connections, len(chunks)))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
-    )
-
-    def write_part(part: int) -> tuple[int, Timer]:
-        local = Timer()
-        written = 0
-        with postgres.connect() as conn, conn.transaction():
-            with conn.cursor().copy(statement) as copy:
-                for lo, hi in chunks[part::parts]:
-                    frame = _rows_frame(bundle, lo, hi, post_ids, weights, local)
-                    written += frame.height
-                    with local.step("rows to csv (polars)"):
-                        buf = io.BytesIO()
-                        frame.select(
-                            pl.lit(run_id).alias("run_id"),
-                            pl.all(),
-                            pl.lit(generated_iso).alias("generated_at"),
-                            pl.lit(expires_at).alias("expires_at"),
-                        ).write_csv(buf, include_header=False)
-                    with local.step("copy rows", "io"):
-                        copy.write(buf.getbuffer())
-                t = time.perf_counter()
-        # leaving the blocks ends the COPY and commits: PostgreSQL finishes the rows
-        local.add("copy rows", "io", time.perf_counter() - t)
-        return written, local
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(parts) as pool:
-        results = list(pool.map(write_part, range(parts)))
-    wall = time.perf_counter() - t0
-    # The parts overlap in time: each step gets its share of the wall time.
-    busy: dict[str, tuple[str, float]] = {}
-    for _, local in results:
-        for name, (kind, secs) in local.steps.items():
-            busy[name] = (kind, busy.get(name, (kind, 0.0))[1] + secs)
-    total_busy = sum(secs for _, secs in busy.values()) or 1.0
-    for name, (kind, secs) in busy.items():
-        timer.add(name, kind, wall * secs / total_busy)
-    return sum(written for written, _ in results)
-
-
-def _constrain(postgres: PostgresResource, table: str, timer: Timer) -> int:
-    """Indexes and foreign keys on a loaded table; rows naming a user or post deleted since the
-    snapshot are dropped (returns how many). Once a foreign key exists, deletes cascade into the
-    table as into any partition, so after the one clean-up below no orphan can appear."""
-    t = sql.Identifier(table)
-    with timer.step("build indexes", "io"):
-        _parallel(postgres, [sql.SQL(stmt).format(t=t) for stmt in PARTITION_INDEXES])
-        with postgres.connect(autocommit=True) as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(t))
-    dropped = 0
-    with timer.step("foreign keys", "io"), postgres.connect() as conn:
-        with conn.transaction():
-            _lock_timeout(conn)
-            for column, parent in FOREIGN_KEYS:
-                conn.execute(
-                    sql.SQL(
-                        "ALTER TABLE {t} ADD CONSTRAINT {name} FOREIGN KEY ({c}) REFERENCES {p} (id) "
-                        "ON DELETE CASCADE NOT VALID"
-                    ).format(
-                        t=t, name=sql.Identifier(f"{table}_{column}_fkey"),
-                        c=sql.Identifier(column), p=sql.Identifier(parent),
-                    )
-                )
-        for column, parent in FOREIGN_KEYS:
-            validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                t, sql.Identifier(f"{table}_{column}_fkey")
-            )
-            try:
-                with conn.transaction():
-                    conn.execute(validate)
-            except psycopg.errors.ForeignKeyViolation:
-                # deleted since the snapshot, before the key existed: drop those rows
-                with conn.transaction():
-                    dropped += conn.execute(
-                        sql.SQL(
-                            "DELETE FROM {t} r WHERE NOT EXISTS (SELECT 1 FROM {p} x WHERE x.id = r.{c})"
-                        ).format(t=t, p=sql.Identifier(parent), c=sql.Identifier(column))
-                    ).rowcount
-                    conn.execute(validate)
-    return dropped
+    comps = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, len(COMPONENTS))[valid])
+    with timer.step("reasons", "rust"):
+        reasons = feedrank.reasons(comps, dict(scores_bundle["config"]["weights"]))
+    with timer.step("rows (polars)"):
+        user_rows = np.repeat(np.arange(lo, hi), idx.shape[1])[valid]
+        return pl.DataFrame(
+            {
+                "user_id": scores_bundle["user_ids"]["user_id"].gather(user_rows),
+                "post_id": scores_bundle["post_ids"]["post_id"].gather(idx.ravel()[valid]),
+                "score": scores_bundle["scores"][lo:hi].ravel()[valid],
+                **{f"{name}_score": comps[:, i] for i, name in enumerate(COMPONENTS)},
+                "reason": pl.Series(reasons, dtype=pl.String),
+            }
+        )
 
 
 def write_shard(
@@ -698,130 +470,35 @@ def write_shard(
     bundle: dict[str, Any],
     timer: Timer,
 ) -> dict[str, Any]:
-    """One shard: a recommendation run whose rows are loaded into a table of their own, indexed,
-    constrained, then attached as the run's partition in the transaction that marks the run
-    complete (readers see the old run or the new one, never a mix); then superseded runs are
-    dropped as tables, and Redis is written."""
+    """One shard: its recommendation run swapped into PostgreSQL (``swap.write_run``: readers see
+    the old run or the new one, never a mix), then each user's Redis entry."""
     cfg = bundle["config"]
-    weights = dict(cfg["weights"])
-    shard = bundle["shard"]
     n_users = int(bundle["user_idx"].size)
-    post_ids = bundle["post_ids"]["post_id"]
-    run_config = {k: v for k, v in cfg.items()} | {"snapshot_at": bundle["snapshot_at"]}
-    with postgres.connect() as conn:
-        with timer.step("create run", "io"), conn.transaction():
-            run_id, generated_at, expires_at = conn.execute(
-                "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config) "
-                "VALUES ('building', %s, %s, %s) "
-                "RETURNING id, extract(epoch FROM started_at)::float8, "
-                "to_char((started_at + make_interval(hours => %s)) AT TIME ZONE 'UTC', "
-                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                (shard, context.run.run_id, Jsonb(run_config), int(cfg["expires_after_hours"])),
-            ).fetchone()
-            table = load_table(run_id)
-            # The id is new, so a table of that name is an orphan: its run was removed without it
-            # (e.g. `feedrank demo-data --reset` truncates the runs and restarts their ids).
-            _lock_timeout(conn)
-            _drop_run_table(conn, table)
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {t} (LIKE user_recommendations INCLUDING DEFAULTS, "
-                    "CHECK (run_id = {r}))"
-                ).format(t=sql.Identifier(table), r=sql.Literal(int(run_id)))
-            )
-        generated_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generated_at))
-        try:
-            rows = copy_rows(postgres, bundle, table, run_id, generated_iso, expires_at, post_ids, weights, timer)
-            rows -= _constrain(postgres, table, timer)
-            # ATTACH locks the default partition exclusively for a moment, so it waits for the
-            # readers in flight; one stuck behind a long transaction gives up and tries again.
-            for attempt in range(1, ATTACH_ATTEMPTS + 1):
-                try:
-                    with timer.step("attach and flip to complete", "io"), conn.transaction():
-                        _lock_timeout(conn)
-                        conn.execute(
-                            sql.SQL(
-                                "ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})"
-                            ).format(sql.Identifier(table), sql.Literal(int(run_id)))
-                        )
-                        conn.execute(
-                            "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
-                            "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
-                            (n_users, rows, run_id),
-                        )
-                    break
-                except psycopg.errors.LockNotAvailable:
-                    if attempt == ATTACH_ATTEMPTS:
-                        raise
-                    context.log.warning(
-                        f"attach: user_recommendations stayed locked {LOCK_TIMEOUT} "
-                        f"(attempt {attempt} of {ATTACH_ATTEMPTS}); retrying"
-                    )
-                    time.sleep(1.0)
-        except BaseException:
-            conn.rollback()
-            with conn.transaction():
-                conn.execute(
-                    "UPDATE recommendation_runs SET status = 'failed', completed_at = now() "
-                    "WHERE id = %s",
-                    (run_id,),
-                )
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-            raise
-        with timer.step("clean up", "io"):
-            # Older runs of this shard, failed runs, runs stuck in 'building' for a day (their
-            # process died): their tables are dropped (a partition's drop is a catalog change,
-            # not a delete of its rows), then the runs (any rows in the default partition go by
-            # cascade); then rows past their expiry (runs of another shard layout).
-            superseded = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
-                    "AND id < %s) OR status = 'failed' OR "
-                    "(status = 'building' AND started_at < now() - interval '1 day')",
-                    (shard, run_id),
-                ).fetchall()
-            ]
-            # and tables of runs that no longer exist (their rows were removed without them)
-            orphans = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT t.id FROM (SELECT substring(tablename FROM "
-                    "'^user_recommendations_run_([0-9]+)$')::bigint AS id FROM pg_tables "
-                    "WHERE schemaname = current_schema()) t "
-                    "WHERE t.id IS NOT NULL AND NOT EXISTS "
-                    "(SELECT 1 FROM recommendation_runs r WHERE r.id = t.id)"
-                ).fetchall()
-            ]
-            conn.commit()
-            removed = []
-            for old in superseded + orphans:
-                try:
-                    with conn.transaction():
-                        _lock_timeout(conn)
-                        _drop_run_table(conn, load_table(old))
-                        conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
-                    removed.append(old)
-                except psycopg.errors.LockNotAvailable:
-                    # A long reader holds the table: the new run is live already, so this is not
-                    # worth failing for (and Redis still has to be written); the next run's
-                    # clean-up removes it.
-                    context.log.warning(
-                        f"clean-up: run {old} left in place (its table stayed locked {LOCK_TIMEOUT})"
-                    )
-            with conn.transaction():
-                expired = conn.execute(
-                    "DELETE FROM user_recommendations WHERE expires_at < now()"
-                ).rowcount
+    written = swap.write_run(
+        postgres,
+        shard=bundle["shard"],
+        dagster_run_id=context.run.run_id,
+        # the resolved ScoringConfig is the run's record (the API reads cache_ttl_seconds from it)
+        config={**cfg, "snapshot_at": bundle["snapshot_at"]},
+        expires_after_hours=int(cfg["expires_after_hours"]),
+        users=n_users,
+        columns=ROW_COLUMNS,
+        chunks=[(lo, min(lo + WRITE_CHUNK_USERS, n_users)) for lo in range(0, n_users, WRITE_CHUNK_USERS)],
+        frame_of=lambda lo, hi, local: _rows_frame(bundle, lo, hi, local),
+        log=context.log,
+        timer=timer,
+    )
     # Redis only after the commit: a reader never finds a cached run the table does not have.
-    cached = write_cache(redis_res, bundle, run_id, int(generated_at), int(cfg["cache_ttl_seconds"]), timer)
+    cached = write_cache(
+        redis_res, bundle, written.run.id, int(written.run.generated_at), int(cfg["cache_ttl_seconds"]), timer
+    )
     return {
-        "run_id": int(run_id),
+        "run_id": written.run.id,
         "users": n_users,
-        "rows": rows,
+        "rows": written.rows,
         "cached_users": cached,
-        "runs_removed": len(removed),
-        "expired_rows_removed": int(expired),
+        "runs_removed": written.runs_removed,
+        "expired_rows_removed": written.expired_rows_removed,
     }
 
 
@@ -872,12 +549,14 @@ def write_cache(
 
 def user_recommendations(
     context: dg.AssetExecutionContext,
-    config: RecommendationConfig,
     postgres: PostgresResource,
     redis: RedisResource,
     recommendation_scores: dict[str, Any],
 ) -> dg.MaterializeResult:
-    resolve_run(context, config)
+    """Recommendations written to PostgreSQL (one recommendation run per shard, rows by COPY into
+    a partition of their own, swapped in by one short transaction; older, failed and expired runs
+    removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL
+    cache_ttl_seconds)."""
     timer = Timer()
     shards = _shards(context)
     bundles = recommendation_scores if len(shards) > 1 else {shards[0]: recommendation_scores}
@@ -900,58 +579,30 @@ def user_recommendations(
 # the asset definitions
 
 
+SCORES_VALID = dg.AssetCheckSpec(
+    "scores_valid",
+    asset="recommendation_scores",
+    blocking=True,
+    description="Scores finite and within [0, sum(weights)], components in [0, 1], no post of the "
+    "user's own, none the user hid, no duplicates. Blocks the write.",
+)
+
+
 def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.AssetsDefinition]:
-    """The five assets. With ``shards`` (user-shard partitions), ``recommendation_scores`` and
-    ``user_recommendations`` are partitioned, and every asset gets a single-run backfill policy so
-    that one run (the schedule's, or ``dagster asset materialize --partition-range``) can cover a
-    range of shards."""
+    """The five assets (each function's docstring is its description in the UI). With ``shards``
+    (user-shard partitions), ``recommendation_scores`` and ``user_recommendations`` are
+    partitioned, and every asset gets a single-run backfill policy so that one run (the
+    schedule's, or ``dagster asset materialize --partition-range``) can cover a range of shards."""
     policy = dg.BackfillPolicy.single_run() if shards is not None else None
-    sharded = {"partitions_def": shards, "backfill_policy": policy}
+
+    def asset(fn, kinds: set[str], *, sharded: bool = False, **extra: Any) -> dg.AssetsDefinition:
+        partitions = shards if sharded else None
+        return dg.asset(kinds=kinds, backfill_policy=policy, partitions_def=partitions, **extra)(fn)
+
     return [
-        dg.asset(
-            description="Users, posts and the interactions of the last lookback_days, read in "
-            "one consistent snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense "
-            "indices.",
-            kinds={"postgres", "polars"},
-            backfill_policy=policy,
-        )(user_interactions_snapshot),
-        dg.asset(
-            description="TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept "
-            "as JSON), age, recency and engagement (weighted interaction count) per post.",
-            kinds={"rust", "numpy"},
-            backfill_policy=policy,
-        )(post_features),
-        dg.asset(
-            description="Each user's weighted interaction vector (users x posts, interaction-type "
-            "weights from config) and the posts they hid; feedrank.HybridModel builds the content profiles "
-            "from these per batch.",
-            kinds={"scipy", "numpy"},
-            backfill_policy=policy,
-        )(user_features),
-        dg.asset(
-            description="Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in "
-            "batches of batch_size users, with each component kept. Users without history get "
-            "fresh and popular posts; posts without interactions compete through content and "
-            "recency.",
-            kinds={"rust"},
-            check_specs=[
-                dg.AssetCheckSpec(
-                    "scores_valid",
-                    asset="recommendation_scores",
-                    blocking=True,
-                    description="Scores finite and within [0, sum(weights)], components in "
-                    "[0, 1], no post of the user's own, none the user hid, no duplicates. Blocks "
-                    "the write.",
-                )
-            ],
-            **sharded,
-        )(recommendation_scores),
-        dg.asset(
-            description="Recommendations written to PostgreSQL (one recommendation run per shard, "
-            "rows by COPY, made visible by one short transaction; older, failed and expired runs "
-            "removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL "
-            "from config).",
-            kinds={"postgres", "redis"},
-            **sharded,
-        )(user_recommendations),
+        asset(user_interactions_snapshot, {"postgres", "polars"}),
+        asset(post_features, {"rust", "numpy"}),
+        asset(user_features, {"scipy", "numpy"}),
+        asset(recommendation_scores, {"rust"}, sharded=True, check_specs=[SCORES_VALID]),
+        asset(user_recommendations, {"postgres", "redis"}, sharded=True),
     ]

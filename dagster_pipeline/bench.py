@@ -41,10 +41,9 @@ def _step(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from dagster_pipeline.assets import build_assets
-    from dagster_pipeline.config import run_config_for_all
     from dagster_pipeline.io_manager import BundleIOManager
     from dagster_pipeline.quality import build_quality_asset
-    from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
+    from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
     from feedrank import db
 
     t0 = time.perf_counter()
@@ -56,8 +55,8 @@ def _step(args: argparse.Namespace) -> int:
             "redis": RedisResource(redis_url=db.redis_url(), key_prefix=args.prefix),
             "notifier": AlertNotifier(),
             "io_manager": BundleIOManager(base_dir=args.storage),
+            "scoring": ScoringResource(overrides={"top_k": args.top_k}),
         },
-        run_config=run_config_for_all((args.asset,), top_k=args.top_k),
     )
     run_seconds = time.perf_counter() - t0
     meta = {}

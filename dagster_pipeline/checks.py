@@ -8,6 +8,7 @@ bad run before it writes anything.
 
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -42,54 +43,57 @@ def checked_runs(context: dg.AssetCheckExecutionContext, conn) -> list[dict[str,
     return [{"id": r[0], "shard": r[1], "config": r[2]} for r in rows]
 
 
-def _no_runs() -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=False, metadata={"error": "no complete recommendation run found"})
+# A check's body: (connection, the runs to check, the Redis resource) -> its result.
+CheckBody = Callable[[Any, list[dict[str, Any]], RedisResource], dg.AssetCheckResult]
 
 
-@dg.asset_check(
-    asset=USER_RECOMMENDATIONS,
-    description="Every user that existed at snapshot time has recommendations in the run that "
-    "covers their shard, and that run is the one readers get (current_recommendation_run).",
-)
-def every_user_has_recommendations(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+def _run_check(name: str, description: str, body: CheckBody) -> dg.AssetChecksDefinition:
+    """An asset check of ``user_recommendations`` that runs ``body`` on the runs to check
+    (:func:`checked_runs`), and fails when there is none."""
+
+    @dg.asset_check(asset=USER_RECOMMENDATIONS, name=name, description=description)
+    def check(
+        context: dg.AssetCheckExecutionContext, postgres: PostgresResource, redis: RedisResource
+    ) -> dg.AssetCheckResult:
+        with postgres.connect() as conn:
+            runs = checked_runs(context, conn)
+            if not runs:
+                return dg.AssetCheckResult(passed=False, metadata={"error": "no complete recommendation run found"})
+            return body(conn, runs, redis)
+
+    return check
+
+
+def _every_user_covered(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg.AssetCheckResult:
     missing_total, not_current, expected_total = 0, 0, 0
     examples: list[str] = []
-    with postgres.connect() as conn:
-        runs = checked_runs(context, conn)
-        if not runs:
-            return _no_runs()
-        for run in runs:
-            index, count = parse_shard_key(run["shard"])
-            shard_filter = sql.SQL(SHARD_HASH_SQL).format(col=sql.SQL("u.id"))
-            users_q = sql.SQL(
-                "SELECT u.id FROM users u WHERE {h} %% %s = %s "
-                "AND u.created_at <= to_timestamp(%s)"
-            ).format(h=shard_filter)
-            params = (count, index, float(run["config"]["snapshot_at"]))
-            expected = conn.execute(
-                sql.SQL("SELECT count(*) FROM ({}) s").format(users_q), params
-            ).fetchone()[0]
-            missing = conn.execute(
-                sql.SQL(
-                    "SELECT s.id::text FROM ({}) s WHERE NOT EXISTS (SELECT 1 FROM "
-                    "user_recommendations r WHERE r.user_id = s.id AND r.run_id = %s)"
-                ).format(users_q),
-                (*params, run["id"]),
-            ).fetchall()
-            stale = conn.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM ({}) s WHERE current_recommendation_run(s.id) "
-                    "IS DISTINCT FROM %s AND EXISTS (SELECT 1 FROM user_recommendations r "
-                    "WHERE r.user_id = s.id AND r.run_id = %s)"
-                ).format(users_q),
-                (*params, run["id"], run["id"]),
-            ).fetchone()[0]
-            expected_total += expected
-            missing_total += len(missing)
-            not_current += stale
-            examples += [m[0] for m in missing[:5]]
+    for run in runs:
+        index, count = parse_shard_key(run["shard"])
+        shard_filter = sql.SQL(SHARD_HASH_SQL).format(col=sql.SQL("u.id"))
+        users_q = sql.SQL(
+            "SELECT u.id FROM users u WHERE {h} %% %s = %s AND u.created_at <= to_timestamp(%s)"
+        ).format(h=shard_filter)
+        params = (count, index, float(run["config"]["snapshot_at"]))
+        expected = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(users_q), params).fetchone()[0]
+        missing = conn.execute(
+            sql.SQL(
+                "SELECT s.id::text FROM ({}) s WHERE NOT EXISTS (SELECT 1 FROM "
+                "user_recommendations r WHERE r.user_id = s.id AND r.run_id = %s)"
+            ).format(users_q),
+            (*params, run["id"]),
+        ).fetchall()
+        stale = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM ({}) s WHERE current_recommendation_run(s.id) "
+                "IS DISTINCT FROM %s AND EXISTS (SELECT 1 FROM user_recommendations r "
+                "WHERE r.user_id = s.id AND r.run_id = %s)"
+            ).format(users_q),
+            (*params, run["id"], run["id"]),
+        ).fetchone()[0]
+        expected_total += expected
+        missing_total += len(missing)
+        not_current += stale
+        examples += [m[0] for m in missing[:5]]
     return dg.AssetCheckResult(
         passed=missing_total == 0 and not_current == 0,
         metadata={
@@ -102,32 +106,23 @@ def every_user_has_recommendations(
     )
 
 
-@dg.asset_check(
-    asset=USER_RECOMMENDATIONS,
-    description="Stored scores are finite and within [0, sum of weights]; components in [0, 1].",
-)
-def stored_scores_in_range(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+def _scores_in_range(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg.AssetCheckResult:
+    components = sql.SQL(" OR ").join(
+        sql.SQL("NOT ({} BETWEEN 0 AND 1.000001)").format(sql.Identifier(f"{name}_score"))
+        for name in feedrank.component_names()
+    )
     bad_total, rows_total = 0, 0
-    with postgres.connect() as conn:
-        runs = checked_runs(context, conn)
-        if not runs:
-            return _no_runs()
-        for run in runs:
-            max_score = float(sum(run["config"]["weights"].values())) + 1e-4
-            bad, n = conn.execute(
-                "SELECT count(*) FILTER (WHERE NOT (score BETWEEN 0 AND %s) "
-                "OR score = 'NaN'::float8 "
-                "OR NOT (collaborative_score BETWEEN 0 AND 1.000001) "
-                "OR NOT (content_score BETWEEN 0 AND 1.000001) "
-                "OR NOT (recency_score BETWEEN 0 AND 1.000001) "
-                "OR NOT (engagement_score BETWEEN 0 AND 1.000001)), count(*) "
-                "FROM user_recommendations WHERE run_id = %s",
-                (max_score, run["id"]),
-            ).fetchone()
-            bad_total += bad
-            rows_total += n
+    for run in runs:
+        max_score = float(sum(run["config"]["weights"].values())) + 1e-4
+        bad, n = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE NOT (score BETWEEN 0 AND %s) OR score = 'NaN'::float8 "
+                "OR {}), count(*) FROM user_recommendations WHERE run_id = %s"
+            ).format(components),
+            (max_score, run["id"]),
+        ).fetchone()
+        bad_total += bad
+        rows_total += n
     return dg.AssetCheckResult(
         passed=bad_total == 0 and rows_total > 0,
         metadata={
@@ -137,77 +132,51 @@ def stored_scores_in_range(
     )
 
 
-@dg.asset_check(
-    asset=USER_RECOMMENDATIONS,
-    description="No stored recommendation points at a deleted post, at the user's own post or at "
-    "a post the user hid.",
-)
-def no_deleted_own_or_hidden_posts(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
-    counts = {"deleted": 0, "own": 0, "hidden": 0}
-    with postgres.connect() as conn:
-        runs = checked_runs(context, conn)
-        if not runs:
-            return _no_runs()
-        ids = [r["id"] for r in runs]
-        deleted, own = conn.execute(
-            "SELECT count(*) FILTER (WHERE p.id IS NULL), count(*) FILTER (WHERE p.user_id = r.user_id) "
-            "FROM user_recommendations r LEFT JOIN posts p ON p.id = r.post_id "
-            "WHERE r.run_id = ANY(%s)",
-            (ids,),
-        ).fetchone()
-        hidden = conn.execute(
-            "SELECT count(*) FROM user_recommendations r WHERE r.run_id = ANY(%s) AND EXISTS "
-            "(SELECT 1 FROM user_interactions i WHERE i.user_id = r.user_id "
-            "AND i.post_id = r.post_id AND i.interaction_type = 'hide')",
-            (ids,),
-        ).fetchone()[0]
-        counts = {"deleted": deleted, "own": own, "hidden": hidden}
+def _no_deleted_own_or_hidden(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg.AssetCheckResult:
+    ids = [r["id"] for r in runs]
+    deleted, own = conn.execute(
+        "SELECT count(*) FILTER (WHERE p.id IS NULL), count(*) FILTER (WHERE p.user_id = r.user_id) "
+        "FROM user_recommendations r LEFT JOIN posts p ON p.id = r.post_id WHERE r.run_id = ANY(%s)",
+        (ids,),
+    ).fetchone()
+    hidden = conn.execute(
+        "SELECT count(*) FROM user_recommendations r WHERE r.run_id = ANY(%s) AND EXISTS "
+        "(SELECT 1 FROM user_interactions i WHERE i.user_id = r.user_id "
+        "AND i.post_id = r.post_id AND i.interaction_type = 'hide')",
+        (ids,),
+    ).fetchone()[0]
+    counts = {"deleted": deleted, "own": own, "hidden": hidden}
     return dg.AssetCheckResult(
         passed=sum(counts.values()) == 0,
         metadata={f"{k}_posts": dg.MetadataValue.int(int(v)) for k, v in counts.items()},
     )
 
 
-@dg.asset_check(
-    asset=USER_RECOMMENDATIONS,
-    description=f"For a sample of up to {REDIS_SAMPLE_USERS} users, the Redis entry decodes "
-    "(feedrank.decode_cache_entry) and lists the table's rows of the same run in the same order "
-    "with the same scores.",
-)
-def redis_matches_table(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, redis: RedisResource
-) -> dg.AssetCheckResult:
+def _redis_matches(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg.AssetCheckResult:
     mismatches: list[dict[str, Any]] = []
     sampled = 0
     client = redis.client()
     try:
-        with postgres.connect() as conn:
-            runs = checked_runs(context, conn)
-            if not runs:
-                return _no_runs()
-            for run in runs:
-                users = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT DISTINCT user_id::text FROM user_recommendations WHERE run_id = %s",
-                        (run["id"],),
-                    ).fetchall()
-                ]
-                rng = random.Random(run["id"])
-                sample = rng.sample(users, min(len(users), max(1, REDIS_SAMPLE_USERS // len(runs))))
-                for user_id in sample:
-                    sampled += 1
-                    rows = conn.execute(
-                        "SELECT post_id::text, score FROM user_recommendations "
-                        "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
-                        (run["id"], user_id),
-                    ).fetchall()
-                    raw = client.get(feedrank.recommendations_key(redis.prefix(), user_id))
-                    problem = _compare(raw, run["id"], rows)
-                    if problem:
-                        mismatches.append({"user_id": user_id, "problem": problem})
+        for run in runs:
+            users = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT user_id::text FROM user_recommendations WHERE run_id = %s",
+                    (run["id"],),
+                ).fetchall()
+            ]
+            rng = random.Random(run["id"])
+            for user_id in rng.sample(users, min(len(users), max(1, REDIS_SAMPLE_USERS // len(runs)))):
+                sampled += 1
+                rows = conn.execute(
+                    "SELECT post_id::text, score FROM user_recommendations "
+                    "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
+                    (run["id"], user_id),
+                ).fetchall()
+                raw = client.get(feedrank.recommendations_key(redis.prefix(), user_id))
+                problem = _compare(raw, run["id"], rows)
+                if problem:
+                    mismatches.append({"user_id": user_id, "problem": problem})
     finally:
         client.close()
     return dg.AssetCheckResult(
@@ -245,8 +214,28 @@ def _compare(raw: bytes | None, run_id: int, rows: list[tuple[str, float]]) -> s
 
 
 ALL_CHECKS = [
-    every_user_has_recommendations,
-    stored_scores_in_range,
-    no_deleted_own_or_hidden_posts,
-    redis_matches_table,
+    _run_check(
+        "every_user_has_recommendations",
+        "Every user that existed at snapshot time has recommendations in the run that covers their "
+        "shard, and that run is the one readers get (current_recommendation_run).",
+        _every_user_covered,
+    ),
+    _run_check(
+        "stored_scores_in_range",
+        "Stored scores are finite and within [0, sum of weights]; components in [0, 1].",
+        _scores_in_range,
+    ),
+    _run_check(
+        "no_deleted_own_or_hidden_posts",
+        "No stored recommendation points at a deleted post, at the user's own post or at a post "
+        "the user hid.",
+        _no_deleted_own_or_hidden,
+    ),
+    _run_check(
+        "redis_matches_table",
+        f"For a sample of up to {REDIS_SAMPLE_USERS} users, the Redis entry decodes "
+        "(feedrank.decode_cache_entry) and lists the table's rows of the same run in the same order "
+        "with the same scores.",
+        _redis_matches,
+    ),
 ]

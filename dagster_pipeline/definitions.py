@@ -11,7 +11,7 @@ from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import shard_count_from_env, user_shards
 from dagster_pipeline.quality import QUALITY_CHECKS, build_quality_asset
-from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
+from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
 from dagster_pipeline.schedules import build_daily_schedule
 from dagster_pipeline.sensors import alert_on_run_failure
 
@@ -24,6 +24,8 @@ def default_resources() -> dict:
         "redis": RedisResource(redis_url=dg.EnvVar("REDIS_URL")),
         "notifier": AlertNotifier(),
         "io_manager": BundleIOManager(),
+        # the ScoringConfig defaults unless the run config sets resources.scoring.config
+        "scoring": ScoringResource(),
     }
 
 

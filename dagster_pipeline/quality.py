@@ -1,15 +1,12 @@
 """Offline quality of the current configuration, on the pipeline's own data (issue 6).
 
 ``recommendation_quality`` (downstream of ``recommendation_scores``) reads the positive
-interactions of the last ``lookback_days`` from PostgreSQL (``feedrank.evaluate.load_database``),
+interactions of the last ``lookback_days`` from PostgreSQL (``feedrank.datasets.load_database``),
 holds out each user's most recent day (``HOLDOUT_DAYS``, counted back from that user's latest
-interaction), scores the rest with the run's configuration and records NDCG@10, Recall@10,
-precision@10, coverage@10, the number of users evaluated, the duration and the NDCG/Recall@k chart
-(``feedrank.evaluate.recommendation_quality``; see docs/evaluation.md, last section).
-
-The configuration is the run config of ``recommendation_quality`` when the run gives one, else
-that of ``recommendation_scores`` in the same run (the configuration the scores were built with),
-else the ScoringConfig defaults.
+interaction), scores the rest with the run's configuration (the ``scoring`` resource, the one the
+run's scores are built with) and records NDCG@10, Recall@10, precision@10, coverage@10, the number
+of users evaluated, the duration and the NDCG/Recall@k chart
+(``feedrank.protocol.recommendation_quality``; see docs/evaluation.md, last section).
 
 ``ndcg_not_dropped`` (non-blocking) warns when NDCG@10 fell more than 10% below the previous
 materialization's; the first materialization passes.
@@ -23,10 +20,11 @@ from typing import Any
 
 import dagster as dg
 
-from feedrank.evaluate import load_database, recommendation_quality as evaluate_quality
+from feedrank import protocol
+from feedrank.datasets import load_database
+from feedrank.evaluate import write_chart
 
-from dagster_pipeline.config import RecommendationConfig, resolve_run
-from dagster_pipeline.resources import PostgresResource
+from dagster_pipeline.resources import PostgresResource, ScoringResource
 
 QUALITY = dg.AssetKey("recommendation_quality")
 HOLDOUT_DAYS = 1.0
@@ -44,33 +42,19 @@ def ndcg_dropped(previous: float | None, current: float, tolerance: float = NDCG
     return current < (1.0 - tolerance) * previous
 
 
-def _scoring_config(context: dg.AssetExecutionContext, config: RecommendationConfig) -> dict[str, Any]:
-    """The resolved configuration to evaluate (see the module docstring). ``resolve_run`` first
-    validates every section of the run config, naming the bad field."""
-    own = resolve_run(context, config)
-    ops = (context.run.run_config or {}).get("ops", {}) or {}
-    if "recommendation_quality" not in ops:
-        values = ((ops.get("recommendation_scores") or {}).get("config")) or {}
-        if values:
-            return RecommendationConfig(**values).resolve()
-    return own
-
-
 def _chart_markdown(png: bytes, title: str) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
-def quality(
-    context: dg.AssetExecutionContext, config: RecommendationConfig, postgres: PostgresResource
-) -> dg.MaterializeResult:
+def quality(scoring: ScoringResource, postgres: PostgresResource) -> dg.MaterializeResult:
     t0 = time.perf_counter()
-    cfg = _scoring_config(context, config)
-    scoring = {k: v for k, v in cfg.items() if k != "batch_size"}
+    cfg = scoring.scoring_config
     try:
         data = load_database(postgres.database_url, since_days=float(cfg["lookback_days"]))
+        m = protocol.recommendation_quality(data, cfg, holdout_days=HOLDOUT_DAYS)
         with tempfile.TemporaryDirectory(prefix="feedrank_quality_") as tmp:
             chart = Path(tmp) / "recommendation_quality.png"
-            m = evaluate_quality(data, scoring, holdout_days=HOLDOUT_DAYS, chart_path=chart)
+            write_chart(m["report"], chart)
             png = chart.read_bytes()
     except ValueError as e:  # no interactions, or no user with history on both sides
         raise dg.Failure(description=f"recommendation_quality: {e}", allow_retries=False) from None
@@ -80,7 +64,7 @@ def quality(
             "recall@10": dg.MetadataValue.float(m["recall@10"]),
             "precision@10": dg.MetadataValue.float(m["precision@10"]),
             "coverage@10": dg.MetadataValue.float(m["coverage@10"]),
-            "users_evaluated": dg.MetadataValue.int(int(m["users_evaluated"])),
+            "users_evaluated": dg.MetadataValue.int(int(m["users"])),
             "holdout_days": dg.MetadataValue.float(HOLDOUT_DAYS),
             "interactions_read": dg.MetadataValue.int(int(data.users.size)),
             "collaborative": dg.MetadataValue.text(str(cfg["collaborative"])),
@@ -99,7 +83,7 @@ def build_quality_asset(shards: dg.PartitionsDefinition | None = None) -> dg.Ass
         name="recommendation_quality",
         deps=["recommendation_scores"],
         description=f"Offline quality of the current configuration: each user's most recent "
-        f"{HOLDOUT_DAYS:g} day(s) of interactions held out, the rest scored (feedrank.evaluate."
+        f"{HOLDOUT_DAYS:g} day(s) of interactions held out, the rest scored (feedrank.protocol."
         "recommendation_quality); NDCG@10, Recall@10, precision@10, coverage@10 and the chart.",
         kinds={"rust", "postgres"},
         backfill_policy=dg.BackfillPolicy.single_run() if shards is not None else None,

@@ -1,7 +1,10 @@
-"""Clients of the services the pipeline reads and writes, as Dagster resources.
+"""The pipeline's resources: clients of the services it reads and writes, and the scoring settings
+of a run.
 
-Configured in ``definitions.py`` through ``dg.EnvVar`` (``DATABASE_URL``, ``REDIS_URL``), so the
-values are read when a run starts, never when the code location is imported.
+The clients are configured in ``definitions.py`` through ``dg.EnvVar`` (``DATABASE_URL``,
+``REDIS_URL``), so the values are read when a run starts, never when the code location is
+imported. :class:`ScoringResource` is the run's ``ScoringConfig``: given once per run, read by
+every asset.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
+import feedrank
 import polars as pl
 import psycopg
 import redis
+from feedrank.config import load_config
 from psycopg import sql
+from pydantic import Field, PrivateAttr
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +121,45 @@ class AlertNotifier(dg.ConfigurableResource):
                 if resp.status >= 300:
                     raise RuntimeError(f"webhook_url: POST answered {resp.status}")
         return payload
+
+
+class ScoringResource(dg.ConfigurableResource):
+    """The run's scoring settings: a ``ScoringConfig`` (rust/core/src/config.rs, whose defaults and
+    validation are the only ones), given once per run and read by every asset.
+
+    The config is ``config_path``'s file (e.g. written by ``feedrank tune``) when one is given,
+    with ``overrides`` on top (a nested dict such as ``weights`` is merged key by key), and the
+    ScoringConfig defaults for whatever neither sets. ``overrides`` is a dict validated by the
+    core, not one Dagster field per ScoringConfig field: a new ScoringConfig field reaches the
+    pipeline without an edit here. The run's first step validates it (:meth:`setup_for_execution`),
+    so a bad value stops the run before any read, with an error naming the field.
+    """
+
+    config_path: str | None = Field(
+        default=None,
+        description="A ScoringConfig JSON file (e.g. written by `feedrank tune`); its values are "
+        "used for every field `overrides` does not set.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ScoringConfig fields set for this run, over config_path and the defaults: "
+        + ", ".join(feedrank.default_config())
+        + ". Validated by feedrank.validate_config (rust/core/src/config.rs documents each).",
+    )
+    batch_size: int = Field(default=1000, description="Users per HybridModel.topk call.")
+
+    _config: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._config = self.resolve()
+
+    def resolve(self) -> dict[str, Any]:
+        """The validated ScoringConfig as a dict; ValueError naming the bad field otherwise."""
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        return load_config(self.config_path, self.overrides, path_argument="config_path")
+
+    @property
+    def scoring_config(self) -> dict[str, Any]:
+        """The run's ScoringConfig (resolved once per run when Dagster sets the resource up)."""
+        return self._config if self._config is not None else self.resolve()

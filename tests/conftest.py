@@ -12,6 +12,12 @@
 
 A test that needs PostgreSQL or Redis FAILS (never skips) when the service does not answer; the
 message says how to start it (``scripts/services.sh up``).
+
+Fast tests (``make test-fast``: ``pytest -m fast``) need no service: every test under
+tests/python, and those marked ``@pytest.mark.fast`` (or ``pytestmark = pytest.mark.fast``). One
+that asks for a service fixture stops the collection; one that connects to PostgreSQL (psycopg),
+or opens a socket to PostgreSQL's, Redis's or RabbitMQ's port, fails, even where the code under
+test swallows the error.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +40,91 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The server URL before any fixture points DATABASE_URL at a test database.
 _SERVER_URL = db.database_url()
+
+# --- the fast tests: no service -------------------------------------------------------------------
+
+FAST_DIRECTORIES = (REPO_ROOT / "tests" / "python",)
+SERVICE_PORTS = {5432: "PostgreSQL", 6379: "Redis", 5672: "RabbitMQ"}
+# The fixtures that reach a service (here and in the suites' own conftest files).
+SERVICE_FIXTURES = {
+    "postgres_server_url", "api_binary", "database_url", "fresh_database_url", "db_conn",
+    "redis_client", "redis_prefix", "on_load_tables", "demo_db", "pipeline_resources", "sharded_env",
+}
+_service_use = pytest.StashKey[list]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.path.is_relative_to(d) for d in FAST_DIRECTORIES):
+            item.add_marker(pytest.mark.fast)
+        needs = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("fast") and needs:
+            raise pytest.UsageError(f"{item.nodeid} is a fast test but uses {sorted(needs)}, which need a service")
+
+
+class _ServiceGuard:
+    """While a fast test is set up and runs: psycopg connections and sockets to a service's port
+    raise, and are recorded so that the test fails even if the error is caught."""
+
+    def __init__(self, used: list) -> None:
+        self.used = used
+        self.originals = []
+
+    def _refuse(self, what: str) -> None:
+        self.used.append(what)
+        raise ConnectionRefusedError(f"a fast test may not use {what}")
+
+    def __enter__(self) -> "_ServiceGuard":
+        guard = self
+        for cls, name in ((socket.socket, "connect"), (socket.socket, "connect_ex")):
+            original = getattr(cls, name)
+
+            def checked(sock, address, _original=original):
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and address[1] in SERVICE_PORTS:
+                    guard._refuse(f"{SERVICE_PORTS[address[1]]} ({address[0]}:{address[1]})")
+                return _original(sock, address)
+
+            self.originals.append((cls, name, original))
+            setattr(cls, name, checked)
+        # every psycopg connection (sync or async, psycopg.connect included) starts here; libpq
+        # opens its socket in C, out of the socket module's sight
+        base = psycopg.BaseConnection
+        self.originals.append((base, "_connect_gen", base.__dict__["_connect_gen"]))
+        base._connect_gen = classmethod(lambda cls, *a, **kw: guard._refuse("PostgreSQL (psycopg.connect)"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for cls, name, original in reversed(self.originals):
+            setattr(cls, name, original)
+
+
+def _guarded(item: pytest.Item):
+    if not item.get_closest_marker("fast"):
+        return (yield)
+    with _ServiceGuard(item.stash.setdefault(_service_use, [])):
+        return (yield)
+
+
+# Set-up and call only: a fast test's teardown may also tear down the session's service
+# fixtures that earlier tests set up (when it is the last test to run).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    used = item.stash.get(_service_use, [])
+    if report.when == "call" and used and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"a fast test used a service: {', '.join(used)} (mark it otherwise, or use no service)"
+    return report
 
 
 def _fail(what: str, url: str, error: Exception) -> None:
@@ -175,7 +267,7 @@ def redis_key_prefixes(redis_client):
 @pytest.fixture
 def on_load_tables():
     """``install(url, function)``: from now on, every table the pipeline creates to load a run's
-    rows (``dagster_pipeline.assets.load_table``) gets ``BEFORE INSERT ... FOR EACH ROW EXECUTE
+    rows (``dagster_pipeline.swap.load_table``) gets ``BEFORE INSERT ... FOR EACH ROW EXECUTE
     FUNCTION function()`` (an event trigger adds it when the table is created), so that a test can
     make a real fault happen inside the pipeline's COPY. Returns a callable that stops it; whatever
     is still installed is removed at the end of the test."""

@@ -1,41 +1,80 @@
-"""Type stubs of the native module ``feedrank._core`` (Rust, pyo3). Import from ``feedrank``."""
+"""Type stubs of the native module ``feedrank._core`` (Rust, pyo3). Import from ``feedrank``.
 
-from typing import Any, Mapping, Sequence, Union
+``make stubtest`` checks them against the built module (``mypy.stubtest``): every name, every
+parameter and default as the module declares them.
+"""
+
+from typing import Any, Mapping, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "HybridModel",
+    "TfidfModel",
+    "__version__",
+    "collaborative_models",
+    "component_names",
+    "cosine_topk",
+    "decode_cache_entry",
+    "default_config",
+    "encode_cache_entry",
+    "history_weights",
+    "hybrid_topk",
+    "interaction_types",
+    "item_neighbors",
+    "metrics_at_k",
+    "permutation",
+    "ranking_metrics",
+    "reasons",
+    "recommend_items",
+    "recommendations_key",
+    "ridge_item_neighbors",
+    "shuffle",
+    "tfidf_fit_transform",
+    "tokenize",
+    "validate_config",
+    "weight_interactions",
+    "weighting_names",
+]
 
 # A CSR matrix: scipy.sparse (any format; converted to CSR), an object with
 # indptr/indices/data/shape, or the tuple (indptr, indices, data, shape).
-CsrLike = Any
+_CsrLike = Any
 # The hybrid weights: (collaborative, content, recency, engagement) or a dict of those four.
-Weights = Union[Sequence[float], Mapping[str, float]]
-IntArray = npt.ArrayLike
-FloatArray = npt.ArrayLike
+_Weights = Union[Sequence[float], Mapping[str, float]]
+# A (partial) ScoringConfig: the dict default_config()/validate_config() return, or some of its
+# fields (rust/core/src/config.rs documents each).
+_Config = Mapping[str, Any]
+_IntArray = npt.ArrayLike
+_FloatArray = npt.ArrayLike
 
 # --- shared contracts (rust/core config.rs, cache.rs) ---
 def default_config() -> dict[str, Any]: ...
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]: ...
-def reasons(components: FloatArray, weights: Weights) -> list[str]: ...
+def reasons(components: _FloatArray, weights: _Weights) -> list[str]: ...
 def recommendations_key(prefix: str, user_id: str) -> str: ...
 def encode_cache_entry(
     run_id: int,
     generated_at: int,
     post_ids: Sequence[str],
-    scores: FloatArray,
-    components: FloatArray,
-    weights: Weights,
+    scores: _FloatArray,
+    components: _FloatArray,
+    weights: _Weights,
 ) -> bytes: ...
 def decode_cache_entry(data: bytes) -> dict[str, Any]: ...
-def component_names() -> tuple[str, str, str, str]: ...
+def component_names() -> tuple[str, ...]: ...
+def interaction_types() -> tuple[str, ...]: ...
+def collaborative_models() -> tuple[str, ...]: ...
+def weighting_names() -> tuple[str, ...]: ...
 
 # --- shuffle ---
 def shuffle(ids: np.ndarray, seed: int) -> np.ndarray: ...
 def permutation(n: int, seed: int) -> npt.NDArray[np.int64]: ...
 
 # --- TF-IDF (use feedrank.TfidfVectorizer) ---
+@final
 class TfidfModel:
     def transform(self, docs: Sequence[str]) -> Any: ...
     def vocabulary(self) -> dict[str, int]: ...
@@ -53,19 +92,22 @@ def tfidf_fit_transform(
     max_df: int | float,
     max_features: int | None = None,
     lowercase: bool = True,
-    norm: str | None = "l2",
+    norm: str | None = ...,  # "l2"
     smooth_idf: bool = True,
     sublinear_tf: bool = False,
 ) -> tuple[TfidfModel, Any]: ...
 def tokenize(text: str, lowercase: bool = True) -> list[str]: ...
 
 # --- similarity, recommending ---
-def weight_interactions(interactions: CsrLike, weighting: str = "none", k1: float = 100.0, b: float = 0.8) -> Any: ...
+def weight_interactions(interactions: _CsrLike, weighting: str = "none", k1: float = 100.0, b: float = 0.8) -> Any: ...
+def history_weights(
+    users: _IntArray, timestamps: npt.ArrayLike, raw_items: npt.ArrayLike, half_life: float
+) -> npt.NDArray[np.float32]: ...
 def cosine_topk(
-    queries: CsrLike, items: CsrLike | None = None, k: int = 50, exclude_self: bool = True
+    queries: _CsrLike, items: _CsrLike | None = None, k: int = 50, exclude_self: bool = True
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def item_neighbors(
-    interactions: CsrLike,
+    interactions: _CsrLike,
     k: int = 50,
     weighting: str = "none",
     k1: float = 100.0,
@@ -73,61 +115,50 @@ def item_neighbors(
     exclude_self: bool = True,
 ) -> Any: ...
 def recommend_items(
-    interactions: CsrLike,
-    item_neighbors: CsrLike,
-    users: IntArray,
+    interactions: _CsrLike,
+    item_neighbors: _CsrLike,
+    users: _IntArray,
     k: int = 50,
     exclude_interacted: bool = True,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def hybrid_topk(
-    interactions: CsrLike,
-    post_tfidf: CsrLike,
-    post_age_days: FloatArray,
-    post_engagement: FloatArray,
-    post_author: IntArray,
-    users: IntArray,
-    k: int = 200,
-    weights: Weights | None = None,
-    neighbors: int = 50,
-    recency_tau_days: float = 30.0,
-    collaborative: str = "user_user",
-    weighting: str = "none",
-    exclude: CsrLike | None = None,
-    candidates: IntArray | None = None,
-    bm25_k1: float = 100.0,
-    bm25_b: float = 0.8,
-    item_neighbors: CsrLike | None = None,
-    **model_params: float,
+    interactions: _CsrLike,
+    post_tfidf: _CsrLike,
+    post_age_days: _FloatArray,
+    post_engagement: _FloatArray,
+    post_author: _IntArray,
+    users: _IntArray,
+    config: _Config | None = None,
+    *,
+    exclude: _CsrLike | None = None,
+    candidates: _IntArray | None = None,
+    item_neighbors: _CsrLike | None = None,
+    **deprecated: Any,
 ) -> dict[str, np.ndarray]: ...
 
+@final
 class HybridModel:
     """``hybrid_topk`` prepared once (all arguments but ``users``); ``topk`` scores any batch."""
 
-    def __init__(
-        self,
-        interactions: CsrLike,
-        post_tfidf: CsrLike,
-        post_age_days: FloatArray,
-        post_engagement: FloatArray,
-        post_author: IntArray,
-        k: int = 200,
-        weights: Weights | None = None,
-        neighbors: int = 50,
-        recency_tau_days: float = 30.0,
-        collaborative: str = "user_user",
-        weighting: str = "none",
-        exclude: CsrLike | None = None,
-        candidates: IntArray | None = None,
-        bm25_k1: float = 100.0,
-        bm25_b: float = 0.8,
-        item_neighbors: CsrLike | None = None,
-        **model_params: float,
-    ) -> None: ...
-    def topk(self, users: IntArray) -> dict[str, np.ndarray]: ...
+    def __new__(
+        cls,
+        interactions: _CsrLike,
+        post_tfidf: _CsrLike,
+        post_age_days: _FloatArray,
+        post_engagement: _FloatArray,
+        post_author: _IntArray,
+        config: _Config | None = None,
+        *,
+        exclude: _CsrLike | None = None,
+        candidates: _IntArray | None = None,
+        item_neighbors: _CsrLike | None = None,
+        **deprecated: Any,
+    ) -> HybridModel: ...
+    def topk(self, users: _IntArray) -> dict[str, np.ndarray]: ...
     @property
     def n_users(self) -> int: ...
 
 # --- metrics (shared/EVAL.md) ---
-def ranking_metrics(topk: IntArray, test: CsrLike, k: int = 10, n_items: int | None = None) -> dict[str, float]: ...
-def metrics_at_k(topk: IntArray, test: CsrLike, ks: Sequence[int], n_items: int | None = None) -> dict[str, Any]: ...
-def ridge_item_neighbors(interactions: CsrLike, neighbors: int = 100, l2: float = 50.0) -> Any: ...
+def ranking_metrics(topk: _IntArray, test: _CsrLike, k: int = 10, n_items: int | None = None) -> dict[str, float]: ...
+def metrics_at_k(topk: _IntArray, test: _CsrLike, ks: Sequence[int], n_items: int | None = None) -> dict[str, Any]: ...
+def ridge_item_neighbors(interactions: _CsrLike, neighbors: int = 100, l2: float = 50.0) -> Any: ...

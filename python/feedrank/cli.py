@@ -95,23 +95,28 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), "")
-    args = build_parser(only=chosen).parse_args(argv)
+    prog = f"feedrank {chosen}".strip()
+    args = None
     try:
+        # configuring a subcommand imports its modules: a missing extra shows here already
+        args = build_parser(only=chosen).parse_args(argv)
+        prog = args._parser.prog
         status = args._run(args)
     except (CommandError, ValueError) as e:
-        args._parser.print_usage(sys.stderr)
-        print(f"{args._parser.prog}: error: {e}", file=sys.stderr)
+        if args is not None:
+            args._parser.print_usage(sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        # psycopg, polars, redis, dagster: the optional `pipeline` extra.
+        # scipy, psycopg, polars, redis, dagster: the optional `pipeline` extra.
         print(
-            f"{args._parser.prog}: error: needs the Python package {e.name!r}; "
+            f"{prog}: error: needs the Python package {e.name!r}; "
             "install it with: pip install 'feedrank[pipeline]'",
             file=sys.stderr,
         )
         return 2
     except KeyboardInterrupt:
-        print(f"{args._parser.prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
 

@@ -1,5 +1,6 @@
 """Small shared helpers for PostgreSQL: where the database is, how to connect, throw-away databases,
-and the one way to apply the schema (``feedrank-api migrate``).
+the one way to apply the schema (``feedrank-api migrate``), and a table's indexes and constraints
+as the catalog describes them.
 
 Used by ``feedrank demo-data``, the Dagster pipeline and the test fixtures, so that all of them
 agree on the defaults and on how the schema gets applied::
@@ -13,7 +14,14 @@ agree on the defaults and on how the schema gets applied::
         db.connect(url).close()
 
 Nothing here applies SQL files itself: migrations are applied only by the API binary's refinery
-runner (``api/src/migrate.rs``), which records what it applied and is safe to run twice.
+runner (``api/src/migrate.rs``), which records what it applied and is safe to run twice. Nothing
+here knows where a source checkout keeps that binary either: it is ``binary=``, else
+``$FEEDRANK_API_BIN``, else ``feedrank-api`` on ``PATH`` (the repository's Makefile and test
+fixtures point at their own build).
+
+Code that rebuilds a table's indexes or keys elsewhere (``demo-data``'s bulk load, the pipeline's
+per-run partitions) reads them with :func:`table_indexes` and :func:`table_constraints` instead of
+retyping the migrations, so that a migration adding an index reaches it without an edit.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +44,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_REDIS_URL",
+    "Constraint",
+    "Index",
     "MigrationError",
     "api_binary",
     "connect",
@@ -44,7 +56,8 @@ __all__ = [
     "drop_database",
     "migrate",
     "redis_url",
-    "repo_root",
+    "table_constraints",
+    "table_indexes",
     "temporary_database",
     "with_database",
 ]
@@ -69,11 +82,6 @@ def database_url() -> str:
 def redis_url() -> str:
     """``REDIS_URL`` from the environment, else the project default."""
     return os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-
-
-def repo_root() -> Path:
-    """The repository root (this file is ``python/feedrank/db.py``)."""
-    return Path(__file__).resolve().parents[2]
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
@@ -139,26 +147,21 @@ def drop_database(dbname: str, url: str | None = None) -> None:
 
 
 def api_binary() -> Path:
-    """The ``feedrank-api`` binary: ``$FEEDRANK_API_BIN``, else the newer of the release and debug
-    builds under ``target/``. Raises :class:`MigrationError` naming the build command if neither
-    exists."""
+    """The ``feedrank-api`` binary that applies the migrations: ``$FEEDRANK_API_BIN``, else
+    ``feedrank-api`` on ``PATH``. Raises :class:`MigrationError` saying how to get one."""
     explicit = os.environ.get("FEEDRANK_API_BIN")
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise MigrationError(f"FEEDRANK_API_BIN={explicit} is not a file")
         return path
-    root = repo_root()
-    candidates = [
-        p for p in (root / "target/release/feedrank-api", root / "target/debug/feedrank-api")
-        if p.is_file()
-    ]
-    if not candidates:
+    found = shutil.which("feedrank-api")
+    if found is None:
         raise MigrationError(
-            "the feedrank-api binary is not built: run `make api` "
-            "(or `cargo build --release -p feedrank-api`), or set FEEDRANK_API_BIN"
+            "no feedrank-api binary: set FEEDRANK_API_BIN (in a source checkout, `make api` builds "
+            "target/release/feedrank-api) or put feedrank-api on PATH"
         )
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    return Path(found)
 
 
 def migrate(url: str | None = None, binary: Path | None = None) -> str:
@@ -220,3 +223,91 @@ def current_recommendations(url: str) -> dict[str, list[tuple[str, float, int]]]
     for user_id, post_id, score, run_id in rows:
         out.setdefault(user_id, []).append((post_id, score, run_id))
     return out
+
+
+# --- a table's indexes and constraints, from the catalog ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index of a table that no constraint owns (a primary key or unique constraint owns its
+    own index: see :class:`Constraint`)."""
+
+    name: str
+    unique: bool
+    # Everything from USING on, as pg_get_indexdef prints it: method, key columns with their
+    # order, INCLUDE, WHERE. It names no table, so it fits any table with the same columns.
+    method: str
+
+    def create(self, table: str, *, named: bool = True) -> sql.Composed:
+        """``CREATE INDEX`` of this index on ``table``; with ``named=False`` PostgreSQL names it."""
+        return sql.SQL("CREATE {unique}INDEX {name}ON {table} {method}").format(
+            unique=sql.SQL("UNIQUE " if self.unique else ""),
+            name=sql.SQL("{} ").format(sql.Identifier(self.name)) if named else sql.SQL(""),
+            table=sql.Identifier(table),
+            method=sql.SQL(self.method),
+        )
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A primary key (``p``), unique (``u``), foreign key (``f``) or check (``c``) constraint."""
+
+    name: str
+    kind: str
+    definition: str  # pg_get_constraintdef: "PRIMARY KEY (a, b)", "FOREIGN KEY (c) REFERENCES t(id) ..."
+    columns: tuple[str, ...]
+    referenced_table: str | None  # foreign keys only
+    referenced_columns: tuple[str, ...]
+    # A key whose index another table's foreign key depends on (it cannot be dropped alone).
+    referenced_by_foreign_key: bool
+
+    def add(self, table: str, *, name: str | None = None, not_valid: bool = False) -> sql.Composed:
+        """``ALTER TABLE table ADD CONSTRAINT ...`` of this constraint (``name`` default: its own)."""
+        return sql.SQL("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}{not_valid}").format(
+            table=sql.Identifier(table),
+            name=sql.Identifier(name or self.name),
+            definition=sql.SQL(self.definition),
+            not_valid=sql.SQL(" NOT VALID" if not_valid else ""),
+        )
+
+
+def table_indexes(conn, table: str) -> list[Index]:
+    """``table``'s indexes that no constraint owns, by name (a partitioned table's own indexes
+    for a partitioned table)."""
+    rows = conn.execute(
+        """
+        SELECT c.relname, i.indisunique, substring(pg_get_indexdef(i.indexrelid) FROM ' (USING .*)$')
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = %s::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+        ORDER BY c.relname
+        """,
+        (table,),
+    ).fetchall()
+    return [Index(name, unique, method) for name, unique, method in rows]
+
+
+def table_constraints(conn, table: str, kinds: Sequence[str] = ("p", "u", "f", "c")) -> list[Constraint]:
+    """``table``'s constraints of the given kinds: foreign keys first, then by name."""
+    rows = conn.execute(
+        """
+        SELECT c.conname, c.contype::text, pg_get_constraintdef(c.oid),
+               ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+               CASE WHEN c.confrelid <> 0 THEN c.confrelid::regclass::text END,
+               ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o),
+               c.contype IN ('p', 'u') AND EXISTS (
+                   SELECT 1 FROM pg_constraint r
+                   WHERE r.contype = 'f' AND r.confrelid = c.conrelid AND r.conindid = c.conindid)
+        FROM pg_constraint c
+        WHERE c.conrelid = %s::regclass AND c.contype::text = ANY(%s)
+        ORDER BY c.contype = 'f' DESC, c.conname
+        """,
+        (table, list(kinds)),
+    ).fetchall()
+    return [
+        Constraint(name, kind, definition, tuple(cols), ref, tuple(ref_cols), referenced)
+        for name, kind, definition, cols, ref, ref_cols, referenced in rows
+    ]

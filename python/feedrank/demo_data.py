@@ -37,14 +37,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+import feedrank
 
 __all__ = [
     "INTERACTION_TYPES",
@@ -62,70 +66,18 @@ __all__ = [
     "write_dataset",
 ]
 
-INTERACTION_TYPES = ("view", "click", "like", "share", "hide")
-VIEW, CLICK, LIKE, SHARE, HIDE = range(5)
+# The core's interaction types; an interaction's type is stored as its position here.
+INTERACTION_TYPES = tuple(feedrank.interaction_types())
+# What an exposure can lead to, in the order the generator draws it (a view, then a click, like or
+# share, or a hide), as codes into INTERACTION_TYPES.
+VIEW, CLICK, LIKE, SHARE, HIDE = (INTERACTION_TYPES.index(k) for k in ("view", "click", "like", "share", "hide"))
+_EVENT_CODES = np.array([VIEW, CLICK, LIKE, SHARE, HIDE], np.int8)
 
-# Topic vocabularies: distinct words per topic so that content similarity carries the signal.
+# Topic vocabularies (topics.json, beside this file): distinct words per topic so that content
+# similarity carries the signal.
 TOPICS: dict[str, tuple[str, ...]] = {
-    "cooking": ("sourdough", "recipe", "garlic", "braise", "cast-iron", "ramen", "umami", "pasta",
-                "kimchi", "roast", "brunch", "dumplings", "spice", "saffron", "risotto", "baking",
-                "ferment", "chili", "skillet", "broth", "noodles", "pesto", "tacos", "caramel"),
-    "fitness": ("deadlift", "squat", "cardio", "marathon", "protein", "reps", "mobility", "kettlebell",
-                "stretching", "sprint", "gym", "hiit", "plank", "rowing", "recovery", "pullups",
-                "tempo", "endurance", "lifting", "yoga", "pace", "stamina", "warmup", "macros"),
-    "tech": ("rust", "compiler", "kubernetes", "latency", "refactor", "database", "api", "typescript",
-             "cache", "deploy", "linux", "kernel", "postgres", "async", "benchmark", "terminal",
-             "opensource", "debugging", "webassembly", "monorepo", "serverless", "git", "vim", "llm"),
-    "travel": ("lisbon", "kyoto", "backpacking", "hostel", "itinerary", "layover", "passport",
-               "roadtrip", "island", "hiking", "airbnb", "patagonia", "sunrise", "train", "visa",
-               "souvenir", "coastline", "marrakech", "ferry", "iceland", "lagoon", "alps", "bazaar",
-               "jetlag"),
-    "music": ("vinyl", "synth", "playlist", "chorus", "guitar", "album", "setlist", "bassline",
-              "concert", "remix", "jazz", "drummer", "melody", "producer", "lyrics", "festival",
-              "acoustic", "ep", "mixtape", "soundcheck", "piano", "indie", "techno", "encore"),
-    "film": ("director", "screenplay", "cinematography", "sequel", "trailer", "noir", "premiere",
-             "oscars", "documentary", "cast", "plot", "horror", "criterion", "scene", "soundtrack",
-             "remake", "festival-cut", "villain", "anime", "studio", "blockbuster", "cameo", "reel",
-             "screening"),
-    "gaming": ("speedrun", "controller", "boss", "roguelike", "patch", "multiplayer", "indie-game",
-               "loot", "esports", "console", "quest", "pixel", "raid", "respawn", "leaderboard",
-               "modding", "nerf", "dungeon", "co-op", "glitch", "metroidvania", "fps", "rpg",
-               "savefile"),
-    "photography": ("aperture", "lens", "bokeh", "shutter", "portrait", "golden-hour", "film-camera",
-                    "exposure", "tripod", "lightroom", "35mm", "street-photo", "composition",
-                    "darkroom", "iso", "prime-lens", "mirrorless", "landscape", "macro", "silhouette",
-                    "grain", "contrast", "framing", "polaroid"),
-    "books": ("novel", "chapter", "bookclub", "paperback", "author", "memoir", "poetry", "library",
-              "fantasy-novel", "kindle", "bestseller", "annotate", "prose", "sci-fi", "trilogy",
-              "bookstore", "audiobook", "essay", "classic", "manuscript", "reread", "tbr",
-              "protagonist", "epilogue"),
-    "football": ("striker", "penalty", "derby", "midfield", "offside", "transfer", "keeper",
-                 "hattrick", "league", "var", "tactics", "pressing", "counterattack", "freekick",
-                 "stadium", "ultras", "fixture", "relegation", "kit", "matchday", "assist",
-                 "clean-sheet", "manager", "champions"),
-    "gardening": ("compost", "seedlings", "tomatoes", "raised-bed", "perennials", "mulch", "pruning",
-                  "succulents", "greenhouse", "pollinators", "soil", "herbs", "harvest", "bulbs",
-                  "monstera", "watering", "zucchini", "orchard", "weeds", "trellis", "fern",
-                  "germinate", "allotment", "repotting"),
-    "finance": ("index-fund", "budget", "dividends", "inflation", "mortgage", "savings", "etf",
-                "portfolio", "compound", "rates", "retirement", "taxes", "crypto", "frugal",
-                "emergency-fund", "stocks", "bonds", "spreadsheet", "networth", "rebalance",
-                "side-hustle", "fees", "equity", "yield"),
-    "pets": ("puppy", "kitten", "vet", "leash", "adoption", "rescue", "treats", "grooming", "litter",
-             "fetch", "corgi", "tabby", "zoomies", "catnip", "dogpark", "shelter", "paws", "walkies",
-             "goldfish", "parrot", "whiskers", "cuddle", "bark", "purr"),
-    "fashion": ("thrifted", "denim", "sneakers", "outfit", "vintage", "tailoring", "streetwear",
-                "capsule", "linen", "knitwear", "runway", "accessories", "boots", "layering",
-                "wardrobe", "silhouette-fit", "tote", "blazer", "palette", "secondhand", "hem",
-                "cardigan", "lookbook", "fabric"),
-    "science": ("telescope", "neutrino", "genome", "quantum", "fossil", "galaxy", "enzyme", "climate",
-                "experiment", "hypothesis", "microscope", "exoplanet", "protein-folding", "entropy",
-                "volcano", "vaccine", "particle", "nebula", "dataset", "peer-review", "crispr",
-                "orbit", "physics", "neuron"),
-    "art": ("watercolor", "sketchbook", "canvas", "gallery", "ceramics", "mural", "gouache", "linocut",
-            "charcoal", "brushes", "illustration", "sculpture", "palette-knife", "exhibition",
-            "printmaking", "acrylics", "inking", "collage", "kiln", "portfolio-review", "doodle",
-            "oil-paint", "studio-day", "commission"),
+    topic: tuple(words)
+    for topic, words in json.loads(resources.files("feedrank").joinpath("topics.json").read_text()).items()
 }
 TOPIC_NAMES = tuple(TOPICS)
 N_TOPICS = len(TOPICS)
@@ -397,7 +349,7 @@ def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_c
     theta_layout = (np.arange(users)[:, None] + np.cumsum(theta, axis=1) / theta.sum(axis=1, keepdims=True)).ravel()
     theta_max = theta.max(axis=1)
     p_user = activity / activity.sum()
-    event_low = np.array([0, 2, 5, 30, 1]) * 1_000_000  # delay after the view, per event type
+    event_low = np.array([0, 2, 5, 30, 1]) * 1_000_000  # delay after the view, per _EVENT_CODES entry
     event_span = np.array([1, 58, 295, 870, 19]) * 1_000_000
 
     parts: list[tuple[np.ndarray, ...]] = []
@@ -441,7 +393,7 @@ def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_c
         parts.append((
             user[ev_exposure],
             post[ev_exposure],
-            ev_type.astype(np.int8),
+            _EVENT_CODES[ev_type],
             t0[ev_exposure] + event_low[ev_type] + (rng.random(take) * event_span[ev_type]).astype(np.int64),
         ))
         produced += take
@@ -628,46 +580,26 @@ _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _TRAILER = b"\xff\xff"
 
 
-def _defer_constraints_and_indexes(cur, table: str, foreign_keys: bool) -> list[str]:
+def _defer_constraints_and_indexes(cur, table: str, foreign_keys: bool) -> list:
     """Drops ``table``'s indexes, primary/unique keys (unless another table's foreign key needs
     them) and, with ``foreign_keys``, its outgoing foreign keys; returns the statements that
     recreate them, in a valid order. Runs inside the caller's transaction, so a failed load puts
-    everything back."""
-    cons = cur.execute(
-        """
-        SELECT c.conname, c.contype, pg_get_constraintdef(c.oid)
-        FROM pg_constraint c
-        WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'f')
-          AND (c.contype <> 'f' OR %s)
-          AND NOT (c.contype IN ('p', 'u') AND EXISTS (
-                SELECT 1 FROM pg_constraint r
-                WHERE r.contype = 'f' AND r.confrelid = c.conrelid AND r.conindid = c.conindid))
-        ORDER BY c.contype = 'f' DESC, c.conname
-        """,
-        (table, foreign_keys),
-    ).fetchall()
-    idx = cur.execute(
-        """
-        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-        FROM pg_index i
-        WHERE i.indrelid = %s::regclass
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
-        ORDER BY 1
-        """,
-        (table,),
-    ).fetchall()
+    everything back. What exists is read from the catalog (``db.table_constraints`` /
+    ``db.table_indexes``), so a migration's new index is deferred too."""
     from psycopg import sql
 
-    for name, _, _ in cons:  # foreign keys first (ORDER BY above), then the keys
-        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(name)))
-    for name, _ in idx:
-        cur.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
-    keys = [(n, d) for n, t, d in cons if t != "f"]
-    fks = [(n, d) for n, t, d in cons if t == "f"]
-    restore = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in keys]
-    restore += [d for _, d in idx]
-    restore += [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, d in fks]
-    return restore
+    from feedrank import db
+
+    kinds = ("p", "u", "f") if foreign_keys else ("p", "u")
+    cons = [c for c in db.table_constraints(cur, table, kinds) if not c.referenced_by_foreign_key]
+    indexes = db.table_indexes(cur, table)
+    for c in cons:  # foreign keys first (table_constraints' order), then the keys
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(c.name)))
+    for index in indexes:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index.name)))
+    keys = [c.add(table) for c in cons if c.kind != "f"]
+    fks = [c.add(table) for c in cons if c.kind == "f"]
+    return keys + [index.create(table) for index in indexes] + fks
 
 
 def _check_references(ds: Dataset) -> None:
@@ -893,7 +825,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(ds: Dataset, report: LoadReport, dbname: str, t_gen: float, total: float) -> None:
-    counts = np.bincount(ds.interaction_type, minlength=len(INTERACTION_TYPES)) if ds.n_interactions else np.zeros(5, int)
+    counts = np.bincount(ds.interaction_type, minlength=len(INTERACTION_TYPES)) if ds.n_interactions else np.zeros(len(INTERACTION_TYPES), int)
     share = {t: (c / max(ds.n_interactions, 1)) for t, c in zip(INTERACTION_TYPES, counts)}
     active = len(np.unique(ds.interaction_user)) if ds.n_interactions else 0
     print(f"demo-data: loaded {ds.source} into database {dbname}")

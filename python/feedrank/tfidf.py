@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from feedrank import _core
+from feedrank._core import TfidfModel, tfidf_fit_transform
 
 
 class TfidfVectorizer:
@@ -58,7 +58,7 @@ class TfidfVectorizer:
         self.norm = norm
         self.smooth_idf = smooth_idf
         self.sublinear_tf = sublinear_tf
-        self._model: _core.TfidfModel | None = None
+        self._model: TfidfModel | None = None
 
     def __repr__(self) -> str:
         return (
@@ -70,7 +70,7 @@ class TfidfVectorizer:
 
     def fit_transform(self, docs: Iterable[str], y: Any = None) -> Any:
         """Learn vocabulary and idf from ``docs``; return their TF-IDF matrix (CSR, float64)."""
-        self._model, x = _core.tfidf_fit_transform(
+        self._model, x = tfidf_fit_transform(
             docs,
             self.min_df,
             self.max_df,
@@ -91,7 +91,7 @@ class TfidfVectorizer:
         """TF-IDF matrix of ``docs`` under the fitted vocabulary (unknown terms are ignored)."""
         return self._fitted().transform(docs)
 
-    def _fitted(self) -> _core.TfidfModel:
+    def _fitted(self) -> TfidfModel:
         if self._model is None:
             raise ValueError("TfidfVectorizer: not fitted; call fit or fit_transform first")
         return self._model
@@ -117,7 +117,7 @@ class TfidfVectorizer:
     @classmethod
     def from_json(cls, s: str) -> "TfidfVectorizer":
         """A fitted vectorizer from :meth:`to_json`'s output."""
-        model = _core.TfidfModel.from_json(s)
+        model = TfidfModel.from_json(s)
         p = json.loads(model.params_json())
 
         def df(v: dict[str, Any]) -> int | float:

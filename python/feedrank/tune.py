@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import feedrank
-from feedrank import evaluate as ev
+from feedrank import datasets, protocol
 
 __all__ = ["GRIDS", "tune", "add_arguments", "run"]
 
@@ -63,7 +63,7 @@ def _item_scorer_topk(s: sp.csr_matrix, x: sp.csr_matrix, users: np.ndarray, k: 
     return np.asarray(idx, np.int64)
 
 
-def tune(split: ev.Split, grid: str | dict[str, Any] = "full", log: Callable[[str], None] | None = None,
+def tune(split: protocol.Split, grid: str | dict[str, Any] = "full", log: Callable[[str], None] | None = None,
          tfidf: sp.csr_matrix | None = None, k: int = 10) -> dict[str, Any]:
     """Chooses a ScoringConfig on ``split.validation()`` (never ``split``'s test part).
     Returns ``{"config": dict, "validation": metrics of the chosen config, "trials": [...]}``."""
@@ -72,7 +72,7 @@ def tune(split: ev.Split, grid: str | dict[str, Any] = "full", log: Callable[[st
     valid = split.validation()
     if len(valid.eval_users) == 0:
         raise ValueError("dataset: no user has enough train interactions (>= 5) for a validation split")
-    feats = ev.features(valid, tfidf)
+    feats = protocol.features(valid, tfidf)
     d = valid.data
     users = valid.eval_users
     width = max(k, 10)
@@ -80,7 +80,7 @@ def tune(split: ev.Split, grid: str | dict[str, Any] = "full", log: Callable[[st
     base = feedrank.default_config()
 
     def record(params: dict[str, Any], topk: np.ndarray, seconds: float) -> float:
-        m = ev.score_topk(topk, valid, k=k)
+        m = protocol.score_topk(topk, valid, k=k)
         trials.append({**params, "ndcg": m[f"ndcg@{k}"], "coverage": m[f"coverage@{k}"], "seconds": round(seconds, 2)})
         say(f"  {params}: valid ndcg@{k}={m[f'ndcg@{k}']:.4f} cov={m[f'coverage@{k}']:.4f}")
         return m[f"ndcg@{k}"]
@@ -101,7 +101,7 @@ def tune(split: ev.Split, grid: str | dict[str, Any] = "full", log: Callable[[st
             for h in g["history_half_life"]:
                 p = {"collaborative": "user_user", "neighbors": nb, "weighting": wt, "history_half_life": h}
                 t = time.perf_counter()
-                topk = ev.hybrid_topk(valid, feats, ev.single_component("collaborative", **p), users, width)
+                topk = protocol.hybrid_ranking(valid, feats, protocol.single_component("collaborative", **p), users, width)
                 consider(record(p, topk, time.perf_counter() - t), p)
     for nb in g["item_item"]["neighbors"]:
         for wt in g["item_item"]["weighting"]:
@@ -127,17 +127,17 @@ def tune(split: ev.Split, grid: str | dict[str, Any] = "full", log: Callable[[st
     say(f"chosen collaborative model: {collab} (valid ndcg@{k}={collab_score:.4f})")
 
     # 2. the other components' weights next to collaborative = 1, one at a time.
-    weights = {"collaborative": 1.0, "content": 0.0, "recency": 0.0, "engagement": 0.0}
+    weights = {c: 1.0 if c == "collaborative" else 0.0 for c in feedrank.component_names()}
     cfg = feedrank.validate_config({**base, **collab, "weights": weights})
 
     def hybrid_score(c: dict[str, Any], label: dict[str, Any]) -> float:
         t = time.perf_counter()
-        topk = ev.hybrid_topk(valid, feats, c, users, width)
+        topk = protocol.hybrid_ranking(valid, feats, c, users, width)
         return record(label, topk, time.perf_counter() - t)
 
     current = hybrid_score(cfg, {"weights": dict(weights)})
     say("component weights (collaborative = 1):")
-    for comp in ("content", "recency", "engagement"):
+    for comp in (c for c in weights if c != "collaborative"):
         taus = g["recency_tau_days"] if comp == "recency" else [cfg["recency_tau_days"]]
         chosen = None
         for w in g[comp]:
@@ -172,15 +172,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    data = ev.load_dataset(args.dataset, args.database_url)
-    split = ev.temporal_split(data)
+    data = datasets.load_dataset(args.dataset, args.database_url)
+    split = protocol.temporal_split(data)
     t = time.perf_counter()
     result = tune(split, grid=args.grid, log=log)
     seconds = time.perf_counter() - t
     cfg = result["config"]
     Path(args.output).write_text(json.dumps(cfg, indent=2) + "\n")
-    feats = ev.features(split)
-    test = ev.score_topk(ev.model_topk("hybrid_tuned", split, feats, k=10, tuned=cfg), split)
+    feats = protocol.features(split)
+    test = protocol.score_topk(protocol.model_topk("hybrid_tuned", split, feats, k=10, tuned=cfg), split)
     print(f"Chosen on the validation split of {data.name} in {seconds:.0f} s "
           f"(validation NDCG@10 {result['validation']['ndcg@10']:.4f}):")
     for key, value in _chosen(cfg).items():

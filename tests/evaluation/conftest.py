@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import feedrank.evaluate as ev
+from feedrank import datasets, protocol
 
 MOVIELENS = Path(
     os.environ.get(
@@ -26,10 +26,10 @@ def movielens_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def movielens(movielens_path: Path) -> ev.Dataset:
-    return ev.load_movielens(movielens_path)
+def movielens(movielens_path: Path) -> datasets.Dataset:
+    return datasets.load_movielens(movielens_path)
 
 
 @pytest.fixture(scope="session")
-def movielens_split(movielens: ev.Dataset) -> ev.Split:
-    return ev.temporal_split(movielens)
+def movielens_split(movielens: datasets.Dataset) -> protocol.Split:
+    return protocol.temporal_split(movielens)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import feedrank.evaluate as ev
 import numpy as np
+from feedrank import datasets
 import psycopg
 from feedrank.cli import main
 
@@ -14,7 +14,7 @@ SMALL = ["--users", "300", "--posts", "1500", "--interactions", "20000", "--end-
 
 def test_evaluate_reads_the_projects_database(fresh_database_url, tmp_path, capsys):
     assert main(["demo-data", "--database-url", fresh_database_url, "--seed", "3", *SMALL]) == 0
-    data = ev.load_database(fresh_database_url)
+    data = datasets.load_database(fresh_database_url)
     # the bulk read (COPY into polars) holds exactly the positive (user, post) pairs, ids sorted
     with psycopg.connect(fresh_database_url) as conn:
         pairs = set(conn.execute(

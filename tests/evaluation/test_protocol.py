@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import feedrank
-import feedrank.evaluate as ev
+from feedrank import datasets, protocol
+
+pytestmark = pytest.mark.fast
 
 
-def _dataset(users, items, ts, n_users=None, n_items=None, raw=None) -> ev.Dataset:
+def _dataset(users, items, ts, n_users=None, n_items=None, raw=None) -> datasets.Dataset:
     users, items, ts = (np.asarray(a, np.int64) for a in (users, items, ts))
     n_users = n_users or int(users.max()) + 1
     n_items = n_items or int(items.max()) + 1
-    return ev.Dataset(
+    return datasets.Dataset(
         name="toy", users=users, items=items, timestamps=ts,
         raw_items=items.copy() if raw is None else np.asarray(raw, np.int64),
         user_ids=[str(u) for u in range(n_users)], item_ids=[str(i) for i in range(n_items)],
@@ -28,12 +29,12 @@ def _dataset(users, items, ts, n_users=None, n_items=None, raw=None) -> ev.Datas
 # --- metrics, by hand ---------------------------------------------------------------------------
 
 
-def _split_with_test(test_rows: list[list[int]], n_items: int) -> ev.Split:
+def _split_with_test(test_rows: list[list[int]], n_items: int) -> protocol.Split:
     """A split whose test part is exactly test_rows (one user per row) and train is empty."""
     users = [u for u, row in enumerate(test_rows) for _ in row]
     items = [i for row in test_rows for i in row]
     d = _dataset(users, items, np.zeros(len(users)), n_users=len(test_rows), n_items=n_items)
-    return ev.Split(d, np.zeros(len(users), bool), np.ones(len(users), bool))
+    return protocol.Split(d, np.zeros(len(users), bool), np.ones(len(users), bool))
 
 
 def test_metrics_match_hand_computed_values():
@@ -48,7 +49,7 @@ def test_metrics_match_hand_computed_values():
         ],
         np.int64,
     )
-    m = ev.score_topk(topk, split)
+    m = protocol.score_topk(topk, split)
     d = lambda r: 1 / math.log2(r + 1)  # noqa: E731
     ndcg0 = (d(1) + d(3)) / (d(1) + d(2))
     ndcg2 = (d(2) + d(10)) / sum(d(r) for r in range(1, 11))
@@ -62,11 +63,11 @@ def test_metrics_match_hand_computed_values():
 
 def test_padding_counts_as_a_miss_and_rows_must_align():
     split = _split_with_test([[3]], n_items=5)
-    m = ev.score_topk(np.array([[-1, 3] + [-1] * 8], np.int64), split)
+    m = protocol.score_topk(np.array([[-1, 3] + [-1] * 8], np.int64), split)
     assert m["ndcg@10"] == pytest.approx(1 / math.log2(3))
     assert m["coverage@10"] == pytest.approx(1 / 5)
     with pytest.raises(ValueError, match="^topk"):
-        ev.score_topk(np.zeros((2, 10), np.int64), split)
+        protocol.score_topk(np.zeros((2, 10), np.int64), split)
 
 
 # --- split ---------------------------------------------------------------------------------------
@@ -81,11 +82,11 @@ def test_split_holds_out_the_latest_fifth_with_raw_id_ties():
         ts=[1, 2, 3, 4, 9, 9, 1, 2, 3, 4],
         raw=[10, 11, 12, 13, 99, 50, 10, 11, 12, 13],
     )
-    s = ev.temporal_split(d)
+    s = protocol.temporal_split(d)
     # The last two by (timestamp, raw id): item 5 (t=9, raw 50), then item 4 (t=9, raw 99).
     assert set(s.test[0].indices.tolist()) == {4, 5}
     # With one held out, the tie is decided by the raw id: item 4 (raw 99) sorts last.
-    one = ev.Split(d, *(lambda t: (~t, t))(ev._split_mask(d.users, d.items, d.timestamps, d.raw_items, 5, 0.1)))
+    one = protocol.Split(d, *(lambda t: (~t, t))(protocol._split_mask(d.users, d.items, d.timestamps, d.raw_items, 5, 0.1)))
     assert one.test[0].indices.tolist() == [4]
     assert s.test[1].nnz == 0 and s.train[1].nnz == 4
     assert s.eval_users.tolist() == [0]
@@ -120,16 +121,16 @@ def test_u_data_format(tmp_path):
         "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|0|{i % 2}|{1 - i % 2}\n" for i in range(10, 15)),
         encoding="latin-1",
     )
-    d = ev.load_movielens(tmp_path)
+    d = datasets.load_movielens(tmp_path)
     assert (d.n_users, d.n_items, len(d.users)) == (2, 5, 7)
     assert d.item_text[0] == "Movie 10 (1995) Comedy" and d.item_text[1] == "Movie 11 (1995) Action"
-    s = ev.temporal_split(d)
+    s = protocol.temporal_split(d)
     assert s.eval_users.tolist() == [0] and s.test[0].indices.tolist() == [4]
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="^dataset: .*neither ratings.csv nor u.data"):
-        ev.load_movielens(tmp_path)
+        datasets.load_movielens(tmp_path)
 
 
 # --- our metric code against a direct implementation, on MovieLens -------------------------------
@@ -154,9 +155,9 @@ def _direct_metrics(topk, test: sp.csr_matrix, n_items, k=10):
 @pytest.mark.parametrize("model", ["random", "popular"])
 def test_metrics_equal_a_direct_python_implementation_on_movielens(movielens_split, model):
     s = movielens_split
-    feats = ev.features(s)
-    topk = ev.model_topk(model, s, feats, k=10, seed=3)
-    got = ev.score_topk(topk, s)
+    feats = protocol.features(s)
+    topk = protocol.model_topk(model, s, feats, k=10, seed=3)
+    got = protocol.score_topk(topk, s)
     want = _direct_metrics(topk, s.test[s.eval_users], s.data.n_items)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-12), key
@@ -164,20 +165,20 @@ def test_metrics_equal_a_direct_python_implementation_on_movielens(movielens_spl
 
 def test_popularity_reproduces_the_eval_md_baseline(movielens_split):
     s = movielens_split
-    m = ev.score_topk(ev.model_topk("popular", s, ev.features(s), k=10), s)
+    m = protocol.score_topk(protocol.model_topk("popular", s, protocol.features(s), k=10), s)
     assert round(m["ndcg@10"], 4) == 0.0885 and round(m["coverage@10"], 4) == 0.0101
 
 
 def test_ranking_excludes_train_items_and_breaks_ties_by_lower_index(movielens_split):
     s = movielens_split
-    feats = ev.features(s)
+    feats = protocol.features(s)
     for model in ("random", "popular", "recent"):
-        topk = ev.model_topk(model, s, feats, k=20, seed=1)
+        topk = protocol.model_topk(model, s, feats, k=20, seed=1)
         for row, u in enumerate(s.eval_users[:50]):
             train = set(s.train.indices[s.train.indptr[u] : s.train.indptr[u + 1]].tolist())
             assert not train & set(topk[row].tolist()), model
     # popular: equal counts are ranked by item index
-    topk = ev.model_topk("popular", s, feats, k=50)
+    topk = protocol.model_topk("popular", s, feats, k=50)
     counts = feats.engagement
     for row in topk[:20]:
         keys = [(-counts[i], i) for i in row]
@@ -186,18 +187,45 @@ def test_ranking_excludes_train_items_and_breaks_ties_by_lower_index(movielens_s
 
 def test_random_model_is_deterministic_per_seed(movielens_split):
     s = movielens_split
-    feats = ev.features(s)
-    a = ev.model_topk("random", s, feats, k=10, seed=7)
-    assert np.array_equal(a, ev.model_topk("random", s, feats, k=10, seed=7))
-    assert not np.array_equal(a, ev.model_topk("random", s, feats, k=10, seed=8))
+    feats = protocol.features(s)
+    a = protocol.model_topk("random", s, feats, k=10, seed=7)
+    assert np.array_equal(a, protocol.model_topk("random", s, feats, k=10, seed=7))
+    assert not np.array_equal(a, protocol.model_topk("random", s, feats, k=10, seed=8))
 
 
-def test_history_weights_halve_every_half_life():
-    users = np.array([0, 0, 0, 1], np.int64)
-    ts = np.array([30, 10, 20, 5], np.int64)
-    w = ev.history_weights(users, ts, np.array([1, 2, 3, 4]), half_life=1.0)
-    # user 0 by time: t=10 (2nd older), t=20, t=30 (latest)
-    assert w.tolist() == [1.0, 0.25, 0.5, 1.0]
-    assert ev.history_weights(users, ts, ts, 0.0).tolist() == [1.0] * 4
-    with pytest.raises(ValueError, match="^history_half_life"):
-        ev.history_weights(users, ts, ts, -1.0)
+# --- the dense EASE reference ---------------------------------------------------------------------
+
+
+def test_dense_ease_solves_the_constrained_ridge_regression():
+    """EASE (Steck 2019): B minimizes ||X - XB||² + l2 ||B||² with diag(B) = 0, so (G + l2 I) B - G
+    is diagonal (the constraint's multipliers) and B's diagonal is 0."""
+    rng = np.random.default_rng(2)
+    x = sp.csr_matrix((rng.random((40, 12)) < 0.3).astype(np.float32))
+    b = protocol.ease_item_weights(x, 5.0)
+    g = (x.T @ x).toarray().astype(np.float64)
+    residual = (g + 5.0 * np.eye(12)) @ b - g
+    assert np.allclose(residual - np.diag(np.diag(residual)), 0.0, atol=1e-9)
+    assert np.diag(b).tolist() == [0.0] * 12
+
+
+def test_ease_ranks_each_users_unseen_items_by_x_b_ties_to_the_lower_index():
+    rng = np.random.default_rng(4)
+    users = np.repeat(np.arange(30), 8)
+    items = rng.integers(0, 15, users.size)
+    d = _dataset(users, items, np.tile(np.arange(8), 30), n_items=16)  # item 15: never seen
+    s = protocol.temporal_split(d)
+    no_text = sp.csr_matrix((16, 1), dtype=np.float32)  # EASE reads no content
+    topk = protocol.model_topk("ease", s, protocol.features(s, tfidf=no_text), k=20)
+    b = protocol.ease_item_weights(s.train, protocol.EASE_L2)
+    for row, u in enumerate(s.eval_users):
+        scores = np.asarray(s.train[u] @ b).ravel()
+        seen = set(s.train[u].indices.tolist())
+        want = sorted((i for i in range(16) if i not in seen), key=lambda i: (-scores[i], i))
+        assert topk[row, : len(want)].tolist() == want
+        assert (topk[row, len(want):] == -1).all()
+
+
+def test_ease_refuses_a_catalog_too_large_for_dense_matrices(monkeypatch):
+    monkeypatch.setattr(protocol, "EASE_MAX_ITEMS", 10)
+    with pytest.raises(ValueError, match="^models: ease"):
+        protocol.ease_item_weights(sp.csr_matrix(np.eye(11, dtype=np.float32)))

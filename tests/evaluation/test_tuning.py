@@ -10,8 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 import feedrank
-import feedrank.evaluate as ev
 import feedrank.tune as tn
+from feedrank import datasets, evaluate, protocol
+from feedrank.config import load_config
 
 # A reduced search (the full one takes minutes): still every collaborative model, the history
 # recency on/off and one value per other component.
@@ -41,11 +42,7 @@ def test_ridge_with_every_item_as_neighbour_equals_dense_ease():
     x[:, :] = np.maximum(x, np.eye(60, 8, dtype=np.float32))  # every item seen at least once
     lam = 3.0
     s = feedrank.ridge_item_neighbors(sp.csr_matrix(x), neighbors=7, l2=lam).toarray()
-    g = x.T.astype(np.float64) @ x
-    p = np.linalg.inv(g + lam * np.eye(8))
-    b = -p / np.diag(p)  # EASE (Steck 2019): B = I - P diagMat(1 / diag P), zero diagonal
-    np.fill_diagonal(b, 0.0)
-    assert np.allclose(s, b, atol=1e-4)
+    assert np.allclose(s, protocol.ease_item_weights(sp.csr_matrix(x), lam), atol=1e-4)
 
 
 def test_ridge_keeps_k_regressors_per_item_and_names_bad_arguments():
@@ -64,12 +61,12 @@ def test_ridge_keeps_k_regressors_per_item_and_names_bad_arguments():
 
 def test_hybrid_ridge_slot_ranks_as_the_ridge_model_alone(movielens_split):
     s = movielens_split
-    feats = ev.features(s)
+    feats = protocol.features(s)
     x = feats.interactions(s.data.n_users, s.data.n_items, 10.0)
     users = s.eval_users[:100]
-    cfg = ev.single_component("collaborative", collaborative="ridge", weighting="binary", neighbors=30,
+    cfg = protocol.single_component("collaborative", collaborative="ridge", weighting="binary", neighbors=30,
                               ridge_l2=50.0, history_half_life=10.0)
-    via_hybrid = ev.hybrid_topk(s, feats, cfg, users, 10)
+    via_hybrid = protocol.hybrid_ranking(s, feats, cfg, users, 10)
     model = feedrank.ridge_item_neighbors(s.train, neighbors=30, l2=50.0)
     alone, _ = feedrank.recommend_items(x, model, users, k=10)
     assert np.array_equal(via_hybrid, alone)
@@ -78,7 +75,7 @@ def test_hybrid_ridge_slot_ranks_as_the_ridge_model_alone(movielens_split):
 # --- tuning ---------------------------------------------------------------------------------------
 
 
-def _perturbed(split: ev.Split, seed: int) -> ev.Split:
+def _perturbed(split: protocol.Split, seed: int) -> protocol.Split:
     """The same data set with every held-out interaction moved to another item and time."""
     d = split.data
     rng = np.random.default_rng(seed)
@@ -86,8 +83,8 @@ def _perturbed(split: ev.Split, seed: int) -> ev.Split:
     t = split.test_mask
     items[t] = rng.integers(0, d.n_items, t.sum())
     ts[t] = ts[t] + rng.integers(1, 10**7, t.sum())
-    other = ev.Dataset(d.name, d.users, items, ts, d.raw_items, d.user_ids, d.item_ids, d.item_text)
-    return ev.Split(other, split.train_mask, t)
+    other = datasets.Dataset(d.name, d.users, items, ts, d.raw_items, d.user_ids, d.item_ids, d.item_text)
+    return protocol.Split(other, split.train_mask, t)
 
 
 def test_tuning_never_reads_the_test_part(movielens_split, tuned):
@@ -101,7 +98,7 @@ def test_tuning_never_reads_the_test_part(movielens_split, tuned):
 def test_tuned_config_is_one_the_pipeline_accepts(tuned, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(tuned["config"]))
-    cfg = ev.read_config(path)
+    cfg = load_config(path)
     assert cfg == feedrank.validate_config(cfg) == tuned["config"]
     assert abs(sum(cfg["weights"].values()) - 1.0) < 1e-5
 
@@ -111,8 +108,8 @@ def test_issue_quality_bar_on_movielens(movielens_split, tuned):
     validation only, here even with the reduced grid); the default-weight hybrid at least
     matches the design's components taken alone."""
     s = movielens_split
-    feats = ev.features(s)
-    score = lambda m, **kw: ev.score_topk(ev.model_topk(m, s, feats, k=10, **kw), s)  # noqa: E731
+    feats = protocol.features(s)
+    score = lambda m, **kw: protocol.score_topk(protocol.model_topk(m, s, feats, k=10, **kw), s)  # noqa: E731
     best = score("hybrid_tuned", tuned=tuned["config"])
     assert best["ndcg@10"] >= 0.129 and best["coverage@10"] >= 0.06, best
     default = score("hybrid_default")["ndcg@10"]
@@ -123,10 +120,10 @@ def test_issue_quality_bar_on_movielens(movielens_split, tuned):
 def test_evaluation_is_deterministic_per_seed(movielens, tuned):
     models = ["random", "popular", "item_item", "hybrid_default", "hybrid_tuned"]
     strip = lambda r: [{k: v for k, v in row.items() if k != "seconds"} for row in r["rows"]]  # noqa: E731
-    a = ev.evaluate(movielens, models=models, config=tuned["config"], seed=4)
-    b = ev.evaluate(movielens, models=models, config=tuned["config"], seed=4)
+    a = evaluate.evaluate(movielens, models=models, config=tuned["config"], seed=4)
+    b = evaluate.evaluate(movielens, models=models, config=tuned["config"], seed=4)
     assert strip(a) == strip(b) and a["curves"] == b["curves"]
-    c = ev.evaluate(movielens, models=["random"], seed=5)
+    c = evaluate.evaluate(movielens, models=["random"], seed=5)
     assert strip(c)[0] != strip(a)[0]
 
 
@@ -149,10 +146,13 @@ def test_cli_evaluate_writes_table_json_and_chart(tmp_path, tuned, capsys, movie
 
 
 def test_recommendation_quality_holds_out_each_users_latest_day(movielens, tmp_path):
-    chart = tmp_path / "q.png"
-    q = ev.recommendation_quality(movielens, feedrank.default_config(), holdout_days=1.0, chart_path=chart)
-    assert q["users_evaluated"] > 100
+    q = protocol.recommendation_quality(movielens, feedrank.default_config(), holdout_days=1.0)
+    assert q["users"] > 100 and q["report"]["users_evaluated"] == q["users"]
     assert 0.0 < q["ndcg@10"] < 1.0 and 0.0 < q["coverage@10"] <= 1.0
-    assert chart.is_file()
+    curve = q["report"]["curves"]["current_config"]
+    assert curve["k"] == list(range(1, 51)) and curve["ndcg"][9] == pytest.approx(q["ndcg@10"])
+    chart = tmp_path / "q.png"
+    evaluate.write_chart(q["report"], chart)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="^holdout_days"):
-        ev.recommendation_quality(movielens, feedrank.default_config(), holdout_days=0)
+        protocol.recommendation_quality(movielens, feedrank.default_config(), holdout_days=0)

@@ -17,6 +17,8 @@ from dagster_pipeline.definitions import JOB_NAME, build_definitions, defs
 from dagster_pipeline.resources import AlertNotifier
 from dagster_pipeline.sensors import alert_on_run_failure
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = {
     "user_interactions_snapshot",
@@ -185,3 +187,27 @@ def test_a_failing_webhook_is_reported_not_swallowed(monkeypatch):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/unreachable")
     with pytest.raises(OSError):
         AlertNotifier(timeout_seconds=2).notify(job="j", run_id="r", error="e")
+
+
+def test_a_bad_scoring_value_in_the_run_config_stops_a_cli_run_in_its_first_step(tmp_path):
+    """As an operator runs it: `dagster asset materialize --config run.yaml`, multiprocess executor
+    (each step sets the scoring resource up in its own process). The first step fails naming the
+    field; no other step starts (and nothing connects: the database named does not exist)."""
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("resources:\n  scoring:\n    config:\n      overrides: {top_k: 0}\n")
+    (tmp_path / "home").mkdir()
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), REDIS_URL="redis://127.0.0.1:1/0",
+               DATABASE_URL="postgres://nobody@127.0.0.1:1/nowhere")
+    env.pop("FEEDRANK_USER_SHARDS", None)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "dagster_pipeline.definitions",
+         "--select", "*", "--config", str(run_config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode != 0
+    failed = [line for line in log.splitlines() if " - STEP_FAILURE - " in line]
+    assert len(failed) == 1 and " - user_interactions_snapshot - " in failed[0], log[-3000:]
+    assert "ValueError: top_k: must be >= 1" in log
+    started = {line.split(" - ")[6] for line in log.splitlines() if " - STEP_WORKER_STARTING - " in line}
+    assert started == {"user_interactions_snapshot"}

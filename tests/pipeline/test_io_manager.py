@@ -11,6 +11,8 @@ import scipy.sparse as sp
 
 from dagster_pipeline.io_manager import BundleIOManager, read_bundle, write_bundle
 
+pytestmark = pytest.mark.fast
+
 
 def _bundle(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import numpy as np
 import psycopg
 import pytest
 import scipy.sparse as sp
-from conftest import DemoData, current_recommendations, materialize_all
+from graph_runs import DemoData, current_recommendations, materialize_all, run_failure
 
 
 def _materializations(result) -> dict[str, dict]:
@@ -52,7 +52,8 @@ def test_whole_graph_materializes_and_its_checks_pass(demo_db: DemoData, pipelin
         entry = feedrank.decode_cache_entry(redis_client.get(feedrank.recommendations_key(prefix, user_id)))
         assert entry["run_id"] == run_id
         assert {it["post_id"] for it in entry["items"]} == {p for p, _, _ in items}
-        assert 0 < redis_client.ttl(feedrank.recommendations_key(prefix, user_id)) <= 3600
+        # the entry lives as long as the run's ScoringConfig says (the default here)
+        assert 0 < redis_client.ttl(feedrank.recommendations_key(prefix, user_id)) <= feedrank.default_config()["cache_ttl_seconds"]
 
 
 def _user_ids(url: str) -> list[str]:
@@ -212,10 +213,10 @@ def test_long_readers_delay_the_swap_and_the_clean_up_but_never_fail_the_run(
     superseded run's table one on that table. A reader holding either in a long transaction makes
     the pipeline wait LOCK_TIMEOUT: the attach then tries again, the clean-up leaves the old run
     for the next run; the new run is served either way."""
-    from dagster_pipeline import assets
+    from dagster_pipeline import swap
 
     materialize_all(pipeline_resources, top_k=10)
-    monkeypatch.setattr(assets, "LOCK_TIMEOUT", "300ms")
+    monkeypatch.setattr(swap, "LOCK_TIMEOUT", "300ms")
     # a reader of the old run's partition, for the whole second run
     with psycopg.connect(demo_db.url) as reader:
         reader.execute("SELECT count(*) FROM user_recommendations_run_1").fetchone()
@@ -312,9 +313,8 @@ def test_a_run_failing_mid_way_leaves_the_previous_recommendations_served(
 def test_bad_config_is_rejected_before_any_work(demo_db: DemoData, pipeline_resources, redis_client, config, field):
     result = materialize_all(pipeline_resources, raise_on_error=False, **config)
     assert not result.success
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert [e.step_key for e in failures] == ["user_interactions_snapshot"]
-    assert field in failures[0].event_specific_data.error.message
+    assert field in run_failure(result)
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_START"], "a step ran"
     storage = pipeline_resources["io_manager"].base_dir
     import os
 
@@ -325,20 +325,30 @@ def test_bad_config_is_rejected_before_any_work(demo_db: DemoData, pipeline_reso
     assert not list(redis_client.scan_iter(match=prefix + "*"))
 
 
-def test_bad_config_of_a_later_asset_stops_the_run_in_its_first_step(demo_db: DemoData, pipeline_resources):
+def test_the_run_config_an_operator_writes_reaches_every_asset(demo_db: DemoData, pipeline_resources, redis_client):
+    """`resources: scoring: config: {overrides: ...}` in the run config (the YAML of the UI's
+    launchpad or `dagster asset materialize --config`), over the definitions' default resource."""
     import dagster as dg
-    from conftest import ALL_CHECKS, build_assets
-    from dagster_pipeline.config import RecommendationConfig
 
+    from dagster_pipeline.assets import build_assets
+    from dagster_pipeline.checks import ALL_CHECKS
+
+    run_config = {"resources": {"scoring": {"config": {"overrides": {"top_k": 7, "cache_ttl_seconds": 600}}}}}
+    result = dg.materialize([*build_assets(), *ALL_CHECKS], resources=pipeline_resources, run_config=run_config)
+    assert result.success
+    with psycopg.connect(demo_db.url) as conn:
+        per_user = {r[0] for r in conn.execute("SELECT count(*) FROM user_recommendations GROUP BY user_id")}
+        cfg = conn.execute("SELECT config FROM recommendation_runs").fetchone()[0]
+    assert per_user == {7} and cfg["top_k"] == 7 and cfg["cache_ttl_seconds"] == 600
+    some_user = next(iter(current_recommendations(demo_db.url)))
+    key = feedrank.recommendations_key(pipeline_resources["redis"].key_prefix, some_user)
+    assert 0 < redis_client.ttl(key) <= 600, "the Redis entry's TTL is the run's cache_ttl_seconds"
+
+    bad = {"resources": {"scoring": {"config": {"overrides": {"neighbors": 0}}}}}
     result = dg.materialize(
-        [*build_assets(), *ALL_CHECKS],
-        resources=pipeline_resources,
-        run_config=dg.RunConfig(ops={"recommendation_scores": RecommendationConfig(weights={"recency": -1.0})}),
-        raise_on_error=False,
+        [*build_assets(), *ALL_CHECKS], resources=pipeline_resources, run_config=bad, raise_on_error=False
     )
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert [e.step_key for e in failures] == ["user_interactions_snapshot"]
-    assert "recommendation_scores" in failures[0].event_specific_data.error.message
+    assert not result.success and "neighbors" in run_failure(result)
 
 
 def test_a_tuned_config_file_is_used(demo_db: DemoData, pipeline_resources, tmp_path):

@@ -6,14 +6,17 @@ below the previous materialization's."""
 import dagster as dg
 import pytest
 
+from graph_runs import run_failure
+
 from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
-from dagster_pipeline.config import run_config_for_all
 from dagster_pipeline.partitions import user_shards
 from dagster_pipeline.quality import QUALITY, QUALITY_CHECKS, build_quality_asset, ndcg_dropped
+from dagster_pipeline.resources import ScoringResource
 from dagster_pipeline.schedules import all_shards_tags
 
 
+@pytest.mark.fast
 def test_ndcg_dropped_is_a_relative_drop_of_more_than_the_tolerance():
     assert not ndcg_dropped(None, 0.01)  # first materialization
     assert not ndcg_dropped(0.20, 0.20)
@@ -44,16 +47,11 @@ WEIGHTS = {"collaborative": 0.5, "content": 0.3, "recency": 0.1, "engagement": 0
 
 
 def test_quality_is_recorded_and_the_check_warns_on_a_drop(pipeline_resources, demo_db):
-    """One full run (config given to the five pipeline assets only: the quality asset evaluates
-    recommendation_scores' configuration), then the quality asset alone with its own config."""
+    """One full run, then the quality asset alone in runs of its own (same configuration)."""
     instance = dg.DagsterInstance.ephemeral()
     graph = [*build_assets(None), *ALL_CHECKS, build_quality_asset(None), *QUALITY_CHECKS]
-    first = dg.materialize(
-        graph,
-        resources=pipeline_resources,
-        run_config=run_config_for_all(weights=WEIGHTS),
-        instance=instance,
-    )
+    resources = {**pipeline_resources, "scoring": ScoringResource(overrides={"weights": WEIGHTS})}
+    first = dg.materialize(graph, resources=resources, instance=instance)
     assert first.success
     md = _quality_metadata(first)
     assert md["weights"].value == WEIGHTS  # the configuration the scores were built with
@@ -75,14 +73,7 @@ def test_quality_is_recorded_and_the_check_warns_on_a_drop(pipeline_resources, d
     instance.report_runless_asset_event(
         dg.AssetMaterialization(QUALITY, metadata={"ndcg@10": better})
     )
-    own_config = {"ops": {"recommendation_quality": {"config": {"weights": WEIGHTS}}}}
-    second = dg.materialize(
-        graph,
-        resources=pipeline_resources,
-        run_config=own_config,
-        instance=instance,
-        selection=[QUALITY],
-    )
+    second = dg.materialize(graph, resources=resources, instance=instance, selection=[QUALITY])
     assert second.success  # non-blocking: the run goes on
     again = _quality_metadata(second)["ndcg@10"].value
     assert again == pytest.approx(ndcg)  # same data, same config: deterministic
@@ -92,10 +83,7 @@ def test_quality_is_recorded_and_the_check_warns_on_a_drop(pipeline_resources, d
     assert check.metadata["previous_ndcg@10"].value == pytest.approx(better)
 
     # Same figure as the previous materialization: passes.
-    third = dg.materialize(
-        graph, resources=pipeline_resources, run_config=own_config, instance=instance,
-        selection=[QUALITY],
-    )
+    third = dg.materialize(graph, resources=resources, instance=instance, selection=[QUALITY])
     assert _check_result(third).passed
     assert _check_result(third).metadata["previous_ndcg@10"].value == pytest.approx(ndcg)
 
@@ -103,13 +91,11 @@ def test_quality_is_recorded_and_the_check_warns_on_a_drop(pipeline_resources, d
 def test_a_bad_quality_config_fails_naming_the_field(pipeline_resources, demo_db):
     result = dg.materialize(
         [build_quality_asset(None), *QUALITY_CHECKS],
-        resources=pipeline_resources,
-        run_config={"ops": {"recommendation_quality": {"config": {"neighbors": 0}}}},
+        resources={**pipeline_resources, "scoring": ScoringResource(overrides={"neighbors": 0})},
         raise_on_error=False,
     )
     assert not result.success
-    failure = result.failure_data_for_node("recommendation_quality")
-    assert "neighbors" in str(failure.user_failure_data or failure.error)
+    assert "neighbors" in run_failure(result)
 
 
 def test_quality_runs_with_user_shards(pipeline_resources, demo_db):
@@ -119,7 +105,6 @@ def test_quality_runs_with_user_shards(pipeline_resources, demo_db):
     result = dg.materialize(
         [*build_assets(shards), *ALL_CHECKS, build_quality_asset(shards), *QUALITY_CHECKS],
         resources=pipeline_resources,
-        run_config=run_config_for_all(),
         tags=all_shards_tags(shards),
     )
     assert result.success

@@ -10,7 +10,7 @@ from pathlib import Path
 import feedrank
 import psycopg
 import pytest
-from conftest import DemoData, current_recommendations
+from graph_runs import DemoData, current_recommendations
 
 from dagster_pipeline.partitions import shard_keys
 from feedrank import db

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import feedrank
+import feedrank._core
 import feedrank.tfidf
 
 
@@ -18,12 +19,8 @@ def run(obj, name):
     return len(test.examples), runner.failures
 
 
-KERNEL_API = [
-    "shuffle", "permutation", "TfidfVectorizer", "weight_interactions", "cosine_topk",
-    "item_neighbors", "recommend_items", "hybrid_topk", "ranking_metrics", "metrics_at_k",
-    "default_config", "validate_config", "reasons", "recommendations_key", "encode_cache_entry",
-    "decode_cache_entry",
-]
+# Everything the package exports and everything the native module exports.
+KERNEL_API = sorted((set(feedrank.__all__) | set(feedrank._core.__all__)) - {"__version__"})
 
 
 def test_every_kernel_api_function_has_a_passing_example():
@@ -34,13 +31,6 @@ def test_every_kernel_api_function_has_a_passing_example():
         if n == 0:
             without.append(name)
     assert without == [], f"no example in the docstring of {without}"
-
-
-def test_other_docstring_examples_pass():
-    for name in feedrank.__all__:
-        obj = getattr(feedrank, name)
-        if callable(obj):
-            assert run(obj, name)[1] == 0, name
 
 
 def test_module_docstrings():

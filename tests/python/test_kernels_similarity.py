@@ -145,7 +145,8 @@ def test_hybrid_equals_a_dense_reference(seed):
     x, tfidf, age, eng, author = hybrid_inputs(seed)
     users = np.arange(x.shape[0])
     w = (0.4, 0.3, 0.2, 0.1)
-    res = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, weights=w, neighbors=5)
+    cfg = {"top_k": 10, "weights": dict(zip(feedrank.component_names(), w)), "neighbors": 5}
+    res = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, cfg)
     assert res["indices"].shape == (30, 10) and res["components"].shape == (30, 10, 4)
     ref = reference_hybrid(x, tfidf, age, eng, author, users, 10, w, 5, 30.0)
     for u, (order, score, norm, every_score) in zip(users, ref):
@@ -171,15 +172,16 @@ def test_hybrid_exclude_candidates_and_item_item():
     users = np.array([0, 3, 5])
     hidden = sp.csr_matrix((np.ones(3), ([0, 3, 5], [1, 2, 3])), shape=x.shape)
     cands = np.arange(0, 60, 2)
-    res = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=50, exclude=hidden, candidates=cands,
-                               collaborative="item_item", weighting="bm25")
+    res = feedrank.hybrid_topk(x, tfidf, age, eng, author, users,
+                               {"top_k": 50, "collaborative": "item_item", "weighting": "bm25"},
+                               exclude=hidden, candidates=cands)
     for r, u in enumerate(users):
         got = res["indices"][r][res["indices"][r] >= 0]
         assert set(got) <= set(cands)
         assert hidden[u].indices[0] not in got
     # a user with no history still gets fresh/popular posts
     empty = sp.csr_matrix(x.shape, dtype=np.float32)
-    res = feedrank.hybrid_topk(empty, tfidf, age, eng, np.full(60, -1), np.array([0]), k=5)
+    res = feedrank.hybrid_topk(empty, tfidf, age, eng, np.full(60, -1), np.array([0]), {"top_k": 5})
     assert np.all(res["components"][0][:, :2] == 0)
     assert np.all(res["indices"][0] >= 0)
 
@@ -190,10 +192,11 @@ def test_a_prepared_model_scores_batches_exactly_like_one_call():
     in blocks of 32, so batches here cross and split blocks)."""
     x, tfidf, age, eng, author = hybrid_inputs(4)
     hidden = sp.csr_matrix((np.ones(4), ([0, 3, 5, 7], [1, 2, 3, 4])), shape=x.shape)
-    kw = dict(k=7, exclude=hidden, neighbors=4, weights=(0.5, 0.2, 0.2, 0.1))
+    cfg = {"top_k": 7, "neighbors": 4,
+           "weights": {"collaborative": 0.5, "content": 0.2, "recency": 0.2, "engagement": 0.1}}
     users = np.arange(x.shape[0])
-    whole = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, **kw)
-    model = feedrank.HybridModel(x, tfidf, age, eng, author, **kw)
+    whole = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, cfg, exclude=hidden)
+    model = feedrank.HybridModel(x, tfidf, age, eng, author, cfg, exclude=hidden)
     assert model.n_users == x.shape[0]
     order = np.random.default_rng(0).choice(users, 70)
     for batch in (np.array_split(order, 5), [order]):
@@ -203,8 +206,8 @@ def test_a_prepared_model_scores_batches_exactly_like_one_call():
                 np.testing.assert_array_equal(got[key], whole[key][part])
     with pytest.raises(ValueError, match=r"^users: index"):
         model.topk(np.array([x.shape[0]]))
-    with pytest.raises(ValueError, match=r"^k: must be >= 1"):
-        feedrank.HybridModel(x, tfidf, age, eng, author, k=0)
+    with pytest.raises(ValueError, match=r"^top_k: must be >= 1"):
+        feedrank.HybridModel(x, tfidf, age, eng, author, {"top_k": 0})
 
 
 def test_bad_arguments_name_the_argument():
@@ -213,8 +216,8 @@ def test_bad_arguments_name_the_argument():
     call = lambda **kw: feedrank.hybrid_topk(**{**dict(interactions=x, post_tfidf=tfidf, post_age_days=age,
                                                       post_engagement=eng, post_author=author, users=users), **kw})
     call()
-    with pytest.raises(ValueError, match=r"^k: must be >= 1"):
-        call(k=0)
+    with pytest.raises(ValueError, match=r"^top_k: must be >= 1"):
+        call(config={"top_k": 0})
     with pytest.raises(ValueError, match=r"^users: index"):
         call(users=np.array([-1]))
     with pytest.raises(ValueError, match=r"^users: index"):
@@ -236,18 +239,20 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match=r"^interactions: values must be finite"):
         bad = x.copy(); bad.data[0] = np.inf
         call(interactions=bad)
-    with pytest.raises(ValueError, match=r"^weights:"):
-        call(weights=(1, 2))
-    with pytest.raises(ValueError, match=r"^collaborative: unknown model"):
-        call(collaborative="nope")
+    with pytest.raises(ValueError, match=r"^weights: content weight must be finite"):
+        call(config={"weights": {"content": -1.0}})
+    with pytest.raises(ValueError, match=r"^collaborative: unknown variant `nope`"):
+        call(config={"collaborative": "nope"})
     with pytest.raises(ValueError, match=r"^weighting:"):
-        call(weighting="nope")
+        call(config={"weighting": "nope"})
     with pytest.raises(ValueError, match=r"^exclude: must have the shape"):
         call(exclude=sp.csr_matrix((2, 2)))
     with pytest.raises(ValueError, match=r"^candidates:"):
         call(candidates=np.array([600]))
     with pytest.raises(ValueError, match=r"^recency_tau_days:"):
-        call(recency_tau_days=0.0)
+        call(config={"recency_tau_days": 0.0})
+    with pytest.raises(ValueError, match=r"^bm25_b:"):
+        call(config={"weighting": "bm25", "bm25_b": 2.0})
     with pytest.raises(ValueError, match=r"^k: must be >= 1"):
         feedrank.cosine_topk(x, k=0)
     with pytest.raises(ValueError, match=r"^items: has"):
@@ -265,13 +270,12 @@ def test_hybrid_item_item_with_precomputed_neighbors_equals_refitting():
     x, tfidf, age, eng, author = hybrid_inputs(4)
     users = np.arange(x.shape[0])
     for weighting in ("none", "bm25"):
-        fitted = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, neighbors=5,
-                                      collaborative="item_item", weighting=weighting)
+        cfg = {"top_k": 10, "neighbors": 5, "collaborative": "item_item", "weighting": weighting}
+        fitted = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, cfg)
         s = feedrank.item_neighbors(x, k=5, weighting=weighting)
-        given = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, k=10, neighbors=5,
-                                     collaborative="item_item", weighting=weighting, item_neighbors=s)
+        given = feedrank.hybrid_topk(x, tfidf, age, eng, author, users, cfg, item_neighbors=s)
         assert np.array_equal(fitted["indices"], given["indices"])
         np.testing.assert_allclose(fitted["scores"], given["scores"], atol=1e-6)
-    with pytest.raises(ValueError, match=r"^collaborative: the item neighbour matrix"):
-        feedrank.hybrid_topk(x, tfidf, age, eng, author, users, collaborative="item_item",
+    with pytest.raises(ValueError, match=r"^item_neighbors: must be items x items"):
+        feedrank.hybrid_topk(x, tfidf, age, eng, author, users, {"collaborative": "item_item"},
                              item_neighbors=sp.csr_matrix((3, 3), dtype=np.float32))

@@ -12,9 +12,8 @@ import dagster as dg
 
 from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
-from dagster_pipeline.config import run_config_for_all
 from dagster_pipeline.io_manager import BundleIOManager
-from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource
+from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
 
 
 def main() -> int:
@@ -27,8 +26,8 @@ def main() -> int:
                                    key_prefix=os.environ.get("REDIS_KEY_PREFIX", "")),
             "notifier": AlertNotifier(),
             "io_manager": BundleIOManager(base_dir=storage),
+            "scoring": ScoringResource(),
         },
-        run_config=run_config_for_all(),
         raise_on_error=False,
     )
     print("pipeline run", "succeeded" if result.success else "FAILED", flush=True)

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{check_count, check_non_negative, check_positive};
 use crate::{Error, Result};
 
 /// The four components of a recommendation, in the order used everywhere (arrays, columns, JSON).
@@ -75,37 +76,53 @@ impl HybridWeights {
     }
 }
 
-/// Why a post was recommended: the component that contributed most to its score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    SimilarUsers,
-    SimilarContent,
-    Fresh,
-    Popular,
+/// An enum whose variants each have one name, the same in JSON, Python and SQL: `NAMES` (and
+/// `ALL`) list them in declaration order, `as_str` names one, `parse` reads a name back. The names
+/// are written once, here; serde uses the same ones.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+            /// The names of [`Self::ALL`], in that order.
+            pub const NAMES: [&'static str; [$($text),+].len()] = [$($text),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s)
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Why a post was recommended: the component that contributed most to its score.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Reason {
+        SimilarUsers = "similar_users",
+        SimilarContent = "similar_content",
+        Fresh = "fresh",
+        Popular = "popular",
+    }
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
-        Reason::SimilarUsers,
-        Reason::SimilarContent,
-        Reason::Fresh,
-        Reason::Popular,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::SimilarUsers => "similar_users",
-            Reason::SimilarContent => "similar_content",
-            Reason::Fresh => "fresh",
-            Reason::Popular => "popular",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// The component with the largest weighted contribution; ties go to the earlier component.
     pub fn strongest(weights: &HybridWeights, components: [f32; 4]) -> Reason {
         let w = weights.as_array();
@@ -119,53 +136,23 @@ impl Reason {
     }
 }
 
-/// A kind of interaction a client can track. The one list of them: the API's tracking body, the
-/// pipeline's snapshot, [`InteractionWeights`] and the Python lists all derive from it (and a test
-/// compares it with the migration's CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InteractionType {
-    View,
-    Click,
-    Like,
-    Share,
-    /// "Not interested": never a positive signal; a hidden post is never recommended again.
-    Hide,
-}
-
-impl InteractionType {
-    /// Every type, in the order of [`InteractionWeights::as_array`].
-    pub const ALL: [InteractionType; 5] = [
-        InteractionType::View,
-        InteractionType::Click,
-        InteractionType::Like,
-        InteractionType::Share,
-        InteractionType::Hide,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            InteractionType::View => "view",
-            InteractionType::Click => "click",
-            InteractionType::Like => "like",
-            InteractionType::Share => "share",
-            InteractionType::Hide => "hide",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<InteractionType> {
-        InteractionType::ALL.into_iter().find(|t| t.as_str() == s)
+named_enum! {
+    /// A kind of interaction a client can track. The one list of them: the API's tracking body,
+    /// the pipeline's snapshot, [`InteractionWeights`] and the Python lists all derive from it (and
+    /// a test compares it with the migration's CHECK constraint).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum InteractionType {
+        View = "view",
+        Click = "click",
+        Like = "like",
+        Share = "share",
+        /// "Not interested": never a positive signal; a hidden post is never recommended again.
+        Hide = "hide",
     }
 }
 
-/// The names of [`InteractionType::ALL`], in that order.
-pub const INTERACTION_TYPES: [&str; 5] = [
-    InteractionType::ALL[0].as_str(),
-    InteractionType::ALL[1].as_str(),
-    InteractionType::ALL[2].as_str(),
-    InteractionType::ALL[3].as_str(),
-    InteractionType::ALL[4].as_str(),
-];
+/// The names of [`InteractionType::ALL`], in the order of [`InteractionWeights::as_array`].
+pub const INTERACTION_TYPES: [&str; 5] = InteractionType::NAMES;
 
 /// How much each interaction type says about a user's interest.
 ///
@@ -220,32 +207,36 @@ impl InteractionWeights {
     }
 }
 
-/// The model that fills the hybrid's collaborative slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CollaborativeModel {
-    /// The design's user-user filter: sum over the k nearest users of similarity x their weight.
-    UserUser,
-    /// Item-item: sum over the user's items of their k nearest items' similarities.
-    ItemItem,
-    /// Neighbourhood ridge item-item (`recommenders::ridge_item_neighbors`): each item regressed
-    /// on its `neighbors` strongest co-occurring items with penalty `ridge_l2`; EASE made sparse.
-    Ridge,
+named_enum! {
+    /// The model that fills the hybrid's collaborative slot (`collaborative.rs`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CollaborativeModel {
+        /// The design's user-user filter: sum over the k nearest users of similarity x their
+        /// weight.
+        UserUser = "user_user",
+        /// Item-item: sum over the user's items of their k nearest items' similarities.
+        ItemItem = "item_item",
+        /// Neighbourhood ridge item-item (`recommenders::ridge_item_neighbors`): each item
+        /// regressed on its `neighbors` strongest co-occurring items with penalty `ridge_l2`;
+        /// EASE made sparse.
+        Ridge = "ridge",
+    }
 }
 
-/// How the users x items interaction matrix is weighted before similarities are computed
-/// (as in `implicit`: plain, TF-IDF or BM25 of the interaction values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InteractionWeighting {
-    None,
-    Binary,
-    Tfidf,
-    Bm25,
+named_enum! {
+    /// How the users x items interaction matrix is weighted before similarities are computed
+    /// (as in `implicit`: plain, binary, TF-IDF or BM25 of the interaction values).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum InteractionWeighting {
+        None = "none", Binary = "binary", Tfidf = "tfidf", Bm25 = "bm25",
+    }
 }
 
-/// Everything that shapes a run's recommendations, with the design's defaults.
-/// The pipeline's run config and `feedrank tune`'s output file are this struct as JSON.
+/// Everything that shapes a run's recommendations, with the design's defaults: the one
+/// parameter object of the hybrid score (`score::HybridModel`), the binding, the
+/// pipeline and the evaluation. The pipeline's run config and `feedrank tune`'s output file are
+/// this struct as JSON. A new setting is a field here (with its default, its check in
+/// [`ScoringConfig::validate`] and its doc comment) and reaches every caller from here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoringConfig {
@@ -253,6 +244,10 @@ pub struct ScoringConfig {
     pub interaction_weights: InteractionWeights,
     pub collaborative: CollaborativeModel,
     pub weighting: InteractionWeighting,
+    /// BM25 term-frequency saturation of the `bm25` weighting (>= 0).
+    pub bm25_k1: f32,
+    /// BM25 length normalization of the `bm25` weighting, in [0, 1].
+    pub bm25_b: f32,
     /// Recency time constant: recency = exp(-age / tau).
     pub recency_tau_days: f32,
     /// Neighbours kept per user (user-user) or per item (item-item, ridge).
@@ -279,6 +274,8 @@ impl Default for ScoringConfig {
             interaction_weights: InteractionWeights::default(),
             collaborative: CollaborativeModel::UserUser,
             weighting: InteractionWeighting::None,
+            bm25_k1: 100.0,
+            bm25_b: 0.8,
             recency_tau_days: 30.0,
             neighbors: 50,
             ridge_l2: 100.0,
@@ -291,43 +288,35 @@ impl Default for ScoringConfig {
     }
 }
 
+/// BM25's `k1` (term-frequency saturation): finite and >= 0. `arg` names it as the caller does
+/// (`bm25_k1` in a config, `k1` as a kernel's argument).
+pub fn check_bm25_k1(arg: &'static str, k1: f32) -> Result<()> {
+    check_non_negative(arg, k1)
+}
+
+/// BM25's `b` (length normalization): in [0, 1].
+pub fn check_bm25_b(arg: &'static str, b: f32) -> Result<()> {
+    if !(b.is_finite() && (0.0..=1.0).contains(&b)) {
+        return Err(Error::invalid(arg, format!("must be in [0, 1], got {b}")));
+    }
+    Ok(())
+}
+
 impl ScoringConfig {
+    /// The one validation of the settings; each error starts with the field's name.
     pub fn validate(&self) -> Result<()> {
         self.weights.validate()?;
         self.interaction_weights.validate()?;
-        if !(self.recency_tau_days.is_finite() && self.recency_tau_days > 0.0) {
-            return Err(Error::invalid(
-                "recency_tau_days",
-                format!("must be finite and > 0, got {}", self.recency_tau_days),
-            ));
-        }
-        if self.neighbors == 0 {
-            return Err(Error::invalid("neighbors", "must be >= 1"));
-        }
-        if !(self.ridge_l2.is_finite() && self.ridge_l2 > 0.0) {
-            return Err(Error::invalid(
-                "ridge_l2",
-                format!("must be finite and > 0, got {}", self.ridge_l2),
-            ));
-        }
-        if !(self.history_half_life.is_finite() && self.history_half_life >= 0.0) {
-            return Err(Error::invalid(
-                "history_half_life",
-                format!("must be finite and >= 0, got {}", self.history_half_life),
-            ));
-        }
-        if self.top_k == 0 {
-            return Err(Error::invalid("top_k", "must be >= 1"));
-        }
-        if self.lookback_days == 0 {
-            return Err(Error::invalid("lookback_days", "must be >= 1"));
-        }
-        if self.cache_ttl_seconds == 0 {
-            return Err(Error::invalid("cache_ttl_seconds", "must be >= 1"));
-        }
-        if self.expires_after_hours == 0 {
-            return Err(Error::invalid("expires_after_hours", "must be >= 1"));
-        }
+        check_bm25_k1("bm25_k1", self.bm25_k1)?;
+        check_bm25_b("bm25_b", self.bm25_b)?;
+        check_positive("recency_tau_days", self.recency_tau_days)?;
+        check_count("neighbors", self.neighbors)?;
+        check_positive("ridge_l2", self.ridge_l2)?;
+        check_non_negative("history_half_life", self.history_half_life)?;
+        check_count("top_k", self.top_k)?;
+        check_count("lookback_days", self.lookback_days as usize)?;
+        check_count("cache_ttl_seconds", self.cache_ttl_seconds as usize)?;
+        check_count("expires_after_hours", self.expires_after_hours as usize)?;
         Ok(())
     }
 
@@ -335,11 +324,31 @@ impl ScoringConfig {
         serde_json::to_string(self).expect("ScoringConfig always serializes")
     }
 
-    /// Parses and validates; missing fields take their defaults, unknown fields are an error.
-    pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: ScoringConfig =
-            serde_json::from_str(s).map_err(|e| Error::invalid("config", e.to_string()))?;
+    /// Reads and validates a configuration from any serde source (JSON text; a Python dict,
+    /// through the binding). Missing fields take their defaults; an unknown field, a value of the
+    /// wrong type or a bad value is an error that starts with the field's path (`top_k: ...`,
+    /// `weights.content: ...`, `top_kk: unknown field ...`; `config: ...` when the whole is
+    /// not an object).
+    pub fn deserialize_validated<'de, D: serde::Deserializer<'de>>(source: D) -> Result<Self> {
+        let cfg: ScoringConfig = serde_path_to_error::deserialize(source).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
+            Error::invalid(field, e.into_inner().to_string())
+        })?;
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates JSON text (see [`ScoringConfig::deserialize_validated`]).
+    pub fn from_json(s: &str) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_str(s);
+        let cfg = Self::deserialize_validated(&mut de)?;
+        de.end()
+            .map_err(|e| Error::invalid("config", e.to_string()))?;
         Ok(cfg)
     }
 }
@@ -412,15 +421,79 @@ mod tests {
     }
 
     #[test]
-    fn interaction_types_parse_their_names() {
-        for t in InteractionType::ALL {
-            assert_eq!(InteractionType::parse(t.as_str()), Some(t));
-            assert_eq!(
-                serde_json::to_string(&t).unwrap(),
-                format!("\"{}\"", t.as_str())
-            );
+    fn named_enums_parse_their_names_and_serialize_as_them() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + Serialize>(
+            all: &[T],
+            names: &[&str],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            assert_eq!(all.len(), names.len());
+            for (&v, &name) in all.iter().zip(names) {
+                assert_eq!(as_str(v), name);
+                assert_eq!(parse(name), Some(v));
+                assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{name}\""));
+            }
+            assert_eq!(parse("unlike"), None);
         }
-        assert_eq!(InteractionType::parse("unlike"), None);
+        check(&Reason::ALL, &Reason::NAMES, Reason::as_str, Reason::parse);
+        check(
+            &InteractionType::ALL,
+            &InteractionType::NAMES,
+            InteractionType::as_str,
+            InteractionType::parse,
+        );
+        check(
+            &CollaborativeModel::ALL,
+            &CollaborativeModel::NAMES,
+            CollaborativeModel::as_str,
+            CollaborativeModel::parse,
+        );
+        check(
+            &InteractionWeighting::ALL,
+            &InteractionWeighting::NAMES,
+            InteractionWeighting::as_str,
+            InteractionWeighting::parse,
+        );
+        assert_eq!(
+            INTERACTION_TYPES,
+            ["view", "click", "like", "share", "hide"]
+        );
+        assert_eq!(
+            CollaborativeModel::NAMES,
+            ["user_user", "item_item", "ridge"]
+        );
+    }
+
+    #[test]
+    fn bm25_settings_are_validated_by_name() {
+        let c = ScoringConfig::default();
+        assert_eq!((c.bm25_k1, c.bm25_b), (100.0, 0.8));
+        let err = |json: &str| ScoringConfig::from_json(json).unwrap_err().to_string();
+        assert!(err(r#"{"bm25_k1": -1}"#).starts_with("bm25_k1: must be finite and >= 0"));
+        assert!(err(r#"{"bm25_b": 1.5}"#).starts_with("bm25_b: must be in [0, 1]"));
+        let tuned = ScoringConfig::from_json(r#"{"weighting": "bm25", "bm25_k1": 1.2}"#).unwrap();
+        assert_eq!(
+            (tuned.weighting, tuned.bm25_k1),
+            (InteractionWeighting::Bm25, 1.2)
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = |json: &str| ScoringConfig::from_json(json).unwrap_err().to_string();
+        assert!(err(r#"{"top_k": "ten"}"#).starts_with("top_k: invalid type"));
+        assert!(
+            err(r#"{"weights": {"content": "x"}}"#).starts_with("weights.content: invalid type")
+        );
+        assert!(err(r#"{"collaborative": "nope"}"#).starts_with("collaborative: unknown variant"));
+        let unknown = err(r#"{"top_kk": 3}"#);
+        assert!(
+            unknown.starts_with("top_kk: unknown field `top_kk`"),
+            "{unknown}"
+        );
+        assert!(err(r#"{"weights": {"fresh": 1}}"#).starts_with("weights.fresh: unknown field"));
+        assert!(err(r#"{} x"#).starts_with("config: trailing characters"));
     }
 
     #[test]

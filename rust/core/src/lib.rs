@@ -2,13 +2,17 @@
 //!
 //! Pure Rust, no Python: `rust/python` wraps it for `import feedrank`, `api/` links it directly.
 //!
-//! Kernels: [`shuffle`], [`tfidf`], [`similarity`], [`score`], [`metrics`].
+//! Kernels: [`shuffle`], [`tfidf`], [`similarity`], [`weighting`], [`score`] (the hybrid) with
+//! its [`collaborative`] models and the ridge maths of [`recommenders`], [`metrics`]. Long
+//! kernels take a [`cancel::Cancel`] token.
 //! Contracts (one implementation each, used by the writer and the reader alike):
-//! [`config`] (hybrid weights, interaction weights, defaults) and [`cache`] (the Redis entry of a
-//! user's recommendations).
+//! [`config`] (the scoring configuration, its defaults and checks, the named enums) and
+//! [`cache`] (the Redis entry of a user's recommendations).
 
 pub mod blend;
 pub mod cache;
+pub mod cancel;
+pub mod collaborative;
 pub mod config;
 pub mod error;
 pub mod fresh;

@@ -1,6 +1,5 @@
-//! Collaborative models stronger than plain cosine neighbours, in the same output layout as
-//! item neighbours (an `items x items` CSR `S`, a user's scores being `x_u · S`), so that the
-//! same scoring path serves them.
+//! The ridge maths of the `ridge` collaborative model (`collaborative.rs` scores with it): an
+//! `items x items` CSR `S` in the layout of item neighbours, a user's scores being `x_u · S`.
 //!
 //! [`ridge_item_neighbors`]: a neighbourhood-restricted ridge regression of each item on its
 //! nearest items. EASE (Steck 2019) solves this regression against *all* items with one dense
@@ -20,11 +19,11 @@
 
 use rayon::prelude::*;
 
-use crate::config::ScoringConfig;
-use crate::score::{CollaborativeInput, ItemNeighbors};
+use crate::cancel::Cancel;
+use crate::error::{check_count, check_positive};
 use crate::sparse::{from_sorted_rows, Csr, CsrRef};
 use crate::topk::{Scored, TopK};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Parameters of [`ridge_item_neighbors`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,16 +36,8 @@ pub struct RidgeParams {
 
 impl RidgeParams {
     pub fn validate(&self) -> Result<()> {
-        if self.neighbors == 0 {
-            return Err(Error::invalid("neighbors", "must be >= 1"));
-        }
-        if !(self.l2.is_finite() && self.l2 > 0.0) {
-            return Err(Error::invalid(
-                "l2",
-                format!("must be finite and > 0, got {}", self.l2),
-            ));
-        }
-        Ok(())
+        check_count("neighbors", self.neighbors)?;
+        check_positive("l2", self.l2)
     }
 }
 
@@ -63,6 +54,7 @@ fn cooccurrence_top(
     keep: usize,
     cached: &[u32],
     n_cached: usize,
+    cancel: &Cancel,
 ) -> Vec<ItemPass> {
     let n_items = x.ncols;
     (0..n_items)
@@ -70,6 +62,9 @@ fn cooccurrence_top(
         .map_init(
             || (vec![0f32; n_items], Vec::<u32>::new(), TopK::new(keep)),
             |(acc, touched, top), j| {
+                if cancel.is_cancelled() {
+                    return (Vec::new(), 0.0, Vec::new());
+                }
                 let (users, xv) = xt.row(j);
                 let mut diag = 0f64;
                 for (&u, &w) in users.iter().zip(xv) {
@@ -210,11 +205,20 @@ fn solve_dense(a: &mut [f64], b: &mut [f64], n: usize) -> Option<()> {
 /// The neighbourhood ridge item-item model of the module docs, from a users x items matrix of
 /// non-negative interaction values (binary or weighted). Returns `S` (`items x items`, at most
 /// `neighbors` entries per column); score a user with `x_u · S`.
-pub fn ridge_item_neighbors(x: CsrRef<f32>, params: RidgeParams) -> Result<Csr<f32>> {
-    ridge_with_cache(x, params, CACHED_ITEMS)
+pub fn ridge_item_neighbors(
+    x: CsrRef<f32>,
+    params: RidgeParams,
+    cancel: &Cancel,
+) -> Result<Csr<f32>> {
+    ridge_with_cache(x, params, CACHED_ITEMS, cancel)
 }
 
-fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> Result<Csr<f32>> {
+fn ridge_with_cache(
+    x: CsrRef<f32>,
+    params: RidgeParams,
+    max_cached: usize,
+    cancel: &Cancel,
+) -> Result<Csr<f32>> {
     params.validate()?;
     x.check_finite("interactions")?;
     x.check_non_negative("interactions")?;
@@ -232,7 +236,8 @@ fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> R
     for (slot, &i) in by_degree[..n_cached].iter().enumerate() {
         cached[i as usize] = slot as u32;
     }
-    let pass = cooccurrence_top(x, xt, params.neighbors, &cached, n_cached);
+    let pass = cooccurrence_top(x, xt, params.neighbors, &cached, n_cached, cancel);
+    cancel.check()?;
     let mut cache = vec![0f32; n_cached * n_cached];
     for (j, (_, _, row)) in pass.iter().enumerate() {
         if cached[j] != u32::MAX {
@@ -255,7 +260,7 @@ fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> R
         .map_init(Vec::<f64>::new, |gram, j| {
             let nb = &pass[j].0;
             let n = nb.len();
-            if n == 0 {
+            if n == 0 || cancel.is_cancelled() {
                 return Vec::new();
             }
             gram.clear();
@@ -282,27 +287,10 @@ fn ridge_with_cache(x: CsrRef<f32>, params: RidgeParams, max_cached: usize) -> R
             col
         })
         .collect();
+    cancel.check()?;
     // Rows of Sᵀ are the columns of S.
     let st = from_sorted_rows(n_items, columns);
     Ok(st.view().transpose())
-}
-
-/// The hybrid's `ridge` collaborative model: [`ridge_item_neighbors`] of the weighted matrix
-/// (`weighting`; `binary` fits the regression on who-saw-what), scored as `x_u · S` with the
-/// user's history values (e.g. recency-weighted). Setting: `ridge_l2` (default: ScoringConfig's).
-pub fn ridge_scorer(input: &CollaborativeInput) -> Result<ItemNeighbors> {
-    let l2 = match input.params.get("ridge_l2") {
-        Some(&v) => v as f32,
-        None => ScoringConfig::default().ridge_l2,
-    };
-    let s = ridge_item_neighbors(
-        input.weighted.view(),
-        RidgeParams {
-            neighbors: input.neighbors,
-            l2,
-        },
-    )?;
-    ItemNeighbors::new(input.interactions.clone(), s)
 }
 
 #[cfg(test)]
@@ -368,6 +356,7 @@ mod tests {
                 neighbors: 3,
                 l2: lam,
             },
+            &Cancel::new(),
         )
         .unwrap();
         let g = dense_gram(&x);
@@ -428,6 +417,7 @@ mod tests {
                 neighbors: 2,
                 l2: 1.0,
             },
+            &Cancel::new(),
         )
         .unwrap();
         let st = s.view().transpose();
@@ -441,7 +431,11 @@ mod tests {
     #[test]
     fn rejects_bad_parameters_and_values() {
         let x = csr(2, 2, &[(0, 0), (0, 1), (1, 1)]);
-        let err = |p: RidgeParams| ridge_item_neighbors(x.view(), p).unwrap_err().to_string();
+        let err = |p: RidgeParams| {
+            ridge_item_neighbors(x.view(), p, &Cancel::new())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(RidgeParams {
             neighbors: 0,
             l2: 1.0
@@ -460,6 +454,7 @@ mod tests {
                 neighbors: 1,
                 l2: 1.0,
             },
+            &Cancel::new(),
         )
         .unwrap_err()
         .to_string();
@@ -500,9 +495,10 @@ mod tests {
             neighbors: 6,
             l2: 1.5,
         };
-        let all = ridge_with_cache(x.view(), p, 15).unwrap();
-        assert_eq!(ridge_with_cache(x.view(), p, 0).unwrap(), all);
-        assert_eq!(ridge_with_cache(x.view(), p, 4).unwrap(), all);
+        let c = Cancel::new();
+        let all = ridge_with_cache(x.view(), p, 15, &c).unwrap();
+        assert_eq!(ridge_with_cache(x.view(), p, 0, &c).unwrap(), all);
+        assert_eq!(ridge_with_cache(x.view(), p, 4, &c).unwrap(), all);
     }
 
     #[test]
@@ -523,8 +519,13 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap();
-        let a = one.install(|| ridge_item_neighbors(x.view(), p).unwrap());
-        let b = ridge_item_neighbors(x.view(), p).unwrap();
+        let c = Cancel::new();
+        let a = one.install(|| ridge_item_neighbors(x.view(), p, &c).unwrap());
+        let b = ridge_item_neighbors(x.view(), p, &c).unwrap();
         assert_eq!(a, b);
+        // a cancelled fit stops and says so
+        c.cancel();
+        let stopped = ridge_item_neighbors(x.view(), p, &c);
+        assert_eq!(stopped, Err(crate::Error::Cancelled));
     }
 }

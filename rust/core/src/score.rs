@@ -2,9 +2,8 @@
 //! normalized per user over the posts that user may be shown, combined by
 //! [`HybridWeights::combine`], top-k per user with every component kept beside the score.
 //!
-//! - collaborative: a [`CollaborativeScorer`] (user-user: the sum over the user's `neighbors`
-//!   most similar users of similarity x their interaction weight; item-item: `x_u · S` with `S`
-//!   the items' top-`neighbors` cosine neighbours);
+//! - collaborative: the [`CollaborativeScorer`] that `config.collaborative` names
+//!   (`collaborative.rs`: user-user, item-item, ridge);
 //! - content: cosine between the user's profile (the mean TF-IDF vector of the posts they
 //!   engaged with, i.e. interaction value > 0) and each post's TF-IDF vector;
 //! - recency: `exp(-age_days / tau)`; engagement: `ln(1 + weighted interaction count)`.
@@ -18,17 +17,18 @@
 //! posts x posts matrix is formed. [`HybridModel`] prepares everything that does not depend on
 //! the users once, for callers that score users in batches.
 //!
-//! Adding a collaborative model: implement [`CollaborativeScorer`] (e.g. in `recommenders.rs`)
-//! and add its name to [`build_scorer`]; model-specific numbers arrive in
-//! [`CollaborativeInput::params`] (from Python: extra keyword arguments of `hybrid_topk`).
+//! Every setting comes from one [`ScoringConfig`]; the kernels check a [`Cancel`] token between
+//! blocks of users.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::config::{HybridWeights, InteractionWeighting};
-use crate::similarity::{item_neighbors, Accumulator};
+use crate::cancel::Cancel;
+use crate::collaborative::{build_scorer, CollaborativeScorer, Lane};
+use crate::config::{HybridWeights, InteractionWeighting, ScoringConfig};
+use crate::similarity::Accumulator;
 use crate::sparse::{Csr, CsrRef};
 use crate::topk::{write_row, FlatTopK, Scored};
 use crate::weighting::weight_interactions;
@@ -39,216 +39,14 @@ use crate::{Error, Result};
 /// posts were most of the time); a `u32` per post marks the lanes that exclude it.
 pub const LANES: usize = 32;
 
-/// Where a collaborative model writes one user's scores: a dense accumulator over posts that
-/// remembers which posts it touched (the block kernel keeps only those).
-pub struct Lane<'a> {
-    acc: &'a mut Accumulator,
-}
-
-impl Lane<'_> {
-    #[inline(always)]
-    pub fn add(&mut self, post: usize, value: f32) {
-        self.acc.add(post as u32, value);
-    }
-}
-
-/// A collaborative model: adds a user's score for every post into `out` (zeroed on entry).
-pub trait CollaborativeScorer: Send + Sync {
-    /// Per-thread scratch for [`CollaborativeScorer::score_into`].
-    fn scratch(&self) -> Accumulator;
-    fn score_into(&self, user: usize, scratch: &mut Accumulator, out: &mut Lane);
-}
-
-/// What a collaborative model is built from.
-pub struct CollaborativeInput<'a> {
-    /// users x posts interaction values (the history).
-    pub interactions: Arc<Csr<f32>>,
-    /// The same matrix weighted for similarity (`weighting`).
-    pub weighted: Arc<Csr<f32>>,
-    /// Neighbours per user or per item.
-    pub neighbors: usize,
-    /// Model-specific settings by name (e.g. a ridge penalty).
-    pub params: &'a BTreeMap<String, f64>,
-    /// Precomputed item neighbours (items x items) for `item_item`, so that a caller scoring
-    /// users in batches fits them once.
-    pub item_neighbors: Option<CsrRef<'a, f32>>,
-}
-
-/// The user-user model: cosine neighbours on the weighted matrix, found per user by a sparse
-/// accumulator over the users who share a post (exact).
-pub struct UserUser {
-    x: Arc<Csr<f32>>,
-    w: Arc<Csr<f32>>,
-    wt: Csr<f32>,
-    inv_norm: Vec<f32>,
-    k: usize,
-    /// All weighted values > 0: the branchless accumulator applies.
-    positive: bool,
-}
-
-impl UserUser {
-    pub fn new(input: &CollaborativeInput) -> Self {
-        let inv_norm = input
-            .weighted
-            .view()
-            .row_norms()
-            .into_iter()
-            .map(|n| if n > 0.0 { 1.0 / n } else { 0.0 })
-            .collect();
-        UserUser {
-            x: input.interactions.clone(),
-            w: input.weighted.clone(),
-            wt: input.weighted.view().transpose(),
-            inv_norm,
-            k: input.neighbors,
-            positive: input.weighted.data.iter().all(|&v| v > 0.0),
-        }
-    }
-}
-
-impl CollaborativeScorer for UserUser {
-    fn scratch(&self) -> Accumulator {
-        Accumulator::new(self.w.nrows, self.k)
-    }
-
-    fn score_into(&self, user: usize, a: &mut Accumulator, out: &mut Lane) {
-        let (wt, x) = (self.wt.view(), self.x.view());
-        let (posts, vals) = self.w.view().row(user);
-        for (&p, &v) in posts.iter().zip(vals) {
-            let (users, ws) = wt.row(p as usize);
-            if self.positive {
-                a.add_positive(users, ws, v);
-            } else {
-                for (&o, &w) in users.iter().zip(ws) {
-                    a.add(o, v * w);
-                }
-            }
-        }
-        if self.positive {
-            a.touched.extend_from_slice(&a.buf[..a.count]);
-            a.count = 0;
-        }
-        let ui = self.inv_norm[user];
-        for t in 0..a.touched.len() {
-            let o = a.touched[t] as usize;
-            let s = a.acc[o] * ui * self.inv_norm[o];
-            a.acc[o] = 0.0;
-            a.seen[o] = false;
-            if o != user && s > 0.0 {
-                a.topk.push(o as u32, s);
-            }
-        }
-        a.touched.clear();
-        let mut nb = std::mem::take(&mut a.sorted);
-        a.topk.drain_sorted(&mut nb);
-        for e in &nb {
-            let (posts, vals) = x.row(e.index as usize);
-            for (&p, &v) in posts.iter().zip(vals) {
-                out.add(p as usize, e.score * v);
-            }
-        }
-        a.sorted = nb;
-    }
-}
-
-/// Item-based scoring `x_u · S` over any items x items neighbour matrix `S` (item-item cosine
-/// here; other models that produce such an `S` can reuse it).
-pub struct ItemNeighbors {
-    x: Arc<Csr<f32>>,
-    s: Csr<f32>,
-}
-
-impl ItemNeighbors {
-    pub fn new(interactions: Arc<Csr<f32>>, s: Csr<f32>) -> Result<Self> {
-        if s.nrows != interactions.ncols || s.ncols != interactions.ncols {
-            return Err(Error::invalid(
-                "collaborative",
-                "the item neighbour matrix must be items x items",
-            ));
-        }
-        Ok(ItemNeighbors { x: interactions, s })
-    }
-
-    /// Item-item cosine neighbours of the weighted matrix.
-    pub fn cosine(input: &CollaborativeInput) -> Result<Self> {
-        let s = item_neighbors(
-            input.weighted.view(),
-            input.neighbors,
-            InteractionWeighting::None,
-            0.0,
-            0.0,
-            true,
-        )?;
-        Self::new(input.interactions.clone(), s)
-    }
-}
-
-impl CollaborativeScorer for ItemNeighbors {
-    fn scratch(&self) -> Accumulator {
-        Accumulator::new(0, 1)
-    }
-
-    fn score_into(&self, user: usize, _: &mut Accumulator, out: &mut Lane) {
-        let s = self.s.view();
-        let (items, vals) = self.x.view().row(user);
-        for (&i, &v) in items.iter().zip(vals) {
-            let (nb, sims) = s.row(i as usize);
-            for (&j, &sv) in nb.iter().zip(sims) {
-                out.add(j as usize, v * sv);
-            }
-        }
-    }
-}
-
-/// The collaborative models by name.
-pub const COLLABORATIVE_MODELS: [&str; 3] = ["user_user", "item_item", "ridge"];
-
-/// Builds the collaborative model `name`.
-pub fn build_scorer(
-    name: &str,
-    input: &CollaborativeInput,
-) -> Result<Box<dyn CollaborativeScorer>> {
-    match name {
-        "user_user" => Ok(Box::new(UserUser::new(input))),
-        "item_item" => match input.item_neighbors {
-            Some(s) => Ok(Box::new(ItemNeighbors::new(
-                input.interactions.clone(),
-                s.to_owned(),
-            )?)),
-            None => Ok(Box::new(ItemNeighbors::cosine(input)?)),
-        },
-        "ridge" => Ok(Box::new(crate::recommenders::ridge_scorer(input)?)),
-        other => Err(Error::invalid(
-            "collaborative",
-            format!("unknown model {other:?} (known: {COLLABORATIVE_MODELS:?})"),
-        )),
-    }
-}
-
 /// Per-post inputs of the hybrid score.
 pub struct Posts<'a> {
-    /// posts x terms, TF-IDF rows.
-    pub tfidf: CsrRef<'a, f32>,
+    /// posts x terms, TF-IDF rows (shared: a [`HybridModel`] keeps it without a copy).
+    pub tfidf: Arc<Csr<f32>>,
     pub age_days: &'a [f32],
     pub engagement: &'a [f32],
     /// The author's user index, or -1.
     pub author: &'a [i64],
-}
-
-/// Settings of [`hybrid_topk`] and [`HybridModel`].
-pub struct HybridParams<'a> {
-    pub k: usize,
-    pub weights: HybridWeights,
-    pub neighbors: usize,
-    pub recency_tau_days: f32,
-    pub collaborative: &'a str,
-    pub weighting: InteractionWeighting,
-    /// BM25 settings when `weighting` is BM25.
-    pub bm25_k1: f32,
-    pub bm25_b: f32,
-    pub model_params: &'a BTreeMap<String, f64>,
-    /// See [`CollaborativeInput::item_neighbors`].
-    pub item_neighbors: Option<CsrRef<'a, f32>>,
 }
 
 /// Top-k per user: indices (`-1` padded), scores and the four normalized components.
@@ -271,10 +69,10 @@ fn check_len(arg: &'static str, len: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn validate(
+/// The data's checks (the settings are [`ScoringConfig::validate`]'s).
+fn validate_data(
     x: &CsrRef<f32>,
     posts: &Posts,
-    p: &HybridParams,
     exclude: Option<&CsrRef<f32>>,
     candidates: Option<&[usize]>,
 ) -> Result<()> {
@@ -289,7 +87,7 @@ fn validate(
             ),
         ));
     }
-    posts.tfidf.check_finite("post_tfidf")?;
+    posts.tfidf.view().check_finite("post_tfidf")?;
     check_len("post_age_days", posts.age_days.len(), n_posts)?;
     check_len("post_engagement", posts.engagement.len(), n_posts)?;
     check_len("post_author", posts.author.len(), n_posts)?;
@@ -323,19 +121,6 @@ fn validate(
             format!("must be -1 or a user index in 0..{}, found {a}", x.nrows),
         ));
     }
-    if p.k == 0 {
-        return Err(Error::invalid("k", "must be >= 1"));
-    }
-    if p.neighbors == 0 {
-        return Err(Error::invalid("neighbors", "must be >= 1"));
-    }
-    if !(p.recency_tau_days.is_finite() && p.recency_tau_days > 0.0) {
-        return Err(Error::invalid(
-            "recency_tau_days",
-            format!("must be finite and > 0, got {}", p.recency_tau_days),
-        ));
-    }
-    p.weights.validate()?;
     if let Some(e) = exclude {
         if e.nrows != x.nrows || e.ncols != x.ncols {
             return Err(Error::invalid(
@@ -378,7 +163,7 @@ struct Scratch {
 struct Shared {
     interactions: Arc<Csr<f32>>,
     exclude: Option<Csr<f32>>,
-    tfidf: Csr<f32>,
+    tfidf: Arc<Csr<f32>>,
     /// 1 / the post's TF-IDF norm (0 for a post without terms).
     inv_norm: Vec<f32>,
     recency: Vec<f32>,
@@ -440,26 +225,31 @@ impl Shared {
     }
 }
 
-/// The hybrid top-k of each of `users`. See the module documentation. (A caller scoring users
-/// in batches builds a [`HybridModel`] once instead.)
+/// The hybrid top-k of each of `users`. See the module documentation. A convenience that copies
+/// `interactions` and `exclude` into a [`HybridModel`] and cannot be cancelled: a caller that
+/// scores users in batches, has the matrices owned already or needs precomputed item
+/// neighbours builds the model itself.
 pub fn hybrid_topk(
     interactions: CsrRef<f32>,
     posts: &Posts,
     users: &[usize],
-    params: &HybridParams,
+    config: &ScoringConfig,
     exclude: Option<CsrRef<f32>>,
     candidates: Option<&[usize]>,
 ) -> Result<HybridResult> {
     // HybridModel::new validates the rest; bad users are refused before building it
     check_users(users, interactions.nrows)?;
+    let cancel = Cancel::new();
     HybridModel::new(
         Arc::new(interactions.to_owned()),
         posts,
-        params,
+        config,
         exclude.map(|e| e.to_owned()),
         candidates,
+        None,
+        &cancel,
     )?
-    .topk(users)
+    .topk(users, &cancel)
 }
 
 fn check_users(users: &[usize], n_users: usize) -> Result<()> {
@@ -482,35 +272,37 @@ pub struct HybridModel {
 }
 
 impl HybridModel {
+    /// Prepares the hybrid of `config` (k = `config.top_k`) over users x posts `interactions`
+    /// (stored entries are the history, whatever their value) and `posts`. `exclude` (users x
+    /// posts) and `candidates` (post indices) restrict what each user may be shown;
+    /// `item_neighbors` (items x items) replaces the fit of the `item_item` model.
     pub fn new(
         interactions: Arc<Csr<f32>>,
         posts: &Posts,
-        params: &HybridParams,
+        config: &ScoringConfig,
         exclude: Option<Csr<f32>>,
         candidates: Option<&[usize]>,
+        item_neighbors: Option<Csr<f32>>,
+        cancel: &Cancel,
     ) -> Result<HybridModel> {
-        validate(
+        config.validate()?;
+        validate_data(
             &interactions.view(),
             posts,
-            params,
             exclude.as_ref().map(|e| e.view()).as_ref(),
             candidates,
         )?;
         let n_posts = interactions.ncols;
-        let weighted = weight_interactions(
-            interactions.view(),
-            params.weighting,
-            params.bm25_k1,
-            params.bm25_b,
-        )?;
-        let input = CollaborativeInput {
-            interactions: interactions.clone(),
-            weighted: Arc::new(weighted),
-            neighbors: params.neighbors,
-            params: params.model_params,
-            item_neighbors: params.item_neighbors,
+        let weighted = match config.weighting {
+            InteractionWeighting::None => interactions.clone(),
+            w => Arc::new(weight_interactions(
+                interactions.view(),
+                w,
+                config.bm25_k1,
+                config.bm25_b,
+            )?),
         };
-        let scorer = build_scorer(params.collaborative, &input)?;
+        let scorer = build_scorer(config, &interactions, &weighted, item_neighbors, cancel)?;
         let mut by_author: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
         for (p, &a) in posts.author.iter().enumerate() {
             if a >= 0 {
@@ -536,7 +328,7 @@ impl HybridModel {
         let recency: Vec<f32> = posts
             .age_days
             .iter()
-            .map(|&a| (-(a as f64) / params.recency_tau_days as f64).exp() as f32)
+            .map(|&a| (-(a as f64) / config.recency_tau_days as f64).exp() as f32)
             .collect();
         let engagement: Vec<f32> = posts
             .engagement
@@ -551,9 +343,10 @@ impl HybridModel {
         let shared = Shared {
             interactions,
             exclude,
-            tfidf: posts.tfidf.to_owned(),
+            tfidf: posts.tfidf.clone(),
             inv_norm: posts
                 .tfidf
+                .view()
                 .row_norms()
                 .into_iter()
                 .map(|n| if n > 0.0 { 1.0 / n } else { 0.0 })
@@ -565,12 +358,12 @@ impl HybridModel {
             allowed,
             allowed_bits,
             by_author,
-            weights: params.weights,
+            weights: config.weights,
         };
         Ok(HybridModel {
             shared,
             scorer,
-            k: params.k,
+            k: config.top_k,
         })
     }
 
@@ -579,7 +372,7 @@ impl HybridModel {
     }
 
     /// The top-k of each of `users` (rows of the interactions), in that order.
-    pub fn topk(&self, users: &[usize]) -> Result<HybridResult> {
+    pub fn topk(&self, users: &[usize], cancel: &Cancel) -> Result<HybridResult> {
         check_users(users, self.n_users())?;
         let (shared, scorer, k) = (&self.shared, self.scorer.as_ref(), self.k);
         let n_posts = shared.interactions.ncols;
@@ -611,6 +404,9 @@ impl HybridModel {
                     sorted: Vec::with_capacity(k),
                 },
                 |s, (((idx_out, sc_out), comp_out), block)| {
+                    if cancel.is_cancelled() {
+                        return; // the blocks still to come are skipped
+                    }
                     #[cfg(target_arch = "x86_64")]
                     if avx2 {
                         // SAFETY: the CPU has AVX2 (checked just above).
@@ -622,6 +418,7 @@ impl HybridModel {
                     score_block(shared, scorer, block, s, idx_out, sc_out, comp_out)
                 },
             );
+        cancel.check()?;
         Ok(out)
     }
 }
@@ -680,13 +477,7 @@ fn score_block(
         let excluded = &mut s.excluded;
         sh.excluded_posts(u, |p| excluded[p as usize] |= bit);
         s.collab_start[lane] = s.collab.len();
-        scorer.score_into(
-            u,
-            &mut s.model,
-            &mut Lane {
-                acc: &mut s.collab_acc,
-            },
-        );
+        scorer.score_into(u, &mut s.model, &mut Lane::new(&mut s.collab_acc));
         let acc = &mut s.collab_acc;
         acc.touched.sort_unstable();
         for t in 0..acc.touched.len() {

@@ -9,7 +9,9 @@
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
 use crate::config::InteractionWeighting;
+use crate::error::check_count;
 use crate::sparse::{Csr, CsrRef};
 use crate::topk::{write_row, FlatTopK, Scored, TopK};
 use crate::weighting::weight_interactions;
@@ -147,14 +149,15 @@ pub fn cosine_topk(
     items: Option<CsrRef<f32>>,
     k: usize,
     exclude_self: bool,
+    cancel: &Cancel,
 ) -> Result<TopKRows> {
-    if k == 0 {
-        return Err(Error::invalid("k", "must be >= 1"));
-    }
+    check_count("k", k)?;
     queries.check_finite("queries")?;
     let same = items.is_none();
     if same {
-        return Ok(cosine_topk_self(queries, k, exclude_self));
+        let out = cosine_topk_self(queries, k, exclude_self, cancel);
+        cancel.check()?;
+        return Ok(out);
     }
     let items = items.unwrap_or(queries);
     items.check_finite("items")?;
@@ -194,6 +197,9 @@ pub fn cosine_topk(
         .for_each_init(
             || Accumulator::new(n_items, k),
             |a, (block, (idx_out, sc_out))| {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 let first = block * BLOCK;
                 for (r, (io, so)) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).enumerate() {
                     let q = first + r;
@@ -232,6 +238,7 @@ pub fn cosine_topk(
                 }
             },
         );
+    cancel.check()?;
     Ok(out)
 }
 
@@ -243,8 +250,9 @@ struct SelfState {
 
 /// Cosine top-k of the rows of `m` among themselves. Each pair is computed once (`j > i`, the
 /// upper triangle) and offered to both rows' top-k, halving the work of the two-sided loop;
-/// every thread keeps a top-k per row (`threads x n x k` entries), merged at the end.
-fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool) -> TopKRows {
+/// every thread keeps a top-k per row (`threads x n x k` entries), merged at the end. Once
+/// `cancel` is set the remaining blocks are skipped (the caller returns the error).
+fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool, cancel: &Cancel) -> TopKRows {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let n = m.nrows;
@@ -265,7 +273,7 @@ fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool) -> TopKRows {
                     };
                     loop {
                         let first = next.fetch_add(BLOCK, Ordering::Relaxed);
-                        if first >= n {
+                        if first >= n || cancel.is_cancelled() {
                             break;
                         }
                         for i in first..(first + BLOCK).min(n) {
@@ -374,6 +382,7 @@ pub fn item_neighbors(
     k1: f32,
     b: f32,
     exclude_self: bool,
+    cancel: &Cancel,
 ) -> Result<Csr<f32>> {
     interactions.check_finite("interactions")?;
     // items x users; the weighted copy (if any) is dropped before the similarity pass
@@ -383,7 +392,7 @@ pub fn item_neighbors(
             .view()
             .transpose(),
     };
-    let top = cosine_topk(wt.view(), None, k, exclude_self)?;
+    let top = cosine_topk(wt.view(), None, k, exclude_self, cancel)?;
     Ok(top.to_csr(interactions.ncols))
 }
 
@@ -395,10 +404,9 @@ pub fn recommend_items(
     users: &[usize],
     k: usize,
     exclude_interacted: bool,
+    cancel: &Cancel,
 ) -> Result<TopKRows> {
-    if k == 0 {
-        return Err(Error::invalid("k", "must be >= 1"));
-    }
+    check_count("k", k)?;
     if neighbors.nrows != interactions.ncols || neighbors.ncols != interactions.ncols {
         return Err(Error::invalid(
             "item_neighbors",
@@ -430,6 +438,9 @@ pub fn recommend_items(
         .for_each_init(
             || Accumulator::new(n_items, k),
             |a, ((idx_out, sc_out), us)| {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 for ((io, so), &u) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).zip(us) {
                     let (items, vals) = interactions.row(u);
                     for (&i, &x) in items.iter().zip(vals) {
@@ -474,6 +485,7 @@ pub fn recommend_items(
                 }
             },
         );
+    cancel.check()?;
     Ok(out)
 }
 
@@ -530,8 +542,8 @@ mod tests {
             k in 1usize..8,
         ) {
             let m = random_csr(17, 9, &cells);
-            let all = cosine_topk(m.view(), None, m.nrows, true).unwrap();
-            let top = cosine_topk(m.view(), None, k, true).unwrap();
+            let all = cosine_topk(m.view(), None, m.nrows, true, &Cancel::new()).unwrap();
+            let top = cosine_topk(m.view(), None, k, true, &Cancel::new()).unwrap();
             for q in 0..m.nrows {
                 // brute force, same order: descending score, ties by lower index; zeros dropped
                 let mut want: Vec<(usize, f64)> = (0..m.nrows)
@@ -572,9 +584,9 @@ mod tests {
             k in 1usize..6,
         ) {
             let x = random_csr(8, 11, &cells);
-            let s = item_neighbors(x.view(), 4, InteractionWeighting::None, 0.0, 0.0, true).unwrap();
+            let s = item_neighbors(x.view(), 4, InteractionWeighting::None, 0.0, 0.0, true, &Cancel::new()).unwrap();
             let users: Vec<usize> = (0..x.nrows).collect();
-            let recs = recommend_items(x.view(), s.view(), &users, k, true).unwrap();
+            let recs = recommend_items(x.view(), s.view(), &users, k, true, &Cancel::new()).unwrap();
             for &u in &users {
                 let (items, vals) = x.view().row(u);
                 let mut score = vec![0f64; x.ncols];
@@ -611,13 +623,48 @@ mod tests {
             vec![1.0f32; 5],
         )
         .unwrap();
-        let s = item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, true).unwrap();
+        let c = Cancel::new();
+        let s =
+            item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, true, &c).unwrap();
         assert_eq!(s.indptr, vec![0, 1, 2, 2]);
         assert_eq!(s.indices, vec![1, 0]);
         assert!((s.data[0] - 1.0).abs() < 1e-6);
         let with_self =
-            item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, false).unwrap();
+            item_neighbors(x.view(), 2, InteractionWeighting::None, 0.0, 0.0, false, &c).unwrap();
         assert_eq!(with_self.indices, vec![0, 1, 0, 1, 2]);
-        assert!(cosine_topk(x.view(), None, 0, true).is_err());
+        assert!(cosine_topk(x.view(), None, 0, true, &c).is_err());
+    }
+
+    #[test]
+    fn cancelled_kernels_stop_and_say_so() {
+        let x = random_csr(
+            40,
+            9,
+            &[(1, 2, 1), (3, 2, 2), (5, 4, 1), (7, 4, 3), (9, 8, 1)],
+        );
+        let c = Cancel::new();
+        c.cancel();
+        let other = random_csr(5, 9, &[(0, 2, 1)]);
+        for with_items in [false, true] {
+            let items = with_items.then(|| other.view());
+            assert_eq!(
+                cosine_topk(x.view(), items, 3, true, &c),
+                Err(Error::Cancelled)
+            );
+        }
+        let s = item_neighbors(
+            x.view(),
+            3,
+            InteractionWeighting::None,
+            0.0,
+            0.0,
+            true,
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            recommend_items(x.view(), s.view(), &[0, 1], 2, true, &c),
+            Err(Error::Cancelled)
+        );
     }
 }

@@ -5,9 +5,11 @@
 //! the same scores slot by slot, the same posts up to ties, the same components.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use feedrank_core::config::{HybridWeights, InteractionWeighting};
-use feedrank_core::score::{hybrid_topk, HybridParams, Posts};
+use feedrank_core::cancel::Cancel;
+use feedrank_core::config::{CollaborativeModel, HybridWeights, InteractionWeighting, ScoringConfig};
+use feedrank_core::score::{hybrid_topk, Posts};
 use feedrank_core::similarity::item_neighbors;
 use feedrank_core::sparse::Csr;
 use proptest::prelude::*;
@@ -93,6 +95,7 @@ fn brute_force(
             0.0,
             0.0,
             true,
+            &Cancel::new(),
         )
         .unwrap();
         for (i, &value) in rows[user].iter().enumerate() {
@@ -134,7 +137,7 @@ fn brute_force(
     let tfidf: Vec<Vec<f64>> = (0..n_posts)
         .map(|p| {
             let mut row = vec![0f64; posts.tfidf.ncols];
-            let (terms, vals) = posts.tfidf.row(p);
+            let (terms, vals) = posts.tfidf.view().row(p);
             for (&t, &v) in terms.iter().zip(vals) {
                 row[t as usize] = v as f64;
             }
@@ -224,14 +227,14 @@ proptest! {
         let x = csr(n_users, n_posts, &cells);
         let ex = csr(n_users, n_posts, &hidden);
         let tfidf = csr(n_posts, 8, &terms);
-        let posts = Posts { tfidf: tfidf.view(), age_days: &ages, engagement: &engagement, author: &authors };
+        let posts = Posts { tfidf: Arc::new(tfidf), age_days: &ages, engagement: &engagement, author: &authors };
         let users: Vec<usize> = (0..n_users).collect();
-        let extra = BTreeMap::new();
         let weights = HybridWeights::from_array([weights.0, weights.1, weights.2, weights.3]);
-        let params = HybridParams {
-            k, weights, neighbors, recency_tau_days: 30.0,
-            collaborative: if item_item { "item_item" } else { "user_user" },
-            weighting: InteractionWeighting::None, bm25_k1: 100.0, bm25_b: 0.8, model_params: &extra, item_neighbors: None,
+        let params = ScoringConfig {
+            top_k: k, weights, neighbors, recency_tau_days: 30.0,
+            collaborative: if item_item { CollaborativeModel::ItemItem } else { CollaborativeModel::UserUser },
+            weighting: InteractionWeighting::None,
+            ..ScoringConfig::default()
         };
         let cands: Vec<usize> = (0..n_posts).filter(|p| p % 2 == 0).collect();
         let res = hybrid_topk(x.view(), &posts, &users, &params, Some(ex.view()),

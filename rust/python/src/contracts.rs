@@ -2,22 +2,37 @@
 //! the API runs, so writer and reader cannot drift apart.
 
 use feedrank_core::cache::{self, CachedFeed, CachedRecommendation};
-use feedrank_core::config::{HybridWeights, Reason, ScoringConfig, COMPONENTS};
+use feedrank_core::config::{
+    CollaborativeModel, HybridWeights, InteractionType, InteractionWeighting, Reason,
+    ScoringConfig, COMPONENTS,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pythonize::Depythonizer;
 
 use crate::convert::{floats_1d, floats_2d};
 use crate::error::{type_error, value_error, IntoPyResult};
 
-fn json_loads<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyAny>> {
-    py.import("json")?.call_method1("loads", (s,))
+/// A config as the dict Python sees: through the core's JSON, so that f32 values read as the
+/// short decimals they were written as (0.4, not 0.4000000059604645).
+fn config_dict<'py>(py: Python<'py>, cfg: &ScoringConfig) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (cfg.to_json(),))
 }
 
-fn json_dumps(py: Python<'_>, obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<String> {
-    py.import("json")?
-        .call_method1("dumps", (obj,))
-        .map_err(|e| type_error(arg, format!("must be JSON-serializable: {e}")))?
-        .extract()
+/// A dict of ScoringConfig fields (`arg` names it in errors), read by the core's serde type and
+/// validated there: missing fields take their defaults, an unknown field or a bad value is a
+/// ValueError naming the field.
+pub fn config_from_dict(arg: &str, cfg: &Bound<'_, PyAny>) -> PyResult<ScoringConfig> {
+    if !cfg.is_instance_of::<PyDict>() {
+        return Err(type_error(
+            arg,
+            format!(
+                "expected a dict of ScoringConfig fields, got {}",
+                cfg.get_type().name()?
+            ),
+        ));
+    }
+    ScoringConfig::deserialize_validated(&mut Depythonizer::from_object(cfg)).py()
 }
 
 /// Hybrid weights from a 4-sequence `(collaborative, content, recency, engagement)` or a dict
@@ -70,7 +85,7 @@ pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {
 /// 0.4
 #[pyfunction]
 pub fn default_config(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    json_loads(py, &ScoringConfig::default().to_json())
+    config_dict(py, &ScoringConfig::default())
 }
 
 /// Validates a (partial) scoring configuration and returns it complete: missing fields take their
@@ -83,12 +98,7 @@ pub fn validate_config<'py>(
     py: Python<'py>,
     cfg: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if !cfg.is_instance_of::<PyDict>() {
-        return Err(type_error("cfg", "expected a dict"));
-    }
-    let s = json_dumps(py, cfg, "cfg")?;
-    let parsed = ScoringConfig::from_json(&s).py()?;
-    json_loads(py, &parsed.to_json())
+    config_dict(py, &config_from_dict("cfg", cfg)?)
 }
 
 /// The reason (strongest weighted component) of each row of an `n x 4` components array.
@@ -158,7 +168,7 @@ pub fn encode_cache_entry<'py>(
     }
     let items = post_ids
         .into_iter()
-        .zip(scores)
+        .zip(scores.iter().copied())
         .zip(comps.chunks_exact(4))
         .map(|((post_id, score), c)| {
             let components = [c[0], c[1], c[2], c[3]];
@@ -202,7 +212,38 @@ pub fn decode_cache_entry<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'
 }
 
 /// The four component names, in array order.
+///
+/// >>> feedrank.component_names()
+/// ('collaborative', 'content', 'recency', 'engagement')
 #[pyfunction]
 pub fn component_names(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     PyTuple::new(py, COMPONENTS)
+}
+
+/// The interaction types a client can track, in the order of the interaction weights (the
+/// core's `InteractionType`).
+///
+/// >>> feedrank.interaction_types()
+/// ('view', 'click', 'like', 'share', 'hide')
+#[pyfunction]
+pub fn interaction_types(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, InteractionType::NAMES)
+}
+
+/// The values of the config's `collaborative` field (the core's `CollaborativeModel`).
+///
+/// >>> feedrank.collaborative_models()
+/// ('user_user', 'item_item', 'ridge')
+#[pyfunction]
+pub fn collaborative_models(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, CollaborativeModel::NAMES)
+}
+
+/// The values of the config's `weighting` field (the core's `InteractionWeighting`).
+///
+/// >>> feedrank.weighting_names()
+/// ('none', 'binary', 'tfidf', 'bm25')
+#[pyfunction]
+pub fn weighting_names(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, InteractionWeighting::NAMES)
 }

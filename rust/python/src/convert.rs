@@ -1,18 +1,79 @@
 //! Argument conversion: numpy arrays and CSR-like objects in, numpy arrays and CSR out.
 //!
-//! Dense ids accept int64 and int32 (and Python sequences of ints); dense values accept float32
-//! and float64. Sparse inputs are `scipy.sparse` matrices/arrays (converted to CSR when they are
-//! another format), any object with `indptr, indices, data, shape`, or a tuple
+//! Dense ids accept any integer dtype (and Python sequences of ints); dense values accept
+//! float32 and float64. Sparse inputs are `scipy.sparse` matrices/arrays (converted to CSR when
+//! they are another format), any object with `indptr, indices, data, shape`, or a tuple
 //! `(indptr, indices, data, shape)`; their data may be any real or boolean dtype. Every error
 //! starts with the argument's name.
+//!
+//! Nothing is copied where a read-only view serves: an array that already has the kernel's
+//! dtype and is contiguous is read in place ([`Values`]), including a CSR matrix's int32 indices
+//! and float32 data ([`CsrArg`]); other dtypes are converted once. Views are only read, and only
+//! while the call lasts (a `HybridModel`, which outlives it,
+//! keeps copies).
 
-use feedrank_core::sparse::Csr;
+use std::ops::Deref;
+
+use feedrank_core::sparse::{check_parts, Csr, CsrRef};
+use feedrank_core::weighting;
 use ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::error::{type_error, value_error, IntoPyResult};
+
+/// A numeric array argument: the caller's memory when its dtype and layout fit, else a
+/// converted copy. Reads as a row-major slice.
+pub enum Values<'py, T: Element> {
+    Vector(PyReadonlyArray1<'py, T>),
+    Matrix(PyReadonlyArray2<'py, T>),
+    Owned(Vec<T>),
+}
+
+impl<T: Element> Deref for Values<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            // contiguity (C order for a matrix) was checked when the view was taken
+            Values::Vector(a) => a.as_slice().expect("a contiguous view"),
+            Values::Matrix(a) => a.as_slice().expect("a C-contiguous view"),
+            Values::Owned(v) => v,
+        }
+    }
+}
+
+impl<'py, T: Element + Copy> Values<'py, T> {
+    /// A view of a 1-D array of dtype `T`, or a copy when it is not contiguous.
+    fn vector(arr: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let a = arr.extract::<PyReadonlyArray1<'py, T>>()?;
+        Ok(if a.is_contiguous() {
+            Values::Vector(a)
+        } else {
+            Values::Owned(a.as_array().to_vec())
+        })
+    }
+
+    /// A view of a 2-D array of dtype `T`, or a row-major copy when it is not C-contiguous.
+    fn matrix(arr: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let a = arr.extract::<PyReadonlyArray2<'py, T>>()?;
+        Ok(if a.is_c_contiguous() {
+            Values::Matrix(a)
+        } else {
+            Values::Owned(a.as_array().iter().copied().collect())
+        })
+    }
+
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            Values::Owned(v) => v,
+            view => view.to_vec(),
+        }
+    }
+}
 
 fn numpy(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import("numpy")
@@ -67,157 +128,261 @@ fn check_ndim(arg: &str, arr: &Bound<'_, PyAny>, ndim: usize) -> PyResult<()> {
     Ok(())
 }
 
-/// A 1-D integer array (int64 or int32; any integer dtype from a Python sequence) as `i64`.
-pub fn ids_1d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
-    let (arr, kind, size) = as_ndarray(arg, obj)?;
-    check_ndim(arg, &arr, 1)?;
+/// A view of `arr` (of dtype `T`, `ndim` 1 or 2), or a copy where the layout does not allow one.
+fn take<'py, T: Element + Copy>(arr: &Bound<'py, PyAny>, ndim: usize) -> PyResult<Values<'py, T>> {
+    if ndim == 1 {
+        Values::vector(arr)
+    } else {
+        Values::matrix(arr)
+    }
+}
+
+/// An integer array (`ndim` 1 or 2) as `i64`: int64 is viewed, other integer dtypes converted
+/// (uint64 only below 2**63).
+fn ints<'py>(
+    arg: &str,
+    arr: &Bound<'py, PyAny>,
+    kind: char,
+    size: usize,
+    ndim: usize,
+) -> PyResult<Values<'py, i64>> {
     match (kind, size) {
-        ('i', 8) => Ok(arr.extract::<PyReadonlyArray1<i64>>()?.as_array().to_vec()),
-        ('i', 4) => Ok(arr
-            .extract::<PyReadonlyArray1<i32>>()?
-            .as_array()
-            .iter()
-            .map(|&x| x as i64)
-            .collect()),
+        ('i', 8) => take(arr, ndim),
+        ('u', 8) if arr.call_method0("max")?.extract::<u64>()? > i64::MAX as u64 => {
+            Err(value_error(arg, "values must be < 2**63"))
+        }
+        ('i', _) | ('u', _) => take(&arr.call_method1("astype", ("int64",))?, ndim),
         _ => Err(type_error(
             arg,
-            format!(
-                "expected an int64 or int32 array, got dtype {}",
-                dtype_str(&arr)
-            ),
+            format!("expected an integer array, got dtype {}", dtype_str(arr)),
         )),
     }
 }
 
-/// 1-D ids that must all lie in `0..n`, as `usize`.
+/// A float64 array (`ndim` 1 or 2) converted to row-major `f32` in one pass, straight into
+/// memory the kernel may keep.
+fn f64_to_f32<'py>(arr: &Bound<'py, PyAny>, ndim: usize) -> PyResult<Values<'py, f32>> {
+    let v: Vec<f32> = if ndim == 1 {
+        let a = arr.extract::<PyReadonlyArray1<f64>>()?;
+        a.as_array().iter().map(|&x| x as f32).collect()
+    } else {
+        let a = arr.extract::<PyReadonlyArray2<f64>>()?;
+        a.as_array().iter().map(|&x| x as f32).collect()
+    };
+    Ok(Values::Owned(v))
+}
+
+/// A float array of `ndim` dimensions as `f32`, checked finite, with its shape: float32 is
+/// viewed, float64 converted.
+fn floats<'py>(
+    arg: &str,
+    obj: &Bound<'py, PyAny>,
+    ndim: usize,
+) -> PyResult<(Values<'py, f32>, Vec<usize>)> {
+    let (arr, kind, size) = as_ndarray(arg, obj)?;
+    check_ndim(arg, &arr, ndim)?;
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    let v: Values<f32> = match (kind, size) {
+        ('f', 4) => take(&arr, ndim)?,
+        ('f', 8) => f64_to_f32(&arr, ndim)?,
+        _ => {
+            return Err(type_error(
+                arg,
+                format!(
+                    "expected a float32 or float64 array, got dtype {}",
+                    dtype_str(&arr)
+                ),
+            ))
+        }
+    };
+    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+        return Err(value_error(
+            arg,
+            format!("values must be finite, found {x}"),
+        ));
+    }
+    Ok((v, shape))
+}
+
+/// A 1-D integer array as `i64`.
+pub fn ids_1d<'py>(arg: &str, obj: &Bound<'py, PyAny>) -> PyResult<Values<'py, i64>> {
+    let (arr, kind, size) = as_ndarray(arg, obj)?;
+    check_ndim(arg, &arr, 1)?;
+    ints(arg, &arr, kind, size, 1)
+}
+
+/// A 2-D integer array as row-major `i64` plus its shape.
+pub fn ids_2d<'py>(
+    arg: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Values<'py, i64>, usize, usize)> {
+    let (arr, kind, size) = as_ndarray(arg, obj)?;
+    check_ndim(arg, &arr, 2)?;
+    let (rows, cols) = arr.getattr("shape")?.extract()?;
+    Ok((ints(arg, &arr, kind, size, 2)?, rows, cols))
+}
+
+/// 1-D ids that must all lie in `0..n`, as `usize` (converted in the pass that checks them).
 pub fn index_1d(arg: &str, obj: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<usize>> {
     let ids = ids_1d(arg, obj)?;
     if let Some(&bad) = ids.iter().find(|&&x| x < 0 || x as u64 >= n as u64) {
         return Err(value_error(arg, format!("index {bad} out of range 0..{n}")));
     }
-    Ok(ids.into_iter().map(|x| x as usize).collect())
+    Ok(ids.iter().map(|&x| x as usize).collect())
 }
 
 /// A 1-D float array (float32 or float64) as `f32`, checked finite.
-pub fn floats_1d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
-    let (arr, kind, size) = as_ndarray(arg, obj)?;
-    check_ndim(arg, &arr, 1)?;
-    let v: Vec<f32> = match (kind, size) {
-        ('f', 4) => arr.extract::<PyReadonlyArray1<f32>>()?.as_array().to_vec(),
-        ('f', 8) => arr
-            .extract::<PyReadonlyArray1<f64>>()?
-            .as_array()
-            .iter()
-            .map(|&x| x as f32)
-            .collect(),
-        _ => {
-            return Err(type_error(
-                arg,
-                format!(
-                    "expected a float32 or float64 array, got dtype {}",
-                    dtype_str(&arr)
-                ),
-            ))
-        }
-    };
-    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-        return Err(value_error(
-            arg,
-            format!("values must be finite, found {x}"),
-        ));
-    }
-    Ok(v)
+pub fn floats_1d<'py>(arg: &str, obj: &Bound<'py, PyAny>) -> PyResult<Values<'py, f32>> {
+    Ok(floats(arg, obj, 1)?.0)
 }
 
 /// A 2-D float array (float32 or float64) as row-major `f32` plus its shape, checked finite.
-pub fn floats_2d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<f32>, usize, usize)> {
-    let (arr, kind, size) = as_ndarray(arg, obj)?;
-    check_ndim(arg, &arr, 2)?;
-    let (v, shape): (Vec<f32>, [usize; 2]) = match (kind, size) {
-        ('f', 4) => {
-            let a = arr.extract::<PyReadonlyArray2<f32>>()?;
-            let s = a.shape();
-            (a.as_array().iter().copied().collect(), [s[0], s[1]])
-        }
-        ('f', 8) => {
-            let a = arr.extract::<PyReadonlyArray2<f64>>()?;
-            let s = a.shape();
-            (
-                a.as_array().iter().map(|&x| x as f32).collect(),
-                [s[0], s[1]],
-            )
-        }
-        _ => {
-            return Err(type_error(
-                arg,
-                format!(
-                    "expected a float32 or float64 array, got dtype {}",
-                    dtype_str(&arr)
-                ),
-            ))
-        }
-    };
-    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-        return Err(value_error(
-            arg,
-            format!("values must be finite, found {x}"),
-        ));
-    }
+pub fn floats_2d<'py>(
+    arg: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Values<'py, f32>, usize, usize)> {
+    let (v, shape) = floats(arg, obj, 2)?;
     Ok((v, shape[0], shape[1]))
 }
 
-/// A 2-D integer array (int64/int32) as row-major `i64` plus its shape.
-pub fn ids_2d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<i64>, usize, usize)> {
+/// Keys that order interactions (times, raw ids): integers as `i64`, floats as `f64`, each
+/// viewed when it has that dtype.
+pub enum OrderKeys<'py> {
+    Ints(Values<'py, i64>),
+    Floats(Values<'py, f64>),
+}
+
+impl OrderKeys<'_> {
+    /// The core's view of the keys.
+    pub fn view(&self) -> weighting::OrderKeys<'_> {
+        match self {
+            OrderKeys::Ints(v) => weighting::OrderKeys::Ints(v),
+            OrderKeys::Floats(v) => weighting::OrderKeys::Floats(v),
+        }
+    }
+}
+
+/// A 1-D array of integers or floats, for ordering only.
+pub fn order_keys_1d<'py>(arg: &str, obj: &Bound<'py, PyAny>) -> PyResult<OrderKeys<'py>> {
     let (arr, kind, size) = as_ndarray(arg, obj)?;
-    check_ndim(arg, &arr, 2)?;
+    check_ndim(arg, &arr, 1)?;
     match (kind, size) {
-        ('i', 8) => {
-            let a = arr.extract::<PyReadonlyArray2<i64>>()?;
-            let s = a.shape();
-            Ok((a.as_array().iter().copied().collect(), s[0], s[1]))
-        }
-        ('i', 4) => {
-            let a = arr.extract::<PyReadonlyArray2<i32>>()?;
-            let s = a.shape();
-            Ok((a.as_array().iter().map(|&x| x as i64).collect(), s[0], s[1]))
-        }
+        ('f', 8) => Ok(OrderKeys::Floats(Values::vector(&arr)?)),
+        ('f', _) => Ok(OrderKeys::Floats(take(
+            &arr.call_method1("astype", ("float64",))?,
+            1,
+        )?)),
+        ('i', _) | ('u', _) => Ok(OrderKeys::Ints(ints(arg, &arr, kind, size, 1)?)),
         _ => Err(type_error(
             arg,
             format!(
-                "expected an int64 or int32 array, got dtype {}",
+                "expected an integer or float array, got dtype {}",
                 dtype_str(&arr)
             ),
         )),
     }
 }
 
-fn index_array(arg: &str, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+/// A CSR matrix's index array (`indptr` or `indices`), checked to be 1-D integers.
+fn index_array<'py>(
+    arg: &str,
+    what: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, char, usize)> {
     let (arr, kind, size) = as_ndarray(arg, obj)?;
     check_ndim(arg, &arr, 1)?;
-    match (kind, size) {
-        ('i', 8) => Ok(arr.extract::<PyReadonlyArray1<i64>>()?.as_array().to_vec()),
-        ('i', 4) => Ok(arr
-            .extract::<PyReadonlyArray1<i32>>()?
-            .as_array()
-            .iter()
-            .map(|&x| x as i64)
-            .collect()),
-        ('u', _) | ('i', _) => {
-            let a = arr.call_method1("astype", ("int64",))?;
-            Ok(a.extract::<PyReadonlyArray1<i64>>()?.as_array().to_vec())
-        }
-        _ => Err(type_error(
+    if kind != 'i' && kind != 'u' {
+        return Err(type_error(
             arg,
             format!(
                 "{what} must be an integer array, got dtype {}",
                 dtype_str(&arr)
             ),
-        )),
+        ));
+    }
+    Ok((arr, kind, size))
+}
+
+/// A CSR matrix's column indices: scipy's int32 viewed as the core's u32, others converted.
+pub enum Indices<'py> {
+    Int32(PyReadonlyArray1<'py, i32>),
+    Owned(Vec<u32>),
+}
+
+impl Deref for Indices<'_> {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        match self {
+            // non-negative (checked), so the same bits read as u32 are the same numbers
+            Indices::Int32(a) => bytemuck::cast_slice(a.as_slice().expect("a contiguous view")),
+            Indices::Owned(v) => v,
+        }
     }
 }
 
-/// A CSR-like argument as an owned [`Csr`] with f32 values (finite), sorted indices.
-pub fn csr_arg(arg: &'static str, obj: &Bound<'_, PyAny>) -> PyResult<Csr<f32>> {
+/// A CSR matrix in the caller's arrays, in the kernel's layout (sorted rows), f32 values.
+pub struct CsrParts<'py> {
+    nrows: usize,
+    ncols: usize,
+    /// converted to `usize` (`nrows + 1` entries, small beside the entries)
+    indptr: Vec<usize>,
+    indices: Indices<'py>,
+    data: Values<'py, f32>,
+}
+
+/// A CSR-like argument with f32 values: read in place from the caller's arrays where they have
+/// the kernel's layout (sorted rows, int32 indices, float32 data), else an owned [`Csr`].
+pub enum CsrArg<'py> {
+    Borrowed(CsrParts<'py>),
+    Owned(Csr<f32>),
+}
+
+impl CsrArg<'_> {
+    pub fn view(&self) -> CsrRef<'_, f32> {
+        match self {
+            CsrArg::Borrowed(p) => CsrRef {
+                nrows: p.nrows,
+                ncols: p.ncols,
+                indptr: &p.indptr,
+                indices: &p.indices,
+                data: &p.data,
+            },
+            CsrArg::Owned(m) => m.view(),
+        }
+    }
+
+    pub fn nrows(&self) -> usize {
+        self.view().nrows
+    }
+
+    pub fn ncols(&self) -> usize {
+        self.view().ncols
+    }
+
+    /// The matrix as the core's owned type, for what outlives the call: the parts still
+    /// borrowed from the caller are copied, the converted ones moved.
+    pub fn into_owned(self) -> Csr<f32> {
+        let parts = match self {
+            CsrArg::Owned(m) => return m,
+            CsrArg::Borrowed(parts) => parts,
+        };
+        let indices = match parts.indices {
+            Indices::Owned(v) => v,
+            view => view.to_vec(),
+        };
+        Csr {
+            nrows: parts.nrows,
+            ncols: parts.ncols,
+            indptr: parts.indptr,
+            indices,
+            data: parts.data.into_vec(),
+        }
+    }
+}
+
+/// A CSR-like argument (see the module docs), values as f32 checked finite, rows sorted.
+pub fn csr_arg<'py>(arg: &'static str, obj: &Bound<'py, PyAny>) -> PyResult<CsrArg<'py>> {
     let (indptr, indices, data, shape) = if let Ok(t) = obj.cast::<PyTuple>() {
         if t.len() != 4 {
             return Err(type_error(
@@ -260,30 +425,40 @@ pub fn csr_arg(arg: &'static str, obj: &Bound<'_, PyAny>) -> PyResult<Csr<f32>> 
         return Err(value_error(arg, format!("invalid shape {shape:?}")));
     }
     let (nrows, ncols) = (shape.0 as usize, shape.1 as usize);
-    let indptr = index_array(arg, "indptr", &indptr)?;
-    let indices = index_array(arg, "indices", &indices)?;
+
+    let (indptr, kind, size) = index_array(arg, "indptr", &indptr)?;
+    let indptr = ints(arg, &indptr, kind, size, 1)?;
     if indptr.iter().any(|&x| x < 0) {
         return Err(value_error(arg, "indptr has negative entries"));
     }
-    if let Some(&bad) = indices.iter().find(|&&x| x < 0 || x >= ncols as i64) {
-        return Err(value_error(
-            arg,
-            format!("column index {bad} out of range for {ncols} columns"),
-        ));
-    }
+    let indptr: Vec<usize> = indptr.iter().map(|&x| x as usize).collect();
+
+    let (indices, kind, size) = index_array(arg, "indices", &indices)?;
+    let in_range = |x: i64| x >= 0 && x < ncols as i64;
+    let indices = if (kind, size) == ('i', 4) {
+        let a = take::<i32>(&indices, 1)?;
+        if let Some(&bad) = a.iter().find(|&&x| !in_range(x as i64)) {
+            return Err(out_of_range(arg, bad as i64, ncols));
+        }
+        match a {
+            Values::Vector(view) => Indices::Int32(view),
+            other => Indices::Owned(other.iter().map(|&x| x as u32).collect()),
+        }
+    } else {
+        let a = ints(arg, &indices, kind, size, 1)?;
+        if let Some(&bad) = a.iter().find(|&&x| !in_range(x)) {
+            return Err(out_of_range(arg, bad, ncols));
+        }
+        Indices::Owned(a.iter().map(|&x| x as u32).collect())
+    };
+
     let (darr, kind, size) = as_ndarray(arg, &data)?;
     check_ndim(arg, &darr, 1)?;
-    let data: Vec<f32> = match (kind, size) {
-        ('f', 4) => darr.extract::<PyReadonlyArray1<f32>>()?.as_array().to_vec(),
-        ('f', 8) => darr
-            .extract::<PyReadonlyArray1<f64>>()?
-            .as_array()
-            .iter()
-            .map(|&x| x as f32)
-            .collect(),
+    let data: Values<f32> = match (kind, size) {
+        ('f', 4) => Values::vector(&darr)?,
+        ('f', 8) => f64_to_f32(&darr, 1)?,
         ('f', _) | ('i', _) | ('u', _) | ('b', _) => {
-            let a = darr.call_method1("astype", ("float32",))?;
-            a.extract::<PyReadonlyArray1<f32>>()?.as_array().to_vec()
+            take(&darr.call_method1("astype", ("float32",))?, 1)?
         }
         _ => {
             return Err(type_error(
@@ -301,22 +476,33 @@ pub fn csr_arg(arg: &'static str, obj: &Bound<'_, PyAny>) -> PyResult<Csr<f32>> 
             format!("values must be finite, found {x}"),
         ));
     }
-    Csr::from_parts(
+    if check_parts(arg, nrows, ncols, &indptr, &indices, data.len()).py()? {
+        return Ok(CsrArg::Borrowed(CsrParts {
+            nrows,
+            ncols,
+            indptr,
+            indices,
+            data,
+        }));
+    }
+    // unsorted rows or duplicates: the core sorts and sums them in its own copy
+    let owned =
+        Csr::from_parts(arg, nrows, ncols, indptr, indices.to_vec(), data.into_vec()).py()?;
+    Ok(CsrArg::Owned(owned))
+}
+
+fn out_of_range(arg: &str, bad: i64, ncols: usize) -> PyErr {
+    value_error(
         arg,
-        nrows,
-        ncols,
-        indptr.into_iter().map(|x| x as usize).collect(),
-        indices.into_iter().map(|x| x as u32).collect(),
-        data,
+        format!("column index {bad} out of range for {ncols} columns"),
     )
-    .py()
 }
 
 /// A CSR result: `scipy.sparse.csr_matrix` when scipy is installed, else the tuple
 /// `(indptr, indices, data, shape)`. Indices are int32 unless they do not fit.
 pub fn csr_out<'py, T: numpy::Element + Copy + Default + Send + Sync>(
     py: Python<'py>,
-    m: feedrank_core::sparse::Csr<T>,
+    m: Csr<T>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let small = m.nnz() <= i32::MAX as usize && m.ncols <= i32::MAX as usize;
     let (indptr, indices): (Bound<'py, PyAny>, Bound<'py, PyAny>) = if small {

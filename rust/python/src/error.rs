@@ -1,11 +1,12 @@
 //! The one place where core errors become Python exceptions.
 //!
 //! Every core error already starts with the argument or field it is about ("k: must be >= 1"),
-//! so the message passes through unchanged. Bad values are `ValueError`; wrong types and dtypes
-//! are raised as `TypeError` directly by the argument converters in `convert.rs`.
+//! so the message passes through unchanged. Bad values are `ValueError`; a cancelled kernel
+//! (Ctrl-C, see `run.rs`) is `KeyboardInterrupt`; wrong types and dtypes are raised as
+//! `TypeError` directly by the argument converters in `convert.rs`.
 
 use feedrank_core::Error;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 pub fn to_py(e: Error) -> PyErr {
@@ -13,6 +14,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::InvalidArgument { .. } | Error::Decode { .. } => {
             PyValueError::new_err(e.to_string())
         }
+        Error::Cancelled => PyKeyboardInterrupt::new_err(()),
     }
 }
 

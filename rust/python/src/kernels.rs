@@ -7,7 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::convert::{csr_arg, ids_2d};
-use crate::error::{type_error, value_error, IntoPyResult};
+use crate::error::{type_error, value_error};
+use crate::run::{run_infallible, run_kernel};
 
 fn seed_arg(seed: &Bound<'_, PyAny>) -> PyResult<u64> {
     if let Ok(s) = seed.extract::<u64>() {
@@ -21,9 +22,10 @@ fn seed_arg(seed: &Bound<'_, PyAny>) -> PyResult<u64> {
 
 macro_rules! shuffle_as {
     ($py:expr, $arr:expr, $seed:expr, $t:ty) => {{
+        // a copy on purpose: the input is not modified
         let mut v: Vec<$t> = $arr.extract::<PyReadonlyArray1<$t>>()?.as_array().to_vec();
         let seed = $seed;
-        $py.detach(|| core_shuffle::shuffle(&mut v, seed));
+        run_infallible($py, |_| core_shuffle::shuffle(&mut v, seed))?;
         return Ok(PyArray1::from_vec($py, v).into_any());
     }};
 }
@@ -64,7 +66,7 @@ pub fn shuffle<'py>(
         _ => {
             // Any other dtype: the same permutation applied by numpy indexing.
             let n: usize = ids.len()?;
-            let perm = py.detach(|| core_shuffle::permutation(n, seed));
+            let perm = run_infallible(py, |_| core_shuffle::permutation(n, seed))?;
             ids.get_item(PyArray1::from_vec(py, perm))
         }
     }
@@ -84,7 +86,7 @@ pub fn permutation<'py>(
     if n < 0 {
         return Err(value_error("n", format!("must be >= 0, got {n}")));
     }
-    let v = py.detach(|| core_shuffle::permutation(n as usize, seed));
+    let v = run_infallible(py, |_| core_shuffle::permutation(n as usize, seed))?;
     Ok(PyArray1::from_vec(py, v))
 }
 
@@ -123,24 +125,19 @@ pub fn ranking_metrics<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (items, n_users, width) = ids_2d("topk", topk)?;
     let test = csr_arg("test", test)?;
-    let n_items = n_items_arg(n_items, test.ncols)?;
+    let n_items = n_items_arg(n_items, test.ncols())?;
     if k < 1 {
         return Err(value_error("k", format!("must be >= 1, got {k}")));
     }
-    let m = py
-        .detach(|| {
-            metrics::ranking_metrics(
-                TopKLists {
-                    items: &items,
-                    n_users,
-                    width,
-                },
-                test.view(),
-                k as usize,
-                n_items,
-            )
-        })
-        .py()?;
+    let lists = TopKLists {
+        items: &items,
+        n_users,
+        width,
+    };
+    let test = test.view();
+    let m = run_kernel(py, |_| {
+        metrics::ranking_metrics(lists, test, k as usize, n_items)
+    })?;
     metrics_dict(py, &m)
 }
 
@@ -160,7 +157,7 @@ pub fn metrics_at_k<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (items, n_users, width) = ids_2d("topk", topk)?;
     let test = csr_arg("test", test)?;
-    let n_items = n_items_arg(n_items, test.ncols)?;
+    let n_items = n_items_arg(n_items, test.ncols())?;
     if let Some(&bad) = ks.iter().find(|&&k| k < 1) {
         return Err(value_error(
             "ks",
@@ -168,20 +165,13 @@ pub fn metrics_at_k<'py>(
         ));
     }
     let ks_u: Vec<usize> = ks.iter().map(|&k| k as usize).collect();
-    let ms = py
-        .detach(|| {
-            metrics::metrics_at_k(
-                TopKLists {
-                    items: &items,
-                    n_users,
-                    width,
-                },
-                test.view(),
-                &ks_u,
-                n_items,
-            )
-        })
-        .py()?;
+    let lists = TopKLists {
+        items: &items,
+        n_users,
+        width,
+    };
+    let test = test.view();
+    let ms = run_kernel(py, |_| metrics::metrics_at_k(lists, test, &ks_u, n_items))?;
     let d = PyDict::new(py);
     d.set_item("k", PyArray1::from_vec(py, ks))?;
     d.set_item(

@@ -1,11 +1,14 @@
-//! The Python binding of feedrank-core. Only argument conversion, GIL release, calls into the
-//! core and error mapping live here; every algorithm is in `feedrank-core`.
+//! The Python binding of feedrank-core. Only argument conversion, running kernels (`run.rs`:
+//! the GIL released, Ctrl-C honoured), calls into the core and error mapping live here; every
+//! algorithm is in `feedrank-core`.
 
 mod contracts;
 mod convert;
 mod error;
+mod hybrid;
 mod kernels;
 mod recommenders;
+mod run;
 mod similarity;
 mod tfidf;
 
@@ -22,6 +25,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(contracts::encode_cache_entry, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::decode_cache_entry, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::component_names, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::interaction_types, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::collaborative_models, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::weighting_names, m)?)?;
     // kernels
     m.add_function(wrap_pyfunction!(kernels::shuffle, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::permutation, m)?)?;
@@ -31,11 +37,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tfidf::tokenize, m)?)?;
     m.add_class::<tfidf::PyTfidfModel>()?;
     m.add_function(wrap_pyfunction!(similarity::weight_interactions, m)?)?;
+    m.add_function(wrap_pyfunction!(similarity::history_weights, m)?)?;
     m.add_function(wrap_pyfunction!(similarity::cosine_topk, m)?)?;
     m.add_function(wrap_pyfunction!(similarity::item_neighbors, m)?)?;
     m.add_function(wrap_pyfunction!(similarity::recommend_items, m)?)?;
-    m.add_function(wrap_pyfunction!(similarity::hybrid_topk, m)?)?;
-    m.add_class::<similarity::PyHybridModel>()?;
+    m.add_function(wrap_pyfunction!(hybrid::hybrid_topk, m)?)?;
+    m.add_class::<hybrid::PyHybridModel>()?;
     m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
     Ok(())
 }

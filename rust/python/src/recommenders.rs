@@ -5,11 +5,17 @@ use feedrank_core::recommenders::{self, RidgeParams};
 use pyo3::prelude::*;
 
 use crate::convert::{csr_arg, csr_out, positive};
-use crate::error::IntoPyResult;
+use crate::run::run_kernel;
 
 /// The neighbourhood ridge item-item model (EASE restricted to each item's `neighbors` strongest
 /// co-occurring items): an `items x items` CSR `S`, a user's scores being `x_u @ S`, the same
 /// layout as `item_neighbors` (so `recommend_items` scores with it).
+///
+/// >>> X = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=np.float32))
+/// >>> feedrank.ridge_item_neighbors(X, neighbors=2, l2=1.0).toarray()
+/// array([[0. , 0.5, 0. ],
+///        [0.5, 0. , 0.5],
+///        [0. , 0.5, 0. ]], dtype=float32)
 #[pyfunction]
 #[pyo3(signature = (interactions, neighbors=100, l2=50.0))]
 pub fn ridge_item_neighbors<'py>(
@@ -24,8 +30,9 @@ pub fn ridge_item_neighbors<'py>(
         neighbors,
         l2: l2 as f32,
     };
-    let s = py
-        .detach(|| recommenders::ridge_item_neighbors(x.view(), params))
-        .py()?;
+    let x = x.view();
+    let s = run_kernel(py, |cancel| {
+        recommenders::ridge_item_neighbors(x, params, cancel)
+    })?;
     csr_out(py, s)
 }

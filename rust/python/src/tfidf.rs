@@ -8,6 +8,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::convert::csr_out;
 use crate::error::{type_error, value_error, IntoPyResult};
+use crate::run::{run_infallible, run_kernel};
 
 /// Borrows the documents' text (no copy); the GIL may be released while the `&str`s are used
 /// because Python strings are immutable and `docs` keeps them alive.
@@ -118,6 +119,10 @@ fn params(
 }
 
 /// A fitted TF-IDF vocabulary and idf (use `feedrank.TfidfVectorizer`).
+///
+/// >>> model, _ = feedrank._core.tfidf_fit_transform(["red apples", "red cars"], 1, 1.0)
+/// >>> model.vocabulary()
+/// {'apples': 0, 'cars': 1, 'red': 2}
 #[pyclass(name = "TfidfModel", module = "feedrank._core", frozen)]
 pub struct PyTfidfModel {
     inner: TfidfModel,
@@ -132,7 +137,7 @@ impl PyTfidfModel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let owned = docs_arg(docs)?;
         let strs = doc_strs(&owned)?;
-        let x = py.detach(|| self.inner.transform(&strs));
+        let x = run_infallible(py, |_| self.inner.transform(&strs))?;
         csr_out(py, x)
     }
 
@@ -175,6 +180,10 @@ impl PyTfidfModel {
 }
 
 /// Fits a vocabulary and idf on `docs` and returns `(model, X)`.
+///
+/// >>> model, X = feedrank._core.tfidf_fit_transform(["red apples", "red cars"], 1, 1.0)
+/// >>> model.feature_names(), X.shape
+/// (['apples', 'cars', 'red'], (2, 3))
 #[pyfunction]
 #[pyo3(signature = (docs, min_df, max_df, max_features=None, lowercase=true, norm=Some("l2"), smooth_idf=true, sublinear_tf=false))]
 #[allow(clippy::too_many_arguments)]
@@ -200,11 +209,14 @@ pub fn tfidf_fit_transform<'py>(
     )?;
     let owned = docs_arg(docs)?;
     let strs = doc_strs(&owned)?;
-    let (model, x) = py.detach(|| TfidfModel::fit_transform(&strs, p)).py()?;
+    let (model, x) = run_kernel(py, |_| TfidfModel::fit_transform(&strs, p))?;
     Ok((PyTfidfModel { inner: model }, csr_out(py, x)?))
 }
 
 /// The tokens of `text` as the vectorizer sees them (lowercased, runs of >= 2 word characters).
+///
+/// >>> feedrank.tokenize("Rust makes Python fast, x!")
+/// ['rust', 'makes', 'python', 'fast']
 #[pyfunction]
 #[pyo3(signature = (text, lowercase=true))]
 pub fn tokenize(text: &str, lowercase: bool) -> Vec<String> {

@@ -1,7 +1,8 @@
-"""The kernels end to end on a small synthetic feed: TF-IDF of post texts, then the hybrid top-10
-of a few users, printed as a table with each recommendation's components and reason.
+"""The kernels end to end on a small synthetic feed (`make demo-kernels`): TF-IDF of post texts,
+then the hybrid top-10 of a few users, printed as a table with each recommendation's components
+and reason.
 
-    python -m feedrank.demo [--users N] [--posts N] [--seed S]
+    python scripts/demo_kernels.py [--users N] [--posts N] [--seed S]
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ def synthetic_feed(n_users: int, n_posts: int, seed: int):
     taste = np.zeros((n_users, len(topics)))
     for u in range(n_users):
         taste[u, rng.choice(len(topics), rng.integers(1, 3), replace=False)] = 1.0
-    kinds = ["view", "click", "like", "share"]
+    kinds = [t for t in feedrank.interaction_types() if t != "hide"]
     rows, cols, vals = [], [], []
     for u in range(n_users):
         p = 0.02 + 0.25 * taste[u, post_topic]
         seen = np.flatnonzero(rng.random(n_posts) < p * 0.3)
         for post in seen:
-            kind = kinds[min(3, rng.geometric(0.55) - 1)]
+            kind = kinds[min(len(kinds) - 1, rng.geometric(0.55) - 1)]
             rows.append(u)
             cols.append(post)
             vals.append(INTERACTION_WEIGHTS[kind])
@@ -57,7 +58,7 @@ def synthetic_feed(n_users: int, n_posts: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m feedrank.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="scripts/demo_kernels.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--posts", type=int, default=2000)
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = feedrank.default_config()
     users = np.arange(min(args.show, args.users))
     t = time.perf_counter()
-    res = feedrank.hybrid_topk(x, tfidf, age, engagement, author, users, k=10, weights=cfg["weights"],
-                               neighbors=cfg["neighbors"], recency_tau_days=cfg["recency_tau_days"])
+    res = feedrank.hybrid_topk(x, tfidf, age, engagement, author, users, {**cfg, "top_k": 10})
     print(f"hybrid top-10 for {len(users)} users in {1000 * (time.perf_counter() - t):.1f} ms "
           f"(weights {cfg['weights']})\n")
     for r, u in enumerate(users):

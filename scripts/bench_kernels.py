@@ -1,6 +1,8 @@
-"""Kernel benchmarks: each feedrank kernel against its usual Python baseline, same data, same run.
+"""Kernel benchmarks (`make bench`): each feedrank kernel against its usual Python baseline, same
+data, same run. Repository tooling (it needs scikit-learn and implicit, which the feedrank wheel
+does not depend on), so it lives beside the other scripts, not in the package.
 
-    python -m feedrank.bench kernels [--scale S] [--json PATH] [--threads N]
+    python scripts/bench_kernels.py kernels [--scale S] [--json PATH] [--threads N]
 
 - tfidf: ``TfidfVectorizer().fit_transform`` of 200,000 short texts vs scikit-learn's;
 - cosine_topk: item-item cosine top-50 neighbours + top-50 recommendations for every user of a
@@ -218,7 +220,7 @@ def compare(kernel: str, d: Path, scale: float) -> bool:
 
         x = interactions(scale)
         fi, fs = feedrank.recommend_items(x, b, np.arange(x.shape[0]), k=50)
-        bi, bs = np.load(d / "baseline_rec_ids.npy"), np.load(d / "baseline_rec_scores.npy")
+        bs = np.load(d / "baseline_rec_scores.npy")
         # implicit fills short lists with zero-score items (and -max float pads); feedrank returns
         # only positive scores and pads with -1: compare the positive-score entries
         bvalid = bs > 0
@@ -237,7 +239,7 @@ def spawn(kernel: str, side: str, scale: float, threads: int, d: Path) -> dict:
     env = dict(os.environ)
     for var in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, "-m", "feedrank.bench", "_side", kernel, side, str(scale), str(threads), str(d)]
+    cmd = [sys.executable, __file__, "_side", kernel, side, str(scale), str(threads), str(d)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kernel}/{side} failed:\n{proc.stderr[-3000:]}")
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         kernel, side, scale, threads, d = argv[1:6]
         print(json.dumps(run_side(kernel, side, float(scale), int(threads), Path(d))))
         return 0
-    p = argparse.ArgumentParser(prog="python -m feedrank.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="scripts/bench_kernels.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("kernels", help="time each kernel against its baseline")

@@ -1,0 +1,358 @@
+"""Swapping a run's recommendations into PostgreSQL: one partition of ``user_recommendations`` per
+recommendation run (migration V6), built aside and attached in the transaction that completes
+the run.
+
+Maintaining the parent's indexes row by row while COPYing 20 million rows, and deleting the
+previous run's 20 million rows afterwards, was most of the pipeline's time; so a run
+(:func:`write_run`):
+
+1. inserts its ``recommendation_runs`` row (``building``) and creates ``user_recommendations_run_<id>``,
+   a bare table shaped like the parent (its defaults and CHECK constraints, and
+   ``CHECK (run_id = <id>)``);
+2. COPYs its rows into it over ``PostgresResource.copy_connections`` connections (no index,
+   trigger or foreign key yet: parsing and appending only);
+3. builds the parent's keys and indexes on it in bulk, ``copy_connections`` at a time, and
+   ``ANALYZE``s it;
+4. adds the parent's foreign keys ``NOT VALID`` (a brief lock on the referenced tables), then
+   ``VALIDATE``s them (a scan that does not block writes to them); rows naming a row deleted since
+   the snapshot are dropped and the key validated again;
+5. in one transaction, ``ATTACH PARTITION`` (which adopts those indexes and keys instead of
+   building its own) and the flip of the run to ``complete``: readers see the old run or the new
+   one, never a mix;
+6. drops the superseded runs' tables (a catalog change, not millions of deletes), then their rows.
+
+The keys, indexes and foreign keys of step 3-4 are read from the catalog (``feedrank.db``), never
+retyped: a migration that adds an index to ``user_recommendations`` gets it built here in bulk,
+not by the ATTACH under its exclusive lock.
+
+A failure before step 5 marks the run ``failed`` and drops its table; a killed process leaves a
+``building`` run whose table a clean-up a day later drops, and tables whose run is gone are
+dropped too. DDL waits at most :data:`LOCK_TIMEOUT` for a lock: the attach tries
+:data:`ATTACH_ATTEMPTS` times, the clean-up leaves a table a long reader holds to the next run.
+"""
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import polars as pl
+import psycopg
+from feedrank import db
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from dagster_pipeline.resources import PostgresResource
+from dagster_pipeline.timing import Timer
+
+# The partitioned table; its keys, indexes and foreign keys are read from the catalog by this name.
+PARENT = "user_recommendations"
+# DDL on the parent waits at most this long for a lock: the attach then tries again (up to
+# ATTACH_ATTEMPTS times in all), the clean-up leaves a superseded run for the next run.
+LOCK_TIMEOUT = "5s"
+ATTACH_ATTEMPTS = 3
+
+
+class Log(Protocol):
+    def warning(self, msg: str) -> Any: ...
+
+
+def load_table(run_id: int) -> str:
+    """The table a run's rows are loaded into, then attached as its partition."""
+    return f"user_recommendations_run_{int(run_id)}"
+
+
+def lock_timeout(conn: psycopg.Connection) -> None:
+    """This transaction's DDL waits at most LOCK_TIMEOUT for a lock."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+
+
+def drop_run_table(conn: psycopg.Connection, table: str) -> None:
+    """Drops a run's table (a partition or not) in the caller's transaction. The parent is locked
+    first: DROP alone locks the partition, then the parent, the reverse of a reader's order
+    (parent, then partitions), and a reader in between made a deadlock."""
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+        return
+    conn.execute("LOCK TABLE user_recommendations IN ACCESS EXCLUSIVE MODE")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+def parallel(postgres: PostgresResource, statements: Sequence[sql.Composable]) -> None:
+    """Runs independent statements over ``postgres.copy_connections`` connections at once."""
+
+    def run(stmt: sql.Composable) -> None:
+        with postgres.connect(autocommit=True) as conn:
+            conn.execute(stmt)
+
+    with ThreadPoolExecutor(max(1, postgres.copy_connections)) as pool:
+        list(pool.map(run, statements))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A recommendation run being written: its id, its load table and the times of its rows."""
+
+    id: int
+    table: str
+    generated_at: float  # Unix seconds: the run's start
+    expires_at: str  # ISO 8601 UTC: when its rows expire
+
+    @property
+    def generated_iso(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.generated_at))
+
+
+def start_run(
+    conn: psycopg.Connection, shard: str, dagster_run_id: str, config: dict[str, Any], expires_after_hours: int
+) -> Run:
+    """Step 1: the run's row (``building``, its ``config`` stored as given) and its bare table."""
+    with conn.transaction():
+        run_id, generated_at, expires_at = conn.execute(
+            "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config) "
+            "VALUES ('building', %s, %s, %s) "
+            "RETURNING id, extract(epoch FROM started_at)::float8, "
+            "to_char((started_at + make_interval(hours => %s)) AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            (shard, dagster_run_id, Jsonb(config), int(expires_after_hours)),
+        ).fetchone()
+        run = Run(int(run_id), load_table(run_id), float(generated_at), expires_at)
+        # The id is new, so a table of that name is an orphan: its run was removed without it
+        # (e.g. `feedrank demo-data --reset` truncates the runs and restarts their ids).
+        lock_timeout(conn)
+        drop_run_table(conn, run.table)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {t} (LIKE user_recommendations INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+                "CHECK (run_id = {r}))"
+            ).format(t=sql.Identifier(run.table), r=sql.Literal(run.id))
+        )
+    return run
+
+
+# Renders the rows of users [lo, hi) as a frame whose columns are the row columns given to
+# copy_rows, in that order; the timer is the calling thread's own.
+RowFrames = Callable[[int, int, Timer], pl.DataFrame]
+
+
+def copy_rows(
+    postgres: PostgresResource,
+    run: Run,
+    columns: Sequence[str],
+    chunks: Sequence[tuple[int, int]],
+    frame_of: RowFrames,
+    timer: Timer,
+) -> int:
+    """Step 2: COPYs the chunks' rows (plus the run's ``run_id``, ``generated_at`` and
+    ``expires_at``) into the run's table over ``postgres.copy_connections`` connections at once
+    (PostgreSQL parses each COPY on one core, so two of them use two). Returns the rows written."""
+    parts = max(1, min(postgres.copy_connections, len(chunks)))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        sql.Identifier(run.table),
+        sql.SQL(", ").join(map(sql.Identifier, ("run_id", *columns, "generated_at", "expires_at"))),
+    )
+
+    def write_part(part: int) -> tuple[int, Timer]:
+        local = Timer()
+        written = 0
+        with postgres.connect() as conn, conn.transaction():
+            with conn.cursor().copy(statement) as copy:
+                for lo, hi in chunks[part::parts]:
+                    frame = frame_of(lo, hi, local)
+                    written += frame.height
+                    with local.step("rows to csv (polars)"):
+                        buf = io.BytesIO()
+                        frame.select(
+                            pl.lit(run.id).alias("run_id"),
+                            *columns,
+                            pl.lit(run.generated_iso).alias("generated_at"),
+                            pl.lit(run.expires_at).alias("expires_at"),
+                        ).write_csv(buf, include_header=False)
+                    with local.step("copy rows", "io"):
+                        copy.write(buf.getbuffer())
+                t = time.perf_counter()
+        # leaving the blocks ends the COPY and commits: PostgreSQL finishes the rows
+        local.add("copy rows", "io", time.perf_counter() - t)
+        return written, local
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parts) as pool:
+        results = list(pool.map(write_part, range(parts)))
+    timer.merge_overlapping([local for _, local in results], time.perf_counter() - t0)
+    return sum(written for written, _ in results)
+
+
+def constrain(postgres: PostgresResource, table: str, timer: Timer) -> int:
+    """Steps 3-4: the parent's keys, indexes and foreign keys on a loaded table, read from the
+    catalog; rows naming a row deleted since the snapshot are dropped (returns how many). Once a
+    foreign key exists, deletes cascade into the table as into any partition, so after the one
+    clean-up below no orphan can appear."""
+    t = sql.Identifier(table)
+    with postgres.connect() as conn:
+        keys = db.table_constraints(conn, PARENT, ("p", "u"))
+        indexes = db.table_indexes(conn, PARENT)
+        foreign_keys = db.table_constraints(conn, PARENT, ("f",))
+    with timer.step("build indexes", "io"):
+        # Keys and indexes unnamed: PostgreSQL names them after the table, as ATTACH would.
+        parallel(
+            postgres,
+            [sql.SQL("ALTER TABLE {} ADD {}").format(t, sql.SQL(k.definition)) for k in keys]
+            + [index.create(table, named=False) for index in indexes],
+        )
+        with postgres.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(t))
+    dropped = 0
+    names = [f"{table}_{'_'.join(fk.columns)}_fkey" for fk in foreign_keys]
+    with timer.step("foreign keys", "io"), postgres.connect() as conn:
+        with conn.transaction():
+            lock_timeout(conn)
+            for fk, name in zip(foreign_keys, names):
+                conn.execute(fk.add(table, name=name, not_valid=True))
+        for fk, name in zip(foreign_keys, names):
+            validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(t, sql.Identifier(name))
+            try:
+                with conn.transaction():
+                    conn.execute(validate)
+            except psycopg.errors.ForeignKeyViolation:
+                # deleted since the snapshot, before the key existed: drop those rows
+                with conn.transaction():
+                    dropped += conn.execute(_delete_orphans(table, fk)).rowcount
+                    conn.execute(validate)
+    return dropped
+
+
+def _delete_orphans(table: str, fk: db.Constraint) -> sql.Composed:
+    """Deletes the rows of ``table`` whose ``fk`` columns name no row of the referenced table."""
+    match = sql.SQL(" AND ").join(
+        sql.SQL("x.{} = r.{}").format(sql.Identifier(ref), sql.Identifier(col))
+        for col, ref in zip(fk.columns, fk.referenced_columns)
+    )
+    return sql.SQL("DELETE FROM {t} r WHERE NOT EXISTS (SELECT 1 FROM {p} x WHERE {m})").format(
+        t=sql.Identifier(table), p=sql.SQL(fk.referenced_table), m=match
+    )
+
+
+def attach(conn: psycopg.Connection, run: Run, users: int, rows: int, log: Log, timer: Timer) -> None:
+    """Step 5: the table becomes the run's partition and the run ``complete``, in one
+    transaction. ATTACH locks the default partition exclusively for a moment, so it waits for the
+    readers in flight; one stuck behind a long transaction gives up and tries again."""
+    for attempt in range(1, ATTACH_ATTEMPTS + 1):
+        try:
+            with timer.step("attach and flip to complete", "io"), conn.transaction():
+                lock_timeout(conn)
+                conn.execute(
+                    sql.SQL("ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                        sql.Identifier(run.table), sql.Literal(run.id)
+                    )
+                )
+                conn.execute(
+                    "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
+                    "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
+                    (users, rows, run.id),
+                )
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == ATTACH_ATTEMPTS:
+                raise
+            log.warning(
+                f"attach: user_recommendations stayed locked {LOCK_TIMEOUT} "
+                f"(attempt {attempt} of {ATTACH_ATTEMPTS}); retrying"
+            )
+            time.sleep(1.0)
+
+
+def fail_run(conn: psycopg.Connection, run: Run) -> None:
+    """The run is ``failed`` and its table gone (whatever state the connection was left in)."""
+    conn.rollback()
+    with conn.transaction():
+        conn.execute(
+            "UPDATE recommendation_runs SET status = 'failed', completed_at = now() WHERE id = %s",
+            (run.id,),
+        )
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(run.table)))
+
+
+def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> tuple[int, int]:
+    """Step 6: older runs of this shard, failed runs, runs stuck in ``building`` for a day (their
+    process died) and tables of runs that no longer exist: their tables are dropped (a
+    partition's drop is a catalog change, not a delete of its rows), then the runs (rows in the
+    default partition go by cascade); then rows past their expiry (runs of another shard layout).
+    Returns (runs removed, expired rows removed)."""
+    superseded = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
+            "AND id < %s) OR status = 'failed' OR "
+            "(status = 'building' AND started_at < now() - interval '1 day')",
+            (shard, run_id),
+        ).fetchall()
+    ]
+    # tables of runs that no longer exist (their rows were removed without them)
+    orphans = [
+        r[0]
+        for r in conn.execute(
+            "SELECT t.id FROM (SELECT substring(tablename FROM "
+            "'^user_recommendations_run_([0-9]+)$')::bigint AS id FROM pg_tables "
+            "WHERE schemaname = current_schema()) t "
+            "WHERE t.id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM recommendation_runs r WHERE r.id = t.id)"
+        ).fetchall()
+    ]
+    conn.commit()
+    removed = 0
+    for old in superseded + orphans:
+        try:
+            with conn.transaction():
+                lock_timeout(conn)
+                drop_run_table(conn, load_table(old))
+                conn.execute("DELETE FROM recommendation_runs WHERE id = %s", (old,))
+            removed += 1
+        except psycopg.errors.LockNotAvailable:
+            # A long reader holds the table: the new run is live already, so this is not worth
+            # failing for (and Redis still has to be written); the next run's clean-up removes it.
+            log.warning(f"clean-up: run {old} left in place (its table stayed locked {LOCK_TIMEOUT})")
+    with conn.transaction():
+        expired = conn.execute("DELETE FROM user_recommendations WHERE expires_at < now()").rowcount
+    return removed, int(expired)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_run` did."""
+
+    run: Run
+    rows: int
+    runs_removed: int
+    expired_rows_removed: int
+
+
+def write_run(
+    postgres: PostgresResource,
+    *,
+    shard: str,
+    dagster_run_id: str,
+    config: dict[str, Any],
+    expires_after_hours: int,
+    users: int,
+    columns: Sequence[str],
+    chunks: Sequence[tuple[int, int]],
+    frame_of: RowFrames,
+    log: Log,
+    timer: Timer,
+) -> Written:
+    """Steps 1-6 for one shard's run (see the module docstring). ``config`` is stored in
+    ``recommendation_runs.config``; ``chunks`` are user ranges whose rows ``frame_of`` renders."""
+    with postgres.connect() as conn:
+        with timer.step("create run", "io"):
+            run = start_run(conn, shard, dagster_run_id, config, expires_after_hours)
+        try:
+            rows = copy_rows(postgres, run, columns, chunks, frame_of, timer)
+            rows -= constrain(postgres, run.table, timer)
+            attach(conn, run, users, rows, log, timer)
+        except BaseException:
+            fail_run(conn, run)
+            raise
+        with timer.step("clean up", "io"):
+            removed, expired = clean_up(conn, shard, run.id, log)
+    return Written(run, rows, removed, expired)

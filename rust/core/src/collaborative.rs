@@ -1,0 +1,230 @@
+//! The collaborative models that fill the hybrid's collaborative slot, chosen by
+//! [`CollaborativeModel`]: each adds one user's score for every post into a [`Lane`].
+//!
+//! - `user_user` ([`UserUser`]): the sum over the user's `neighbors` most similar users (cosine
+//!   on the weighted matrix) of similarity x their interaction value;
+//! - `item_item` ([`ItemNeighbors::cosine`]): `x_u · S`, `S` the items' top-`neighbors` cosine
+//!   neighbours (or neighbours the caller fitted once, e.g. for batches);
+//! - `ridge` ([`ridge_scorer`]): `x_u · S`, `S` the neighbourhood ridge model of
+//!   `recommenders.rs`.
+//!
+//! Adding a model: a variant of [`CollaborativeModel`] (config.rs), a [`CollaborativeScorer`]
+//! here and its arm in [`build_scorer`]; its settings are [`ScoringConfig`] fields.
+
+use std::sync::Arc;
+
+use crate::cancel::Cancel;
+use crate::config::{CollaborativeModel, InteractionWeighting, ScoringConfig};
+use crate::recommenders::{ridge_item_neighbors, RidgeParams};
+use crate::similarity::{item_neighbors, Accumulator};
+use crate::sparse::Csr;
+use crate::{Error, Result};
+
+/// Where a collaborative model writes one user's scores: a dense accumulator over posts that
+/// remembers which posts it touched (the block kernel keeps only those).
+pub struct Lane<'a> {
+    acc: &'a mut Accumulator,
+}
+
+impl<'a> Lane<'a> {
+    pub fn new(acc: &'a mut Accumulator) -> Self {
+        Lane { acc }
+    }
+
+    #[inline(always)]
+    pub fn add(&mut self, post: usize, value: f32) {
+        self.acc.add(post as u32, value);
+    }
+}
+
+/// A collaborative model: adds a user's score for every post into `out` (zeroed on entry).
+pub trait CollaborativeScorer: Send + Sync {
+    /// Per-thread scratch for [`CollaborativeScorer::score_into`].
+    fn scratch(&self) -> Accumulator;
+    fn score_into(&self, user: usize, scratch: &mut Accumulator, out: &mut Lane);
+}
+
+/// Builds the model `config.collaborative` from the users x posts `interactions` (the history,
+/// whose values score) and `weighted` (the same matrix weighted by `config.weighting`, whose
+/// similarities choose the neighbours). `item_neighbors`, an items x items matrix fitted
+/// beforehand, replaces the fit of `item_item`.
+pub fn build_scorer(
+    config: &ScoringConfig,
+    interactions: &Arc<Csr<f32>>,
+    weighted: &Arc<Csr<f32>>,
+    item_neighbors: Option<Csr<f32>>,
+    cancel: &Cancel,
+) -> Result<Box<dyn CollaborativeScorer>> {
+    Ok(match config.collaborative {
+        CollaborativeModel::UserUser => {
+            Box::new(UserUser::new(interactions, weighted, config.neighbors))
+        }
+        CollaborativeModel::ItemItem => match item_neighbors {
+            Some(s) => Box::new(ItemNeighbors::new(interactions.clone(), s)?),
+            None => Box::new(ItemNeighbors::cosine(
+                interactions,
+                weighted,
+                config.neighbors,
+                cancel,
+            )?),
+        },
+        CollaborativeModel::Ridge => {
+            Box::new(ridge_scorer(interactions, weighted, config, cancel)?)
+        }
+    })
+}
+
+/// The user-user model: cosine neighbours on the weighted matrix, found per user by a sparse
+/// accumulator over the users who share a post (exact).
+pub struct UserUser {
+    x: Arc<Csr<f32>>,
+    w: Arc<Csr<f32>>,
+    wt: Csr<f32>,
+    inv_norm: Vec<f32>,
+    k: usize,
+    /// All weighted values > 0: the branchless accumulator applies.
+    positive: bool,
+}
+
+impl UserUser {
+    pub fn new(interactions: &Arc<Csr<f32>>, weighted: &Arc<Csr<f32>>, neighbors: usize) -> Self {
+        let inv_norm = weighted
+            .view()
+            .row_norms()
+            .into_iter()
+            .map(|n| if n > 0.0 { 1.0 / n } else { 0.0 })
+            .collect();
+        UserUser {
+            x: interactions.clone(),
+            w: weighted.clone(),
+            wt: weighted.view().transpose(),
+            inv_norm,
+            k: neighbors,
+            positive: weighted.data.iter().all(|&v| v > 0.0),
+        }
+    }
+}
+
+impl CollaborativeScorer for UserUser {
+    fn scratch(&self) -> Accumulator {
+        Accumulator::new(self.w.nrows, self.k)
+    }
+
+    fn score_into(&self, user: usize, a: &mut Accumulator, out: &mut Lane) {
+        let (wt, x) = (self.wt.view(), self.x.view());
+        let (posts, vals) = self.w.view().row(user);
+        for (&p, &v) in posts.iter().zip(vals) {
+            let (users, ws) = wt.row(p as usize);
+            if self.positive {
+                a.add_positive(users, ws, v);
+            } else {
+                for (&o, &w) in users.iter().zip(ws) {
+                    a.add(o, v * w);
+                }
+            }
+        }
+        if self.positive {
+            a.touched.extend_from_slice(&a.buf[..a.count]);
+            a.count = 0;
+        }
+        let ui = self.inv_norm[user];
+        for t in 0..a.touched.len() {
+            let o = a.touched[t] as usize;
+            let s = a.acc[o] * ui * self.inv_norm[o];
+            a.acc[o] = 0.0;
+            a.seen[o] = false;
+            if o != user && s > 0.0 {
+                a.topk.push(o as u32, s);
+            }
+        }
+        a.touched.clear();
+        let mut nb = std::mem::take(&mut a.sorted);
+        a.topk.drain_sorted(&mut nb);
+        for e in &nb {
+            let (posts, vals) = x.row(e.index as usize);
+            for (&p, &v) in posts.iter().zip(vals) {
+                out.add(p as usize, e.score * v);
+            }
+        }
+        a.sorted = nb;
+    }
+}
+
+/// Item-based scoring `x_u · S` over any items x items neighbour matrix `S` (item-item cosine,
+/// the ridge model, or neighbours the caller fitted).
+pub struct ItemNeighbors {
+    x: Arc<Csr<f32>>,
+    s: Csr<f32>,
+}
+
+impl ItemNeighbors {
+    pub fn new(interactions: Arc<Csr<f32>>, s: Csr<f32>) -> Result<Self> {
+        let n = interactions.ncols;
+        if s.nrows != n || s.ncols != n {
+            return Err(Error::invalid(
+                "item_neighbors",
+                format!(
+                    "must be items x items ({n} x {n}), got {} x {}",
+                    s.nrows, s.ncols
+                ),
+            ));
+        }
+        Ok(ItemNeighbors { x: interactions, s })
+    }
+
+    /// Item-item cosine neighbours of the weighted matrix.
+    pub fn cosine(
+        interactions: &Arc<Csr<f32>>,
+        weighted: &Arc<Csr<f32>>,
+        neighbors: usize,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        let s = item_neighbors(
+            weighted.view(),
+            neighbors,
+            InteractionWeighting::None,
+            0.0,
+            0.0,
+            true,
+            cancel,
+        )?;
+        Self::new(interactions.clone(), s)
+    }
+}
+
+impl CollaborativeScorer for ItemNeighbors {
+    fn scratch(&self) -> Accumulator {
+        Accumulator::new(0, 1)
+    }
+
+    fn score_into(&self, user: usize, _: &mut Accumulator, out: &mut Lane) {
+        let s = self.s.view();
+        let (items, vals) = self.x.view().row(user);
+        for (&i, &v) in items.iter().zip(vals) {
+            let (nb, sims) = s.row(i as usize);
+            for (&j, &sv) in nb.iter().zip(sims) {
+                out.add(j as usize, v * sv);
+            }
+        }
+    }
+}
+
+/// The hybrid's `ridge` collaborative model: [`ridge_item_neighbors`] of the weighted matrix
+/// (`weighting`; `binary` fits the regression on who-saw-what), scored as `x_u · S` with the
+/// user's history values (e.g. recency-weighted). Settings: `neighbors`, `ridge_l2`.
+pub fn ridge_scorer(
+    interactions: &Arc<Csr<f32>>,
+    weighted: &Arc<Csr<f32>>,
+    config: &ScoringConfig,
+    cancel: &Cancel,
+) -> Result<ItemNeighbors> {
+    let s = ridge_item_neighbors(
+        weighted.view(),
+        RidgeParams {
+            neighbors: config.neighbors,
+            l2: config.ridge_l2,
+        },
+        cancel,
+    )?;
+    ItemNeighbors::new(interactions.clone(), s)
+}
