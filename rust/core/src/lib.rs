@@ -9,6 +9,7 @@
 //! [`config`] (the scoring configuration, its defaults and checks, the named enums) and
 //! [`cache`] (the Redis entry of a user's recommendations).
 
+pub mod blend;
 pub mod cache;
 pub mod cancel;
 pub mod collaborative;
