@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod collaborative;
 pub mod config;
 pub mod error;
+pub mod fresh;
 pub mod metrics;
 pub mod recommenders;
 pub mod score;
