@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::collaborative::{build_scorer, CollaborativeScorer, Lane};
 use crate::config::{HybridWeights, InteractionWeighting, ScoringConfig};
+use crate::error::{check_all_non_negative, check_index_or_none, check_len};
 use crate::similarity::Accumulator;
 use crate::sparse::{Csr, CsrRef};
 use crate::topk::{write_row, FlatTopK, Scored};
@@ -59,16 +60,6 @@ pub struct HybridResult {
     pub components: Vec<f32>,
 }
 
-fn check_len(arg: &'static str, len: usize, n: usize) -> Result<()> {
-    if len != n {
-        return Err(Error::invalid(
-            arg,
-            format!("has length {len}, expected one value per post ({n})"),
-        ));
-    }
-    Ok(())
-}
-
 /// The data's checks (the settings are [`ScoringConfig::validate`]'s).
 fn validate_data(
     x: &CsrRef<f32>,
@@ -88,39 +79,12 @@ fn validate_data(
         ));
     }
     posts.tfidf.view().check_finite("post_tfidf")?;
-    check_len("post_age_days", posts.age_days.len(), n_posts)?;
-    check_len("post_engagement", posts.engagement.len(), n_posts)?;
-    check_len("post_author", posts.author.len(), n_posts)?;
-    if let Some(a) = posts
-        .age_days
-        .iter()
-        .find(|a| !(a.is_finite() && **a >= 0.0))
-    {
-        return Err(Error::invalid(
-            "post_age_days",
-            format!("must be finite and >= 0, found {a}"),
-        ));
-    }
-    if let Some(e) = posts
-        .engagement
-        .iter()
-        .find(|e| !(e.is_finite() && **e >= 0.0))
-    {
-        return Err(Error::invalid(
-            "post_engagement",
-            format!("must be finite and >= 0, found {e}"),
-        ));
-    }
-    if let Some(a) = posts
-        .author
-        .iter()
-        .find(|&&a| a < -1 || a >= x.nrows as i64)
-    {
-        return Err(Error::invalid(
-            "post_author",
-            format!("must be -1 or a user index in 0..{}, found {a}", x.nrows),
-        ));
-    }
+    check_len("post_age_days", posts.age_days.len(), n_posts, "post")?;
+    check_len("post_engagement", posts.engagement.len(), n_posts, "post")?;
+    check_len("post_author", posts.author.len(), n_posts, "post")?;
+    check_all_non_negative("post_age_days", posts.age_days)?;
+    check_all_non_negative("post_engagement", posts.engagement)?;
+    check_index_or_none("post_author", posts.author, x.nrows, "a user index")?;
     if let Some(e) = exclude {
         if e.nrows != x.nrows || e.ncols != x.ncols {
             return Err(Error::invalid(
