@@ -60,6 +60,29 @@ pub struct HybridResult {
     pub components: Vec<f32>,
 }
 
+/// The checks of the inputs the hybrid and the stored profiles (`profile.rs`) share: finite
+/// users x posts `interactions`, one finite TF-IDF row and one author (-1 or a user) per post.
+pub(crate) fn validate_posts(
+    x: &CsrRef<f32>,
+    post_tfidf: &CsrRef<f32>,
+    post_author: &[i64],
+) -> Result<()> {
+    let n_posts = x.ncols;
+    x.check_finite("interactions")?;
+    if post_tfidf.nrows != n_posts {
+        return Err(Error::invalid(
+            "post_tfidf",
+            format!(
+                "has {} rows, expected one per post ({n_posts})",
+                post_tfidf.nrows
+            ),
+        ));
+    }
+    post_tfidf.check_finite("post_tfidf")?;
+    check_len("post_author", post_author.len(), n_posts, "post")?;
+    check_index_or_none("post_author", post_author, x.nrows, "a user index")
+}
+
 /// The data's checks (the settings are [`ScoringConfig::validate`]'s).
 fn validate_data(
     x: &CsrRef<f32>,
@@ -68,23 +91,11 @@ fn validate_data(
     candidates: Option<&[usize]>,
 ) -> Result<()> {
     let n_posts = x.ncols;
-    x.check_finite("interactions")?;
-    if posts.tfidf.nrows != n_posts {
-        return Err(Error::invalid(
-            "post_tfidf",
-            format!(
-                "has {} rows, expected one per post ({n_posts})",
-                posts.tfidf.nrows
-            ),
-        ));
-    }
-    posts.tfidf.view().check_finite("post_tfidf")?;
+    validate_posts(x, &posts.tfidf.view(), posts.author)?;
     check_len("post_age_days", posts.age_days.len(), n_posts, "post")?;
     check_len("post_engagement", posts.engagement.len(), n_posts, "post")?;
-    check_len("post_author", posts.author.len(), n_posts, "post")?;
     check_all_non_negative("post_age_days", posts.age_days)?;
     check_all_non_negative("post_engagement", posts.engagement)?;
-    check_index_or_none("post_author", posts.author, x.nrows, "a user index")?;
     if let Some(e) = exclude {
         if e.nrows != x.nrows || e.ncols != x.ncols {
             return Err(Error::invalid(
@@ -189,6 +200,49 @@ impl Shared {
     }
 }
 
+/// A user's content profile, the one definition (the hybrid's content component and the stored
+/// profiles of `profile.rs`): the mean TF-IDF row of the posts in `history` (the user's row of
+/// the interactions) with value > 0, divided by its L2 norm. Calls `emit(term, weight)` once per
+/// term of the profile, in no particular order (never when the user engaged with nothing).
+/// `acc` (one slot per term) is left zeroed.
+#[inline(always)]
+pub(crate) fn content_profile(
+    (posts, values): (&[u32], &[f32]),
+    tfidf: CsrRef<f32>,
+    acc: &mut Accumulator,
+    mut emit: impl FnMut(u32, f32),
+) {
+    let mut engaged = 0usize;
+    for (&p, &v) in posts.iter().zip(values) {
+        if v > 0.0 {
+            engaged += 1;
+            let (terms, tv) = tfidf.row(p as usize);
+            for (&t, &x) in terms.iter().zip(tv) {
+                acc.add(t, x);
+            }
+        }
+    }
+    let inv = if engaged > 0 {
+        1.0 / engaged as f32
+    } else {
+        0.0
+    };
+    let norm2: f64 = acc
+        .touched
+        .iter()
+        .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
+        .sum();
+    let norm = norm2.sqrt() as f32;
+    for ti in 0..acc.touched.len() {
+        let t = acc.touched[ti];
+        let m = acc.take(t) * inv;
+        if norm > 0.0 {
+            emit(t, m / norm);
+        }
+    }
+    acc.touched.clear();
+}
+
 /// The hybrid top-k of each of `users`. See the module documentation. A convenience that copies
 /// `interactions` and `exclude` into a [`HybridModel`] and cannot be cancelled: a caller that
 /// scores users in batches, has the matrices owned already or needs precomputed item
@@ -216,7 +270,7 @@ pub fn hybrid_topk(
     .topk(users, &cancel)
 }
 
-fn check_users(users: &[usize], n_users: usize) -> Result<()> {
+pub(crate) fn check_users(users: &[usize], n_users: usize) -> Result<()> {
     match users.iter().find(|&&u| u >= n_users) {
         Some(u) => Err(Error::invalid(
             "users",
@@ -456,39 +510,15 @@ fn score_block(
             }
         }
         acc.touched.clear();
-        // content profile: the mean TF-IDF vector of the engaged posts, divided by its norm
-        let (hist, hist_vals) = sh.interactions.view().row(u);
-        let mut engaged = 0usize;
-        for (&p, &v) in hist.iter().zip(hist_vals) {
-            if v > 0.0 {
-                engaged += 1;
-                let (terms, tv) = sh.tfidf.view().row(p as usize);
-                for (&t, &x) in terms.iter().zip(tv) {
-                    s.profile.add(t, x);
-                }
-            }
-        }
-        let acc = &mut s.profile;
-        let inv = if engaged > 0 {
-            1.0 / engaged as f32
-        } else {
-            0.0
-        };
-        let norm2: f64 = acc
-            .touched
-            .iter()
-            .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
-            .sum();
-        let pnorm = norm2.sqrt() as f32;
-        for ti in 0..acc.touched.len() {
-            let t = acc.touched[ti];
-            let m = acc.take(t) * inv;
-            if pnorm > 0.0 {
-                s.profiles[t as usize * LANES + lane] = m / pnorm;
+        content_profile(
+            sh.interactions.view().row(u),
+            sh.tfidf.view(),
+            &mut s.profile,
+            |t, w| {
+                s.profiles[t as usize * LANES + lane] = w;
                 s.profile_terms.push(t);
-            }
-        }
-        acc.touched.clear();
+            },
+        );
     }
     for lane in block.len()..=LANES {
         s.collab_start[lane] = s.collab.len();
