@@ -14,12 +14,14 @@ __all__ = [
     "HybridModel",
     "TfidfModel",
     "__version__",
+    "blend",
     "collaborative_models",
     "component_names",
     "cosine_topk",
     "decode_cache_entry",
     "default_config",
     "encode_cache_entry",
+    "fresh_topk",
     "history_weights",
     "hybrid_topk",
     "interaction_types",
@@ -32,8 +34,10 @@ __all__ = [
     "recommendations_key",
     "ridge_item_neighbors",
     "shuffle",
+    "source_names",
     "tfidf_fit_transform",
     "tokenize",
+    "user_profiles",
     "validate_config",
     "weight_interactions",
     "weighting_names",
@@ -68,6 +72,7 @@ def component_names() -> tuple[str, ...]: ...
 def interaction_types() -> tuple[str, ...]: ...
 def collaborative_models() -> tuple[str, ...]: ...
 def weighting_names() -> tuple[str, ...]: ...
+def source_names() -> tuple[str, ...]: ...
 
 # --- shuffle ---
 def shuffle(ids: np.ndarray, seed: int) -> np.ndarray: ...
@@ -157,6 +162,33 @@ class HybridModel:
     def topk(self, users: _IntArray) -> dict[str, np.ndarray]: ...
     @property
     def n_users(self) -> int: ...
+
+# --- the feed's request-time sources (rust/core profile.rs, fresh.rs, blend.rs) ---
+def user_profiles(
+    interactions: _CsrLike,
+    post_tfidf: _CsrLike,
+    post_author: _IntArray,
+    users: _IntArray,
+    config: _Config | None = None,
+) -> dict[str, Any]: ...
+def fresh_topk(
+    post_tfidf: _CsrLike,
+    post_created_ms: _IntArray,
+    post_author: _IntArray,
+    post_engagement: _FloatArray,
+    now_ms: int,
+    profiles: _CsrLike,
+    author_affinity: _CsrLike,
+    after_ms: _IntArray,
+    before_ms: int,
+    config: _Config | None = None,
+    *,
+    exclude: _CsrLike | None = None,
+    n: int | None = None,
+) -> dict[str, Any]: ...
+def blend(
+    lists: Sequence[_IntArray], shares: _FloatArray, max_len: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
 # --- metrics (shared/EVAL.md) ---
 def ranking_metrics(topk: _IntArray, test: _CsrLike, k: int = 10, n_items: int | None = None) -> dict[str, float]: ...

@@ -112,27 +112,68 @@ macro_rules! named_enum {
 }
 
 named_enum! {
-    /// Why a post was recommended: the component that contributed most to its score.
+    /// Why a post was recommended. The first four are the hybrid's components (in
+    /// [`COMPONENTS`] order, [`Reason::strongest`]); the others belong to the request-time
+    /// sources. New reasons go at the end: the four are stored in the cache and the database.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum Reason {
         SimilarUsers = "similar_users",
         SimilarContent = "similar_content",
         Fresh = "fresh",
         Popular = "popular",
+        /// A fresh post whose strongest part is the user's affinity to its author.
+        LikedAuthor = "liked_author",
+        /// A neighbour of a post the user liked or shared since their list was built.
+        BecauseYouLiked = "because_you_liked",
+        /// A post gaining engagement fastest in the last hours.
+        Trending = "trending",
     }
 }
 
-impl Reason {
-    /// The component with the largest weighted contribution; ties go to the earlier component.
-    pub fn strongest(weights: &HybridWeights, components: [f32; 4]) -> Reason {
-        let w = weights.as_array();
-        let mut best = 0;
-        for i in 1..4 {
-            if w[i] * components[i] > w[best] * components[best] {
-                best = i;
-            }
+/// The index of the component with the largest weighted contribution; ties go to the earlier
+/// component. The one argmax behind every reason ([`Reason::strongest`], the fresh source's).
+pub fn strongest_component(weights: [f32; 4], components: [f32; 4]) -> usize {
+    let mut best = 0;
+    for i in 1..4 {
+        if weights[i] * components[i] > weights[best] * components[best] {
+            best = i;
         }
-        Reason::ALL[best]
+    }
+    best
+}
+
+impl Reason {
+    /// The reason of each hybrid component, in [`COMPONENTS`] order.
+    pub const HYBRID: [Reason; 4] = [
+        Reason::SimilarUsers,
+        Reason::SimilarContent,
+        Reason::Fresh,
+        Reason::Popular,
+    ];
+
+    /// The hybrid component with the largest weighted contribution; ties go to the earlier
+    /// component.
+    pub fn strongest(weights: &HybridWeights, components: [f32; 4]) -> Reason {
+        Reason::HYBRID[strongest_component(weights.as_array(), components)]
+    }
+}
+
+named_enum! {
+    /// A candidate source of the feed: each post of a response names the one it came from.
+    /// `fallback` (the seeded random feed) fills what the others leave; the rest share the
+    /// slots by [`BlendShares`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Source {
+        /// The pipeline's list (cache, then database).
+        Personalized = "personalized",
+        /// Posts created since the user's list was built, scored at request time (`fresh.rs`).
+        Fresh = "fresh",
+        /// Neighbours of the posts the user liked or shared since their list was built.
+        BecauseYouLiked = "because_you_liked",
+        /// Posts gaining engagement fastest in the last hours.
+        Trending = "trending",
+        /// The seeded random feed, after all of them: scrolling ends with the catalogue.
+        Fallback = "fallback",
     }
 }
 
@@ -232,6 +273,203 @@ named_enum! {
     }
 }
 
+/// How many slots of a feed each source gets, as shares (any scale: `0.6 / 0.2 / 0.1 / 0.1` and
+/// `6 / 2 / 1 / 1` deal alike; `blend::blend` deals them). A share of 0 turns a source off;
+/// `fallback` has none, it takes what the others leave.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlendShares {
+    pub personalized: f32,
+    pub fresh: f32,
+    pub because_you_liked: f32,
+    pub trending: f32,
+}
+
+impl Default for BlendShares {
+    fn default() -> Self {
+        BlendShares {
+            personalized: 0.6,
+            fresh: 0.2,
+            because_you_liked: 0.1,
+            trending: 0.1,
+        }
+    }
+}
+
+impl BlendShares {
+    /// The sources that share the slots, in the order of [`BlendShares::as_array`].
+    pub const SOURCES: [Source; 4] = [
+        Source::Personalized,
+        Source::Fresh,
+        Source::BecauseYouLiked,
+        Source::Trending,
+    ];
+
+    pub fn as_array(&self) -> [f32; 4] {
+        [
+            self.personalized,
+            self.fresh,
+            self.because_you_liked,
+            self.trending,
+        ]
+    }
+
+    /// The share of `source`; `None` for `fallback`, which takes the slots after all of them.
+    pub fn share(&self, source: Source) -> Option<f32> {
+        Self::SOURCES
+            .iter()
+            .position(|&s| s == source)
+            .map(|i| self.as_array()[i])
+    }
+
+    /// Finite, >= 0, not all zero.
+    fn validate(&self) -> Result<()> {
+        for (source, share) in Self::SOURCES.iter().zip(self.as_array()) {
+            check_non_negative(format!("sources.blend.{}", source.as_str()), share)?;
+        }
+        if self.as_array().iter().all(|&s| s == 0.0) {
+            return Err(Error::invalid(
+                "sources.blend",
+                "at least one share must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `fresh` source: posts created since the user's list was built, scored at request time by
+/// the hybrid's content, recency and engagement weights plus `author_weight` (`fresh.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreshSettings {
+    /// Posts at most this old enter the pool, hours.
+    pub window_hours: u32,
+    /// The pool keeps at most this many posts (the newest).
+    pub pool_size: usize,
+    /// Posts the source offers per request.
+    pub candidates: usize,
+    /// Weight of the user's affinity to the post's author (the other weights are `weights`).
+    pub author_weight: f32,
+    /// Recency time constant of a fresh post: recency = exp(-age / tau), hours.
+    pub recency_tau_hours: f32,
+}
+
+impl Default for FreshSettings {
+    fn default() -> Self {
+        FreshSettings {
+            window_hours: 48,
+            pool_size: 20_000,
+            candidates: 100,
+            author_weight: 0.3,
+            recency_tau_hours: 24.0,
+        }
+    }
+}
+
+impl FreshSettings {
+    /// `window_hours` in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        self.window_hours as i64 * 3_600_000
+    }
+}
+
+/// The `because_you_liked` source: neighbours of the posts the user liked or shared since
+/// their list was built.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BecauseYouLikedSettings {
+    /// The most recent likes and shares used.
+    pub likes: usize,
+    /// Posts offered per liked post.
+    pub per_like: usize,
+    /// Item-item neighbours the pipeline keeps per post.
+    pub neighbors: usize,
+    /// Posts the source offers per request.
+    pub candidates: usize,
+}
+
+impl Default for BecauseYouLikedSettings {
+    fn default() -> Self {
+        BecauseYouLikedSettings {
+            likes: 10,
+            per_like: 5,
+            neighbors: 20,
+            candidates: 50,
+        }
+    }
+}
+
+/// The `trending` source: posts gaining engagement fastest, counted in time buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrendingSettings {
+    /// The buckets of the last this many hours are read.
+    pub window_hours: u32,
+    /// A bucket's counts weigh half as much this many hours later.
+    pub half_life_hours: f32,
+    /// Width of a counting bucket, minutes (at most the window).
+    pub bucket_minutes: u32,
+    /// Posts the source offers per request.
+    pub candidates: usize,
+}
+
+impl Default for TrendingSettings {
+    fn default() -> Self {
+        TrendingSettings {
+            window_hours: 6,
+            half_life_hours: 2.0,
+            bucket_minutes: 10,
+            candidates: 50,
+        }
+    }
+}
+
+/// The feed's candidate sources: how they share the slots and each request-time source's
+/// settings (`personalized` is the rest of [`ScoringConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sources {
+    pub blend: BlendShares,
+    pub fresh: FreshSettings,
+    pub because_you_liked: BecauseYouLikedSettings,
+    pub trending: TrendingSettings,
+}
+
+impl Sources {
+    /// Each error starts with the field's path (`sources.fresh.window_hours: ...`).
+    fn validate(&self) -> Result<()> {
+        self.blend.validate()?;
+        let f = &self.fresh;
+        check_count("sources.fresh.window_hours", f.window_hours as usize)?;
+        check_count("sources.fresh.pool_size", f.pool_size)?;
+        check_count("sources.fresh.candidates", f.candidates)?;
+        check_non_negative("sources.fresh.author_weight", f.author_weight)?;
+        check_positive("sources.fresh.recency_tau_hours", f.recency_tau_hours)?;
+        let b = &self.because_you_liked;
+        check_count("sources.because_you_liked.likes", b.likes)?;
+        check_count("sources.because_you_liked.per_like", b.per_like)?;
+        check_count("sources.because_you_liked.neighbors", b.neighbors)?;
+        check_count("sources.because_you_liked.candidates", b.candidates)?;
+        let t = &self.trending;
+        check_count("sources.trending.window_hours", t.window_hours as usize)?;
+        check_positive("sources.trending.half_life_hours", t.half_life_hours)?;
+        check_count("sources.trending.bucket_minutes", t.bucket_minutes as usize)?;
+        // a bucket wider than the window could not tell the window's events from older ones
+        if t.bucket_minutes as u64 > t.window_hours as u64 * 60 {
+            return Err(Error::invalid(
+                "sources.trending.bucket_minutes",
+                format!(
+                    "must be at most window_hours x 60 ({}), got {}",
+                    t.window_hours as u64 * 60,
+                    t.bucket_minutes
+                ),
+            ));
+        }
+        check_count("sources.trending.candidates", t.candidates)?;
+        Ok(())
+    }
+}
+
 /// Everything that shapes a run's recommendations, with the design's defaults: the one
 /// parameter object of the hybrid score (`score::HybridModel`), the binding, the
 /// pipeline and the evaluation. The pipeline's run config and `feedrank tune`'s output file are
@@ -265,6 +503,12 @@ pub struct ScoringConfig {
     pub cache_ttl_seconds: u64,
     /// Rows of user_recommendations expire this long after they were generated, hours.
     pub expires_after_hours: u32,
+    /// The feed's sources and how they share a page.
+    pub sources: Sources,
+    /// A user's stored profile keeps its this many strongest terms (not renormalized).
+    pub profile_terms: usize,
+    /// and its this many strongest authors (affinity = value / the user's largest).
+    pub profile_authors: usize,
 }
 
 impl Default for ScoringConfig {
@@ -284,6 +528,9 @@ impl Default for ScoringConfig {
             lookback_days: 30,
             cache_ttl_seconds: 3600,
             expires_after_hours: 48,
+            sources: Sources::default(),
+            profile_terms: 256,
+            profile_authors: 32,
         }
     }
 }
@@ -317,6 +564,9 @@ impl ScoringConfig {
         check_count("lookback_days", self.lookback_days as usize)?;
         check_count("cache_ttl_seconds", self.cache_ttl_seconds as usize)?;
         check_count("expires_after_hours", self.expires_after_hours as usize)?;
+        self.sources.validate()?;
+        check_count("profile_terms", self.profile_terms)?;
+        check_count("profile_authors", self.profile_authors)?;
         Ok(())
     }
 
@@ -494,6 +744,247 @@ mod tests {
         );
         assert!(err(r#"{"weights": {"fresh": 1}}"#).starts_with("weights.fresh: unknown field"));
         assert!(err(r#"{} x"#).starts_with("config: trailing characters"));
+    }
+
+    #[test]
+    fn the_hybrid_reasons_come_first_and_strongest_picks_only_them() {
+        // the cache and the database store these four by position in COMPONENTS order
+        assert_eq!(Reason::HYBRID, Reason::ALL[..4]);
+        assert_eq!(
+            Reason::NAMES,
+            [
+                "similar_users",
+                "similar_content",
+                "fresh",
+                "popular",
+                "liked_author",
+                "because_you_liked",
+                "trending"
+            ]
+        );
+        let w = HybridWeights::from_array([1.0; 4]);
+        for (c, &want) in Reason::HYBRID.iter().enumerate() {
+            let mut components = [0.0; 4];
+            components[c] = 1.0;
+            assert_eq!(Reason::strongest(&w, components), want);
+        }
+        // all zero: the first component, never a request-time source's reason
+        assert_eq!(Reason::strongest(&w, [0.0; 4]), Reason::SimilarUsers);
+        // the weights count: a weaker component under a larger weight wins
+        let w = HybridWeights::from_array([0.1, 0.0, 0.0, 0.9]);
+        assert_eq!(Reason::strongest(&w, [1.0, 1.0, 1.0, 0.5]), Reason::Popular);
+        assert_eq!(strongest_component([1.0; 4], [0.5, 0.7, 0.7, 0.1]), 1);
+    }
+
+    #[test]
+    fn source_names_and_the_blend_keys_are_one_list() {
+        assert_eq!(
+            Source::NAMES,
+            [
+                "personalized",
+                "fresh",
+                "because_you_liked",
+                "trending",
+                "fallback"
+            ]
+        );
+        assert_eq!(BlendShares::SOURCES, Source::ALL[..4]);
+        let blend = serde_json::to_value(BlendShares::default()).unwrap();
+        let keys: Vec<&str> = blend
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut names = BlendShares::SOURCES.map(Source::as_str).to_vec();
+        names.sort_unstable(); // serde_json's map is ordered by key
+        assert_eq!(keys, names);
+        let shares = BlendShares::default();
+        for (source, share) in BlendShares::SOURCES.iter().zip(shares.as_array()) {
+            assert_eq!(shares.share(*source), Some(share));
+            assert_eq!(blend[source.as_str()].as_f64().unwrap() as f32, share);
+        }
+        assert_eq!(shares.share(Source::Fallback), None);
+        for s in Source::ALL {
+            assert_eq!(Source::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn sources_and_profile_defaults_are_the_contracts() {
+        let c = ScoringConfig::default();
+        let json = serde_json::to_value(&c).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            r#"{
+                "blend": {"personalized": 0.6, "fresh": 0.2, "because_you_liked": 0.1, "trending": 0.1},
+                "fresh": {"window_hours": 48, "pool_size": 20000, "candidates": 100,
+                          "author_weight": 0.3, "recency_tau_hours": 24.0},
+                "because_you_liked": {"likes": 10, "per_like": 5, "neighbors": 20, "candidates": 50},
+                "trending": {"window_hours": 6, "half_life_hours": 2.0, "bucket_minutes": 10, "candidates": 50}
+            }"#,
+        )
+        .unwrap();
+        // f32 values widen to f64 in a serde_json::Value: compare them as f32
+        let as_f32 = |v: &serde_json::Value| -> Vec<(String, String)> {
+            fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+                match v {
+                    serde_json::Value::Object(m) => {
+                        for (k, v) in m {
+                            walk(&format!("{prefix}.{k}"), v, out);
+                        }
+                    }
+                    serde_json::Value::Number(n) if n.is_f64() => {
+                        out.push((prefix.to_string(), (n.as_f64().unwrap() as f32).to_string()))
+                    }
+                    other => out.push((prefix.to_string(), other.to_string())),
+                }
+            }
+            let mut out = Vec::new();
+            walk("sources", v, &mut out);
+            out
+        };
+        assert_eq!(as_f32(&json["sources"]), as_f32(&want));
+        assert_eq!((c.profile_terms, c.profile_authors), (256, 32));
+        assert_eq!(c.sources.fresh.window_ms(), 48 * 3_600_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn sources_round_trip_and_partial_sections_keep_their_defaults() {
+        let mut c = ScoringConfig::default();
+        c.sources.blend.trending = 0.0;
+        c.sources.fresh.pool_size = 7;
+        c.sources.fresh.recency_tau_hours = 1.5;
+        c.sources.because_you_liked.per_like = 2;
+        c.sources.trending.bucket_minutes = 360;
+        c.profile_terms = 3;
+        c.profile_authors = 1;
+        assert_eq!(ScoringConfig::from_json(&c.to_json()).unwrap(), c);
+        let partial =
+            ScoringConfig::from_json(r#"{"sources": {"fresh": {"pool_size": 5}}}"#).unwrap();
+        let mut want = ScoringConfig::default();
+        want.sources.fresh.pool_size = 5;
+        assert_eq!(partial, want);
+    }
+
+    #[test]
+    fn unknown_nested_fields_are_named_by_their_path() {
+        let err = |json: &str| ScoringConfig::from_json(json).unwrap_err().to_string();
+        for (json, path) in [
+            (r#"{"sources": {"fresch": {}}}"#, "sources.fresch"),
+            (
+                r#"{"sources": {"fresh": {"windw_hours": 1}}}"#,
+                "sources.fresh.windw_hours",
+            ),
+            (
+                r#"{"sources": {"blend": {"fallback": 1}}}"#,
+                "sources.blend.fallback",
+            ),
+            (
+                r#"{"sources": {"because_you_liked": {"like": 1}}}"#,
+                "sources.because_you_liked.like",
+            ),
+            (
+                r#"{"sources": {"trending": {"bucket": 1}}}"#,
+                "sources.trending.bucket",
+            ),
+        ] {
+            let e = err(json);
+            assert!(e.starts_with(&format!("{path}: unknown field")), "{e}");
+        }
+        let e = err(r#"{"sources": {"fresh": {"window_hours": -1}}}"#);
+        assert!(
+            e.starts_with("sources.fresh.window_hours: invalid value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_bad_source_or_profile_value_is_named() {
+        let err = |json: &str| ScoringConfig::from_json(json).unwrap_err().to_string();
+        for (json, message) in [
+            (
+                r#"{"sources": {"blend": {"fresh": -0.5}}}"#,
+                "sources.blend.fresh: must be finite and >= 0, got -0.5",
+            ),
+            (
+                r#"{"sources": {"blend": {"personalized": 0, "fresh": 0, "because_you_liked": 0, "trending": 0}}}"#,
+                "sources.blend: at least one share must be > 0",
+            ),
+            (
+                r#"{"sources": {"fresh": {"window_hours": 0}}}"#,
+                "sources.fresh.window_hours: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"fresh": {"pool_size": 0}}}"#,
+                "sources.fresh.pool_size: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"fresh": {"candidates": 0}}}"#,
+                "sources.fresh.candidates: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"fresh": {"author_weight": -1}}}"#,
+                "sources.fresh.author_weight: must be finite and >= 0, got -1",
+            ),
+            (
+                r#"{"sources": {"fresh": {"recency_tau_hours": 0}}}"#,
+                "sources.fresh.recency_tau_hours: must be finite and > 0, got 0",
+            ),
+            (
+                r#"{"sources": {"because_you_liked": {"likes": 0}}}"#,
+                "sources.because_you_liked.likes: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"because_you_liked": {"per_like": 0}}}"#,
+                "sources.because_you_liked.per_like: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"because_you_liked": {"neighbors": 0}}}"#,
+                "sources.because_you_liked.neighbors: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"because_you_liked": {"candidates": 0}}}"#,
+                "sources.because_you_liked.candidates: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"trending": {"window_hours": 0}}}"#,
+                "sources.trending.window_hours: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"trending": {"half_life_hours": -2}}}"#,
+                "sources.trending.half_life_hours: must be finite and > 0, got -2",
+            ),
+            (
+                r#"{"sources": {"trending": {"bucket_minutes": 0}}}"#,
+                "sources.trending.bucket_minutes: must be >= 1, got 0",
+            ),
+            (
+                r#"{"sources": {"trending": {"window_hours": 1, "bucket_minutes": 61}}}"#,
+                "sources.trending.bucket_minutes: must be at most window_hours x 60 (60), got 61",
+            ),
+            (
+                r#"{"sources": {"trending": {"candidates": 0}}}"#,
+                "sources.trending.candidates: must be >= 1, got 0",
+            ),
+            (
+                r#"{"profile_terms": 0}"#,
+                "profile_terms: must be >= 1, got 0",
+            ),
+            (
+                r#"{"profile_authors": 0}"#,
+                "profile_authors: must be >= 1, got 0",
+            ),
+        ] {
+            assert_eq!(err(json), message);
+        }
+        // a NaN cannot come from JSON; a config built in code is checked the same way
+        let mut c = ScoringConfig::default();
+        c.sources.blend.trending = f32::NAN;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "sources.blend.trending: must be finite and >= 0, got NaN"
+        );
     }
 
     #[test]

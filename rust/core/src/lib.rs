@@ -3,8 +3,10 @@
 //! Pure Rust, no Python: `rust/python` wraps it for `import feedrank`, `api/` links it directly.
 //!
 //! Kernels: [`shuffle`], [`tfidf`], [`similarity`], [`weighting`], [`score`] (the hybrid) with
-//! its [`collaborative`] models and the ridge maths of [`recommenders`], [`metrics`]. Long
-//! kernels take a [`cancel::Cancel`] token.
+//! its [`collaborative`] models and the ridge maths of [`recommenders`], [`metrics`]; for the
+//! feed's request-time sources, [`profile`] (a user's stored profile, written by the pipeline),
+//! [`fresh`] (scoring posts newer than the user's list) and [`blend`] (how the sources share a
+//! feed). Long kernels take a [`cancel::Cancel`] token.
 //! Contracts (one implementation each, used by the writer and the reader alike):
 //! [`config`] (the scoring configuration, its defaults and checks, the named enums) and
 //! [`cache`] (the Redis entry of a user's recommendations).
@@ -17,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod fresh;
 pub mod metrics;
+pub mod profile;
 pub mod recommenders;
 pub mod score;
 pub mod shuffle;

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::collaborative::{build_scorer, CollaborativeScorer, Lane};
 use crate::config::{HybridWeights, InteractionWeighting, ScoringConfig};
+use crate::error::{check_all_non_negative, check_index_or_none, check_len};
 use crate::similarity::Accumulator;
 use crate::sparse::{Csr, CsrRef};
 use crate::topk::{write_row, FlatTopK, Scored};
@@ -59,14 +60,27 @@ pub struct HybridResult {
     pub components: Vec<f32>,
 }
 
-fn check_len(arg: &'static str, len: usize, n: usize) -> Result<()> {
-    if len != n {
+/// The checks of the inputs the hybrid and the stored profiles (`profile.rs`) share: finite
+/// users x posts `interactions`, one finite TF-IDF row and one author (-1 or a user) per post.
+pub(crate) fn validate_posts(
+    x: &CsrRef<f32>,
+    post_tfidf: &CsrRef<f32>,
+    post_author: &[i64],
+) -> Result<()> {
+    let n_posts = x.ncols;
+    x.check_finite("interactions")?;
+    if post_tfidf.nrows != n_posts {
         return Err(Error::invalid(
-            arg,
-            format!("has length {len}, expected one value per post ({n})"),
+            "post_tfidf",
+            format!(
+                "has {} rows, expected one per post ({n_posts})",
+                post_tfidf.nrows
+            ),
         ));
     }
-    Ok(())
+    post_tfidf.check_finite("post_tfidf")?;
+    check_len("post_author", post_author.len(), n_posts, "post")?;
+    check_index_or_none("post_author", post_author, x.nrows, "a user index")
 }
 
 /// The data's checks (the settings are [`ScoringConfig::validate`]'s).
@@ -77,50 +91,11 @@ fn validate_data(
     candidates: Option<&[usize]>,
 ) -> Result<()> {
     let n_posts = x.ncols;
-    x.check_finite("interactions")?;
-    if posts.tfidf.nrows != n_posts {
-        return Err(Error::invalid(
-            "post_tfidf",
-            format!(
-                "has {} rows, expected one per post ({n_posts})",
-                posts.tfidf.nrows
-            ),
-        ));
-    }
-    posts.tfidf.view().check_finite("post_tfidf")?;
-    check_len("post_age_days", posts.age_days.len(), n_posts)?;
-    check_len("post_engagement", posts.engagement.len(), n_posts)?;
-    check_len("post_author", posts.author.len(), n_posts)?;
-    if let Some(a) = posts
-        .age_days
-        .iter()
-        .find(|a| !(a.is_finite() && **a >= 0.0))
-    {
-        return Err(Error::invalid(
-            "post_age_days",
-            format!("must be finite and >= 0, found {a}"),
-        ));
-    }
-    if let Some(e) = posts
-        .engagement
-        .iter()
-        .find(|e| !(e.is_finite() && **e >= 0.0))
-    {
-        return Err(Error::invalid(
-            "post_engagement",
-            format!("must be finite and >= 0, found {e}"),
-        ));
-    }
-    if let Some(a) = posts
-        .author
-        .iter()
-        .find(|&&a| a < -1 || a >= x.nrows as i64)
-    {
-        return Err(Error::invalid(
-            "post_author",
-            format!("must be -1 or a user index in 0..{}, found {a}", x.nrows),
-        ));
-    }
+    validate_posts(x, &posts.tfidf.view(), posts.author)?;
+    check_len("post_age_days", posts.age_days.len(), n_posts, "post")?;
+    check_len("post_engagement", posts.engagement.len(), n_posts, "post")?;
+    check_all_non_negative("post_age_days", posts.age_days)?;
+    check_all_non_negative("post_engagement", posts.engagement)?;
     if let Some(e) = exclude {
         if e.nrows != x.nrows || e.ncols != x.ncols {
             return Err(Error::invalid(
@@ -225,6 +200,49 @@ impl Shared {
     }
 }
 
+/// A user's content profile, the one definition (the hybrid's content component and the stored
+/// profiles of `profile.rs`): the mean TF-IDF row of the posts in `history` (the user's row of
+/// the interactions) with value > 0, divided by its L2 norm. Calls `emit(term, weight)` once per
+/// term of the profile, in no particular order (never when the user engaged with nothing).
+/// `acc` (one slot per term) is left zeroed.
+#[inline(always)]
+pub(crate) fn content_profile(
+    (posts, values): (&[u32], &[f32]),
+    tfidf: CsrRef<f32>,
+    acc: &mut Accumulator,
+    mut emit: impl FnMut(u32, f32),
+) {
+    let mut engaged = 0usize;
+    for (&p, &v) in posts.iter().zip(values) {
+        if v > 0.0 {
+            engaged += 1;
+            let (terms, tv) = tfidf.row(p as usize);
+            for (&t, &x) in terms.iter().zip(tv) {
+                acc.add(t, x);
+            }
+        }
+    }
+    let inv = if engaged > 0 {
+        1.0 / engaged as f32
+    } else {
+        0.0
+    };
+    let norm2: f64 = acc
+        .touched
+        .iter()
+        .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
+        .sum();
+    let norm = norm2.sqrt() as f32;
+    for ti in 0..acc.touched.len() {
+        let t = acc.touched[ti];
+        let m = acc.take(t) * inv;
+        if norm > 0.0 {
+            emit(t, m / norm);
+        }
+    }
+    acc.touched.clear();
+}
+
 /// The hybrid top-k of each of `users`. See the module documentation. A convenience that copies
 /// `interactions` and `exclude` into a [`HybridModel`] and cannot be cancelled: a caller that
 /// scores users in batches, has the matrices owned already or needs precomputed item
@@ -252,7 +270,7 @@ pub fn hybrid_topk(
     .topk(users, &cancel)
 }
 
-fn check_users(users: &[usize], n_users: usize) -> Result<()> {
+pub(crate) fn check_users(users: &[usize], n_users: usize) -> Result<()> {
     match users.iter().find(|&&u| u >= n_users) {
         Some(u) => Err(Error::invalid(
             "users",
@@ -492,39 +510,15 @@ fn score_block(
             }
         }
         acc.touched.clear();
-        // content profile: the mean TF-IDF vector of the engaged posts, divided by its norm
-        let (hist, hist_vals) = sh.interactions.view().row(u);
-        let mut engaged = 0usize;
-        for (&p, &v) in hist.iter().zip(hist_vals) {
-            if v > 0.0 {
-                engaged += 1;
-                let (terms, tv) = sh.tfidf.view().row(p as usize);
-                for (&t, &x) in terms.iter().zip(tv) {
-                    s.profile.add(t, x);
-                }
-            }
-        }
-        let acc = &mut s.profile;
-        let inv = if engaged > 0 {
-            1.0 / engaged as f32
-        } else {
-            0.0
-        };
-        let norm2: f64 = acc
-            .touched
-            .iter()
-            .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
-            .sum();
-        let pnorm = norm2.sqrt() as f32;
-        for ti in 0..acc.touched.len() {
-            let t = acc.touched[ti];
-            let m = acc.take(t) * inv;
-            if pnorm > 0.0 {
-                s.profiles[t as usize * LANES + lane] = m / pnorm;
+        content_profile(
+            sh.interactions.view().row(u),
+            sh.tfidf.view(),
+            &mut s.profile,
+            |t, w| {
+                s.profiles[t as usize * LANES + lane] = w;
                 s.profile_terms.push(t);
-            }
-        }
-        acc.touched.clear();
+            },
+        );
     }
     for lane in block.len()..=LANES {
         s.collab_start[lane] = s.collab.len();

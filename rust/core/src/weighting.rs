@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use crate::config::{check_bm25_b, check_bm25_k1, InteractionWeighting};
-use crate::error::check_non_negative;
+use crate::error::{check_len, check_non_negative};
 use crate::sparse::{Csr, CsrRef};
 use crate::{Error, Result};
 
@@ -112,17 +112,8 @@ where
     R: PartialOrd + Copy + Sync,
 {
     let n = users.len();
-    for (arg, len) in [
-        ("timestamps", timestamps.len()),
-        ("raw_items", raw_items.len()),
-    ] {
-        if len != n {
-            return Err(Error::invalid(
-                arg,
-                format!("has length {len}, expected one value per interaction ({n})"),
-            ));
-        }
-    }
+    check_len("timestamps", timestamps.len(), n, "interaction")?;
+    check_len("raw_items", raw_items.len(), n, "interaction")?;
     check_non_negative("half_life", half_life)?;
     // a value that is not equal to itself is a NaN, which has no place in an order
     #[allow(clippy::eq_op)]

@@ -35,6 +35,15 @@ pub fn config_from_dict(arg: &str, cfg: &Bound<'_, PyAny>) -> PyResult<ScoringCo
     ScoringConfig::deserialize_validated(&mut Depythonizer::from_object(cfg)).py()
 }
 
+/// The `config` argument of a kernel: None (the defaults) or a dict of ScoringConfig fields
+/// ([`config_from_dict`]).
+pub fn optional_config(config: Option<&Bound<'_, PyAny>>) -> PyResult<ScoringConfig> {
+    match config {
+        None => Ok(ScoringConfig::default()),
+        Some(c) => config_from_dict("config", c),
+    }
+}
+
 /// Hybrid weights from a 4-sequence `(collaborative, content, recency, engagement)` or a dict
 /// with exactly those keys; validated (finite, >= 0, not all zero).
 pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {

@@ -546,6 +546,23 @@ pub fn array2<'py, T: numpy::Element>(
     Ok(a.into_pyarray(py).into_any())
 }
 
+/// A top-k answer of `m` rows as a dict: indices int64 [m, k], scores float32 [m, k] and
+/// components float32 [m, k, 4].
+pub fn topk_dict<'py>(
+    py: Python<'py>,
+    (m, k): (usize, usize),
+    indices: Vec<i64>,
+    scores: Vec<f32>,
+    components: Vec<f32>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("indices", array2(py, indices, m, k)?)?;
+    d.set_item("scores", array2(py, scores, m, k)?)?;
+    let comps = array2(py, components, m * k, 4)?.call_method1("reshape", ((m, k, 4),))?;
+    d.set_item("components", comps)?;
+    Ok(d)
+}
+
 /// `k` as a count >= 1.
 pub fn positive(arg: &str, k: i64) -> PyResult<usize> {
     if k < 1 {

@@ -11,8 +11,8 @@ use pyo3::exceptions::PyDeprecationWarning;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping};
 
-use crate::contracts::{config_from_dict, parse_weights};
-use crate::convert::{array2, csr_arg, floats_1d, ids_1d, index_1d};
+use crate::contracts::{config_from_dict, optional_config, parse_weights};
+use crate::convert::{csr_arg, floats_1d, ids_1d, index_1d, topk_dict};
 use crate::error::type_error;
 use crate::run::run_kernel;
 
@@ -40,12 +40,7 @@ fn hybrid_config(
 ) -> PyResult<ScoringConfig> {
     let kwargs = match deprecated {
         Some(d) if !d.is_empty() => d,
-        _ => {
-            return match config {
-                None => Ok(ScoringConfig::default()),
-                Some(c) => config_from_dict("config", c),
-            }
-        }
+        _ => return optional_config(config),
     };
     let merged = PyDict::new(py);
     if let Some(c) = config {
@@ -87,20 +82,15 @@ fn hybrid_config(
     config_from_dict("config", &merged)
 }
 
-fn topk_dict<'py>(
+fn model_topk<'py>(
     py: Python<'py>,
     model: &HybridModel,
     users: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let users = index_1d("users", users, model.n_users())?;
     let res = run_kernel(py, |cancel| model.topk(&users, cancel))?;
-    let (m, k) = (users.len(), res.k);
-    let d = PyDict::new(py);
-    d.set_item("indices", array2(py, res.indices, m, k)?)?;
-    d.set_item("scores", array2(py, res.scores, m, k)?)?;
-    let comps = array2(py, res.components, m * k, 4)?.call_method1("reshape", ((m, k, 4),))?;
-    d.set_item("components", comps)?;
-    Ok(d)
+    let shape = (users.len(), res.k);
+    topk_dict(py, shape, res.indices, res.scores, res.components)
 }
 
 /// The hybrid top-k per user: collaborative, content, recency and engagement components, each
@@ -154,7 +144,7 @@ pub fn hybrid_topk<'py>(
         item_neighbors,
         deprecated,
     )?;
-    topk_dict(py, &prepared.model, users)
+    model_topk(py, &prepared.model, users)
 }
 
 /// `hybrid_topk` prepared once: the same arguments but `users`; `topk(users)` then scores any
@@ -236,7 +226,7 @@ impl PyHybridModel {
         py: Python<'py>,
         users: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        topk_dict(py, &self.model, users)
+        model_topk(py, &self.model, users)
     }
 
     /// Rows of `interactions` (valid user indices are `0..n_users`).

@@ -10,6 +10,7 @@ mod kernels;
 mod recommenders;
 mod run;
 mod similarity;
+mod sources;
 mod tfidf;
 
 use pyo3::prelude::*;
@@ -28,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(contracts::interaction_types, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::collaborative_models, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::weighting_names, m)?)?;
+    m.add_function(wrap_pyfunction!(sources::source_names, m)?)?;
     // kernels
     m.add_function(wrap_pyfunction!(kernels::shuffle, m)?)?;
     m.add_function(wrap_pyfunction!(kernels::permutation, m)?)?;
@@ -44,5 +46,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hybrid::hybrid_topk, m)?)?;
     m.add_class::<hybrid::PyHybridModel>()?;
     m.add_function(wrap_pyfunction!(recommenders::ridge_item_neighbors, m)?)?;
+    // the feed's request-time sources
+    m.add_function(wrap_pyfunction!(sources::user_profiles, m)?)?;
+    m.add_function(wrap_pyfunction!(sources::fresh_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(sources::blend, m)?)?;
     Ok(())
 }
