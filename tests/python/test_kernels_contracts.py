@@ -73,7 +73,7 @@ def test_cache_entry_round_trip_and_shape():
     )
     assert isinstance(raw, bytes)
     doc = json.loads(raw)
-    assert doc["v"] == 1 and doc["run_id"] == 42 and doc["generated_at"] == 1764201600
+    assert doc["v"] == 2 and doc["run_id"] == 42 and doc["generated_at"] == 1764201600
     assert [it["post_id"] for it in doc["items"]] == ["p1", "p2"]
     assert [it["reason"] for it in doc["items"]] == ["similar_users", "popular"]
     back = feedrank.decode_cache_entry(raw)
@@ -86,7 +86,7 @@ def test_cache_entry_rejects_garbage_and_mismatched_lengths():
     with pytest.raises(ValueError, match="cannot decode"):
         feedrank.decode_cache_entry(b"not json")
     with pytest.raises(ValueError, match="format version"):
-        feedrank.decode_cache_entry(b'{"v":2,"run_id":1,"generated_at":1,"items":[]}')
+        feedrank.decode_cache_entry(b'{"v":3,"run_id":1,"generated_at":1,"items":[]}')
     with pytest.raises(ValueError, match=r"^scores:"):
         feedrank.encode_cache_entry(
             1, 1, ["a", "b"], np.array([1.0]), np.zeros((2, 4)), (0.4, 0.3, 0.2, 0.1)

@@ -1,7 +1,7 @@
 //! The shared contracts of `feedrank-core` (config.rs, cache.rs) for the pipeline: the same code
 //! the API runs, so writer and reader cannot drift apart.
 
-use feedrank_core::cache::{self, CachedFeed, CachedRecommendation};
+use feedrank_core::cache::{self, CachedFeed, CachedProfile, CachedRecommendation};
 use feedrank_core::config::{
     CollaborativeModel, HybridWeights, InteractionType, InteractionWeighting, Reason,
     ScoringConfig, COMPONENTS,
@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pythonize::Depythonizer;
 
-use crate::convert::{floats_1d, floats_2d};
+use crate::convert::{floats_1d, floats_2d, ids_1d};
 use crate::error::{type_error, value_error, IntoPyResult};
 
 /// A config as the dict Python sees: through the core's JSON, so that f32 values read as the
@@ -44,22 +44,29 @@ pub fn optional_config(config: Option<&Bound<'_, PyAny>>) -> PyResult<ScoringCon
     }
 }
 
+/// Every key of `d` is a string among `allowed`: a TypeError or ValueError naming `arg`
+/// (`weights: unknown component "novelty" (expected [...])`) otherwise.
+fn check_keys(arg: &str, d: &Bound<'_, PyDict>, allowed: &[&str], noun: &str) -> PyResult<()> {
+    for (key, _) in d.iter() {
+        let key: String = key
+            .extract()
+            .map_err(|_| type_error(arg, "keys must be strings"))?;
+        if !allowed.contains(&key.as_str()) {
+            return Err(value_error(
+                arg,
+                format!("unknown {noun} {key:?} (expected {allowed:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Hybrid weights from a 4-sequence `(collaborative, content, recency, engagement)` or a dict
 /// with exactly those keys; validated (finite, >= 0, not all zero).
 pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {
     let w = if let Ok(d) = obj.cast::<PyDict>() {
         let mut w = [0f32; 4];
-        for (key, _) in d.iter() {
-            let key: String = key
-                .extract()
-                .map_err(|_| type_error("weights", "keys must be strings"))?;
-            if !COMPONENTS.contains(&key.as_str()) {
-                return Err(value_error(
-                    "weights",
-                    format!("unknown component {key:?} (expected {COMPONENTS:?})"),
-                ));
-            }
-        }
+        check_keys("weights", &d, &COMPONENTS, "component")?;
         for (slot, name) in w.iter_mut().zip(COMPONENTS) {
             let v = d
                 .get_item(name)?
@@ -141,12 +148,66 @@ pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
     cache::recommendations_key(prefix, user_id)
 }
 
+/// A user's profile for the cache entry: a dict with exactly `terms` (term indices, ints >= 0),
+/// `weights` (one float per term), `authors` (user ids, str) and `author_weights` (one float per
+/// author), as `user_profiles` stores it.
+fn parse_profile(obj: &Bound<'_, PyAny>) -> PyResult<CachedProfile> {
+    const KEYS: [&str; 4] = ["terms", "weights", "authors", "author_weights"];
+    let d = obj.cast::<PyDict>().map_err(|_| {
+        let got = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        type_error(
+            "profile",
+            format!("expected a dict with keys {KEYS:?}, got {got}"),
+        )
+    })?;
+    check_keys("profile", d, &KEYS, "key")?;
+    let get = |key: &str| {
+        d.get_item(key)?
+            .ok_or_else(|| value_error("profile", format!("missing {key:?}")))
+    };
+    let terms = get("terms")?;
+    // an empty list reads as a float array in numpy: no term is no term, whatever its dtype
+    let terms: Vec<i64> = if terms.len()? == 0 {
+        Vec::new()
+    } else {
+        ids_1d("profile.terms", &terms)?.into_vec()
+    };
+    if let Some(bad) = terms.iter().find(|&&t| !(0..=u32::MAX as i64).contains(&t)) {
+        return Err(value_error(
+            "profile.terms",
+            format!("must be term indices >= 0, found {bad}"),
+        ));
+    }
+    let authors = get("authors")?
+        .extract::<Vec<String>>()
+        .map_err(|_| type_error("profile.authors", "expected a sequence of str (user ids)"))?;
+    let profile = CachedProfile {
+        terms: terms.iter().map(|&t| t as u32).collect(),
+        weights: floats_1d("profile.weights", &get("weights")?)?.into_vec(),
+        authors,
+        author_weights: floats_1d("profile.author_weights", &get("author_weights")?)?.into_vec(),
+    };
+    profile.validate().py()?;
+    Ok(profile)
+}
+
 /// The Redis value of a user's recommendations (JSON bytes, see cache.rs), items in the given
 /// order; each item's reason is `Reason::strongest` of its components under `weights`.
+/// `model_id` is the run's serving model and `profile` the user's stored profile in it (a dict of
+/// `terms`, `weights`, `authors`, `author_weights`, as `user_profiles` holds it); both optional.
 ///
 /// >>> feedrank.encode_cache_entry(1, 1764201600, ["p1"], np.array([0.5]), np.array([[1.0, 0, 0, 0]]), (0.4, 0.3, 0.2, 0.1))
-/// b'{"v":1,"run_id":1,"generated_at":1764201600,"items":[{"post_id":"p1","score":0.5,"reason":"similar_users","components":[1.0,0.0,0.0,0.0]}]}'
+/// b'{"v":2,"run_id":1,"generated_at":1764201600,"items":[{"post_id":"p1","score":0.5,"reason":"similar_users","components":[1.0,0.0,0.0,0.0]}]}'
+/// >>> profile = {"terms": [4, 9], "weights": [0.8, 0.6], "authors": ["u7"], "author_weights": [1.0]}
+/// >>> feedrank.encode_cache_entry(1, 1764201600, [], np.zeros(0), np.zeros((0, 4)), (0.4, 0.3, 0.2, 0.1), model_id=3, profile=profile)
+/// b'{"v":2,"run_id":1,"model_id":3,"generated_at":1764201600,"items":[],"profile":{"terms":[4,9],"weights":[0.8,0.6],"authors":["u7"],"author_weights":[1.0]}}'
 #[pyfunction]
+#[pyo3(signature = (run_id, generated_at, post_ids, scores, components, weights, model_id=None, profile=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn encode_cache_entry<'py>(
     py: Python<'py>,
     run_id: i64,
@@ -155,6 +216,8 @@ pub fn encode_cache_entry<'py>(
     scores: &Bound<'py, PyAny>,
     components: &Bound<'py, PyAny>,
     weights: &Bound<'py, PyAny>,
+    model_id: Option<i64>,
+    profile: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let w = parse_weights(weights)?;
     let scores = floats_1d("scores", scores)?;
@@ -175,6 +238,7 @@ pub fn encode_cache_entry<'py>(
             format!("must be {} x 4, got {rows} x {cols}", post_ids.len()),
         ));
     }
+    let profile = profile.map(parse_profile).transpose()?;
     let items = post_ids
         .into_iter()
         .zip(scores.iter().copied())
@@ -189,14 +253,15 @@ pub fn encode_cache_entry<'py>(
             }
         })
         .collect();
-    let bytes = cache::encode(&CachedFeed::new(run_id, generated_at, items));
-    Ok(PyBytes::new(py, &bytes))
+    let feed = CachedFeed::new(run_id, generated_at, items).with_model(model_id, profile);
+    Ok(PyBytes::new(py, &cache::encode(&feed)))
 }
 
-/// Decodes a cache entry (rejects other format versions) into a dict.
+/// Decodes a cache entry (rejects versions this build cannot read) into a dict; `model_id` and
+/// `profile` are None when the entry has none (every version-1 entry).
 ///
 /// >>> feedrank.decode_cache_entry(b'{"v":1,"run_id":1,"generated_at":0,"items":[]}')
-/// {'v': 1, 'run_id': 1, 'generated_at': 0, 'items': []}
+/// {'v': 1, 'run_id': 1, 'model_id': None, 'generated_at': 0, 'items': [], 'profile': None}
 #[pyfunction]
 pub fn decode_cache_entry<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let feed = cache::decode(data).py()?;
@@ -215,8 +280,31 @@ pub fn decode_cache_entry<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'
     let out = PyDict::new(py);
     out.set_item("v", feed.v)?;
     out.set_item("run_id", feed.run_id)?;
+    out.set_item("model_id", feed.model_id)?;
     out.set_item("generated_at", feed.generated_at)?;
     out.set_item("items", items)?;
+    let profile = match feed.profile {
+        None => None,
+        Some(p) => {
+            let d = PyDict::new(py);
+            d.set_item("terms", p.terms)?;
+            // the f32 values widened exactly, so they compare equal to float32 arrays
+            d.set_item(
+                "weights",
+                p.weights.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            )?;
+            d.set_item("authors", p.authors)?;
+            d.set_item(
+                "author_weights",
+                p.author_weights
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect::<Vec<_>>(),
+            )?;
+            Some(d)
+        }
+    };
+    out.set_item("profile", profile)?;
     Ok(out.into_any())
 }
 
