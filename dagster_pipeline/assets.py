@@ -1,7 +1,7 @@
 """The recommendation graph:
 
-    user_interactions_snapshot -> post_features, user_features -> recommendation_scores
-        -> user_recommendations
+    user_interactions_snapshot -> post_features, user_features -> serving_model,
+        recommendation_scores -> user_recommendations
 
 Python here only moves arrays: PostgreSQL formats rows (COPY), polars parses and joins them,
 scipy assembles sparse matrices, and the numeric work (TF-IDF, similarities, hybrid scores, top-k,
@@ -11,7 +11,11 @@ distribution.
 
 ``recommendation_scores`` and ``user_recommendations`` are partitioned by user shard
 (``partitions.py``): a run can cover one shard or a range of shards; each shard is written as its
-own recommendation run, which becomes visible atomically.
+own recommendation run, which becomes visible atomically. ``serving_model`` (``serving.py``) is
+written once per Dagster run, and every shard's run names it.
+
+The functions here also serve the incremental refresh (``refresh.py``), which runs the same steps
+for a set of users.
 """
 
 
@@ -25,9 +29,10 @@ import polars as pl
 import scipy.sparse as sp
 from psycopg import sql
 
-from dagster_pipeline import swap
+from dagster_pipeline import serving, swap
 from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
 from dagster_pipeline.resources import PostgresResource, RedisResource, ScoringResource
+from dagster_pipeline.serving import RunModel, StoredProfiles
 from dagster_pipeline.timing import Timer
 
 # The core's lists, in the core's order (arrays, columns and JSON use it).
@@ -168,14 +173,27 @@ def post_features(
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
     """TF-IDF of post content (feedrank.TfidfVectorizer, fitted vocabulary kept as JSON), age,
     recency and engagement (weighted interaction count) per post."""
-    cfg = scoring.scoring_config
-    snap = user_interactions_snapshot
+    return compute_post_features(scoring.scoring_config, user_interactions_snapshot)
+
+
+def compute_post_features(
+    cfg: dict[str, Any], snap: dict[str, Any], tfidf_json: str | None = None
+) -> dg.MaterializeResult:
+    """``post_features`` under the ScoringConfig ``cfg``; with ``tfidf_json`` (a fitted
+    ``TfidfModel::to_json``, as a serving model stores it) the posts are vectorized in that
+    vocabulary instead of a new fit (the incremental refresh: its profiles must be in the
+    vocabulary of the model it builds on)."""
     timer = Timer()
     posts: pl.DataFrame = snap["posts"]
     n_posts = posts.height
     with timer.step("tfidf", "rust"):
-        vectorizer = feedrank.TfidfVectorizer(min_df=1, max_df=1.0)
-        tfidf = sp.csr_matrix(vectorizer.fit_transform(posts["content"].to_list()), dtype=np.float32)
+        if tfidf_json is None:
+            vectorizer = feedrank.TfidfVectorizer(min_df=1, max_df=1.0)
+            tfidf = vectorizer.fit_transform(posts["content"].to_list())
+        else:
+            vectorizer = feedrank.TfidfVectorizer.from_json(tfidf_json)
+            tfidf = vectorizer.transform(posts["content"].to_list())
+        tfidf = sp.csr_matrix(tfidf, dtype=np.float32)
         vocabulary_json = vectorizer.to_json()
     with timer.step("recency and engagement"):
         age_days = np.maximum(
@@ -324,6 +342,65 @@ def validate_scores(
     return all(v == 0 for v in facts.values()), facts
 
 
+def prepare_model(cfg: dict[str, Any], post_features: dict[str, Any], user_features: dict[str, Any]) -> feedrank.HybridModel:
+    """``feedrank.HybridModel`` over every user and post of the snapshot (the weighting, the
+    collaborative model and the per-post values, once), hidden posts excluded."""
+    return feedrank.HybridModel(
+        user_features["interactions"],
+        post_features["tfidf"],
+        np.asarray(post_features["age_days"]),
+        np.asarray(post_features["engagement"]),
+        np.asarray(post_features["post_author"]),
+        cfg,
+        exclude=user_features["hidden"],
+    )
+
+
+def score_users(
+    model: feedrank.HybridModel, users: np.ndarray, k: int, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The top ``k`` of each of ``users`` (``model.topk`` in batches of ``batch``): post indices
+    (-1 padded), scores, components, and the seconds spent in the kernel."""
+    m = users.size
+    indices = np.full((m, k), -1, np.int32)
+    scores = np.zeros((m, k), np.float32)
+    components = np.zeros((m, k, len(COMPONENTS)), np.float32)
+    kernel_seconds = 0.0
+    for start in range(0, m, batch):
+        part = users[start : start + batch]
+        t = time.perf_counter()
+        result = model.topk(part)
+        kernel_seconds += time.perf_counter() - t
+        got = result["indices"].shape[1]
+        indices[start : start + part.size, :got] = result["indices"]
+        scores[start : start + part.size, :got] = result["scores"]
+        components[start : start + part.size, :got] = result["components"]
+    return indices, scores, components, kernel_seconds
+
+
+def scores_bundle(
+    shard: str,
+    users: np.ndarray,
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray],
+    post_features: dict[str, Any],
+    user_features: dict[str, Any],
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``user_recommendations`` writes for a set of users (a shard's, or the refresh's)."""
+    indices, scores, components = scored
+    return {
+        "user_idx": users,
+        "user_ids": user_features["user_ids"].select(pl.col("user_id").gather(users)),
+        "post_ids": post_features["post_ids"],
+        "indices": indices,
+        "scores": scores,
+        "components": components,
+        "config": cfg,
+        "snapshot_at": user_features["snapshot_at"],
+        "shard": shard,
+    }
+
+
 def recommendation_scores(
     context: dg.AssetExecutionContext,
     scoring: ScoringResource,
@@ -337,52 +414,26 @@ def recommendation_scores(
     timer = Timer()
     k, batch = int(cfg["top_k"]), scoring.batch_size
     weights = dict(cfg["weights"])
-    interactions, hidden = user_features["interactions"], user_features["hidden"]
+    hidden = user_features["hidden"]
     history = np.asarray(user_features["history_length"])
-    with timer.step("load arrays"):
-        tfidf = post_features["tfidf"]
-        age = np.asarray(post_features["age_days"])
-        engagement = np.asarray(post_features["engagement"])
-        author = np.asarray(post_features["post_author"])
+    author = np.asarray(post_features["post_author"])
     # prepared once (weighting, the collaborative model, per-post values), then scored in batches
     with timer.step("prepare model", "rust"):
-        model = feedrank.HybridModel(interactions, tfidf, age, engagement, author, cfg, exclude=hidden)
+        model = prepare_model(cfg, post_features, user_features)
     outputs: dict[str, dict[str, Any]] = {}
     kernel_seconds = 0.0
     all_scores: list[np.ndarray] = []
     per_shard: dict[str, dict[str, int]] = {}
     for shard in _shards(context):
         users = shard_users(user_features["shard_hash"], shard)
-        m = users.size
-        indices = np.full((m, k), -1, np.int32)
-        scores = np.zeros((m, k), np.float32)
-        components = np.zeros((m, k, len(COMPONENTS)), np.float32)
-        for start in range(0, m, batch):
-            part = users[start : start + batch]
-            t = time.perf_counter()
-            result = model.topk(part)
-            kernel_seconds += time.perf_counter() - t
-            got = result["indices"].shape[1]
-            indices[start : start + part.size, :got] = result["indices"]
-            scores[start : start + part.size, :got] = result["scores"]
-            components[start : start + part.size, :got] = result["components"]
+        indices, scores, components, seconds = score_users(model, users, k, batch)
+        kernel_seconds += seconds
         with timer.step("package"):
-            user_ids = user_features["user_ids"].select(pl.col("user_id").gather(users))
-            outputs[shard] = {
-                "user_idx": users,
-                "user_ids": user_ids,
-                "post_ids": post_features["post_ids"],
-                "indices": indices,
-                "scores": scores,
-                "components": components,
-                "config": cfg,
-                "snapshot_at": user_features["snapshot_at"],
-                "shard": shard,
-            }
+            outputs[shard] = scores_bundle(shard, users, (indices, scores, components), post_features, user_features, cfg)
             valid = indices >= 0
             all_scores.append(scores[valid])
             per_shard[shard] = {
-                "users": int(m),
+                "users": int(users.size),
                 "cold_start_users": int((history[users] == 0).sum()),
                 "users_without_recommendations": int((~valid.any(axis=1)).sum()),
                 "rows": int(valid.sum()),
@@ -423,6 +474,60 @@ def recommendation_scores(
                 metadata={"violations": dg.MetadataValue.json(facts)},
             )
         ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# serving_model
+
+
+def serving_model(
+    context: dg.AssetExecutionContext,
+    scoring: ScoringResource,
+    postgres: PostgresResource,
+    post_features: dict[str, Any],
+    user_features: dict[str, Any],
+):  # returns MaterializeResult(value=bundle): the annotation would declare no output
+    """What the feed's request-time sources read (serving.py, migration V7): one serving model
+    (recommendation_models: the fitted TF-IDF, the run's ScoringConfig, the snapshot's time), the
+    stored profile of every user with history (user_profiles, feedrank.user_profiles) and the
+    item-item neighbours of every post that has any (post_neighbors, feedrank.item_neighbors, k =
+    sources.because_you_liked.neighbors). Its value is the model's id, which every shard's
+    recommendation run names, and the profiles, which go into the Redis entries."""
+    cfg = scoring.scoring_config
+    timer = Timer()
+    history = np.asarray(user_features["history_length"])
+    with timer.step("profiles", "rust"):
+        profiles = StoredProfiles.compute(np.flatnonzero(history > 0), user_features, post_features, cfg)
+    k = int(cfg["sources"]["because_you_liked"]["neighbors"])
+    with timer.step("item neighbours", "rust"):
+        neighbors = feedrank.item_neighbors(user_features["interactions"], k=k)
+    with timer.step("neighbours best first"):
+        neighbors = serving.best_first(neighbors)
+    written = serving.write_model(
+        postgres,
+        dagster_run_id=context.run.run_id,
+        config=cfg,
+        snapshot_at=float(post_features["snapshot_at"]),
+        tfidf_json=post_features["vocabulary_json"],
+        profiles=profiles,
+        neighbors=neighbors,
+        post_ids=post_features["post_ids"]["post_id"].to_list(),
+        timer=timer,
+        log=context.log,
+    )
+    return dg.MaterializeResult(
+        value={"model_id": written.model_id, **profiles.to_bundle()},
+        metadata={
+            "model_id": dg.MetadataValue.int(written.model_id),
+            "rows": dg.MetadataValue.int(written.profiles + written.neighbors),
+            "profiles": dg.MetadataValue.int(written.profiles),
+            "neighbor_lists": dg.MetadataValue.int(written.neighbors),
+            "neighbors_per_post": dg.MetadataValue.int(k),
+            "bytes": dg.MetadataValue.int(written.bytes),
+            "seconds": dg.MetadataValue.float(round(timer.total(), 3)),
+            **timer.metadata(),
+        },
     )
 
 
@@ -469,9 +574,15 @@ def write_shard(
     redis_res: RedisResource,
     bundle: dict[str, Any],
     timer: Timer,
+    model: RunModel | None = None,
+    *,
+    own_partition: bool = True,
+    before_flip: swap.BeforeFlip | None = None,
 ) -> dict[str, Any]:
-    """One shard: its recommendation run swapped into PostgreSQL (``swap.write_run``: readers see
-    the old run or the new one, never a mix), then each user's Redis entry."""
+    """One set of users (a shard, or the refresh's): its recommendation run swapped into
+    PostgreSQL (``swap.write_run``: readers see the old run or the new one, never a mix), naming
+    ``model``'s serving model, then each user's Redis entry. ``own_partition`` and
+    ``before_flip`` go to ``swap.write_run``; a run refused there writes nothing to Redis."""
     cfg = bundle["config"]
     n_users = int(bundle["user_idx"].size)
     written = swap.write_run(
@@ -487,18 +598,25 @@ def write_shard(
         frame_of=lambda lo, hi, local: _rows_frame(bundle, lo, hi, local),
         log=context.log,
         timer=timer,
+        model_id=None if model is None else model.model_id,
+        own_partition=own_partition,
+        before_flip=before_flip,
     )
-    # Redis only after the commit: a reader never finds a cached run the table does not have.
-    cached = write_cache(
-        redis_res, bundle, written.run.id, int(written.run.generated_at), int(cfg["cache_ttl_seconds"]), timer
-    )
+    cached = 0
+    if written.refused is None:
+        # Redis only after the commit: a reader never finds a cached run the table does not have.
+        cached = write_cache(
+            redis_res, bundle, written.run.id, int(written.run.generated_at), int(cfg["cache_ttl_seconds"]), timer, model
+        )
     return {
-        "run_id": written.run.id,
-        "users": n_users,
+        "run_id": None if written.run is None else written.run.id,
+        "users": n_users if written.refused is None else 0,
         "rows": written.rows,
         "cached_users": cached,
         "runs_removed": written.runs_removed,
         "expired_rows_removed": written.expired_rows_removed,
+        "models_removed": written.cleaned.models,
+        "refused": written.refused,
     }
 
 
@@ -509,12 +627,17 @@ def write_cache(
     generated_at: int,
     ttl: int,
     timer: Timer,
+    model: RunModel | None = None,
 ) -> int:
-    """Each user's list as the shared cache entry (feedrank.encode_cache_entry), pipelined."""
+    """Each user's list as the shared cache entry (feedrank.encode_cache_entry), with the run's
+    model id and the user's stored profile in it (``model``), pipelined."""
     weights = dict(bundle["config"]["weights"])
     post_ids = bundle["post_ids"]["post_id"].to_numpy()
     user_ids = bundle["user_ids"]["user_id"].to_list()
+    user_idx = np.asarray(bundle["user_idx"])
     indices, scores, components = bundle["indices"], bundle["scores"], bundle["components"]
+    model_id = None if model is None else model.model_id
+    profile_of = (lambda user: None) if model is None else model.profiles.for_cache(model.profiles.user_ids["user_id"].to_list())
     client = redis_res.client()
     prefix = redis_res.prefix()
     written = 0
@@ -527,7 +650,14 @@ def write_cache(
             ids = post_ids[idx[:n]].tolist()
             t = time.perf_counter()
             entry = feedrank.encode_cache_entry(
-                run_id, generated_at, ids, scores[row, :n], components[row, :n], weights
+                run_id,
+                generated_at,
+                ids,
+                scores[row, :n],
+                components[row, :n],
+                weights,
+                model_id=model_id,
+                profile=profile_of(int(user_idx[row])),
             )
             key = feedrank.recommendations_key(prefix, user_id)
             encode_s += time.perf_counter() - t
@@ -552,24 +682,29 @@ def user_recommendations(
     postgres: PostgresResource,
     redis: RedisResource,
     recommendation_scores: dict[str, Any],
+    serving_model: dict[str, Any],
 ) -> dg.MaterializeResult:
-    """Recommendations written to PostgreSQL (one recommendation run per shard, rows by COPY into
-    a partition of their own, swapped in by one short transaction; older, failed and expired runs
-    removed) and, after the commit, each user's list to Redis (feedrank cache entry, TTL
+    """Recommendations written to PostgreSQL (one recommendation run per shard, naming the run's
+    serving model, rows by COPY into a partition of their own, swapped in by one short
+    transaction; older, failed and expired runs and unused models removed) and, after the commit,
+    each user's list, the model's id and the user's profile to Redis (feedrank cache entry, TTL
     cache_ttl_seconds)."""
     timer = Timer()
     shards = _shards(context)
     bundles = recommendation_scores if len(shards) > 1 else {shards[0]: recommendation_scores}
-    results = {shard: write_shard(context, postgres, redis, bundles[shard], timer) for shard in shards}
+    model = RunModel(int(serving_model["model_id"]), StoredProfiles.from_bundle(serving_model))
+    results = {shard: write_shard(context, postgres, redis, bundles[shard], timer, model) for shard in shards}
     total = lambda key: sum(r[key] for r in results.values())  # noqa: E731
     return dg.MaterializeResult(
         metadata={
             "recommendation_runs": dg.MetadataValue.json({s: r["run_id"] for s, r in results.items()}),
+            "model_id": dg.MetadataValue.int(model.model_id),
             "users": dg.MetadataValue.int(total("users")),
             "rows": dg.MetadataValue.int(total("rows")),
             "cached_users": dg.MetadataValue.int(total("cached_users")),
             "runs_removed": dg.MetadataValue.int(total("runs_removed")),
             "expired_rows_removed": dg.MetadataValue.int(total("expired_rows_removed")),
+            "models_removed": dg.MetadataValue.int(total("models_removed")),
             **timer.metadata(),
         },
     )
@@ -589,7 +724,7 @@ SCORES_VALID = dg.AssetCheckSpec(
 
 
 def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.AssetsDefinition]:
-    """The five assets (each function's docstring is its description in the UI). With ``shards``
+    """The six assets (each function's docstring is its description in the UI). With ``shards``
     (user-shard partitions), ``recommendation_scores`` and ``user_recommendations`` are
     partitioned, and every asset gets a single-run backfill policy so that one run (the
     schedule's, or ``dagster asset materialize --partition-range``) can cover a range of shards."""
@@ -603,6 +738,7 @@ def build_assets(shards: dg.PartitionsDefinition | None = None) -> list[dg.Asset
         asset(user_interactions_snapshot, {"postgres", "polars"}),
         asset(post_features, {"rust", "numpy"}),
         asset(user_features, {"scipy", "numpy"}),
+        asset(serving_model, {"rust", "postgres"}),
         asset(recommendation_scores, {"rust"}, sharded=True, check_specs=[SCORES_VALID]),
         asset(user_recommendations, {"postgres", "redis"}, sharded=True),
     ]

@@ -1,7 +1,7 @@
 """`make bench-pipeline`: the whole graph on a large synthetic data set, timed per asset.
 
     python -m dagster_pipeline.bench [--users 100000] [--posts 200000] [--interactions 5000000]
-                                     [--top-k 200] [--json PATH]
+                                     [--top-k 200] [--refresh-users N] [--json PATH]
 
 A throw-away database (created, migrated with `feedrank-api migrate`, dropped afterwards) is
 filled by `feedrank demo-data --synthetic`; then each asset is materialized in its own process
@@ -12,6 +12,11 @@ deleted afterwards.
 The table splits each asset's time into the kinds its metadata reports (``seconds_by_kind``):
 feedrank kernels (rust), polars/numpy/scipy calls (native), PostgreSQL/Redis (io), and the rest,
 Python glue. "process" is the step process's wall time, including Python and Dagster start-up.
+
+``--refresh-users N``: after the graph, N random users each like a post (now), and the
+incremental refresh (``refreshed_recommendations``, refresh.py) runs in a process of its own, as
+the sensor's run would: its end-to-end time (process start to exit) is the issue's "refresh of
+1,000 active users out of 100,000 under 60 s". The bench checks that it refreshed exactly N users.
 """
 
 import argparse
@@ -28,12 +33,14 @@ ASSETS = (
     "user_interactions_snapshot",
     "post_features",
     "user_features",
+    "serving_model",
     "recommendation_scores",
     "user_recommendations",
 )
 # Materialized too, but reported apart: not part of the design's graph (the offline quality of the
 # run's configuration on the same data, issue 6).
 EXTRA = ("recommendation_quality",)
+REFRESH = "refreshed_recommendations"
 
 
 def _step(args: argparse.Namespace) -> int:
@@ -43,12 +50,13 @@ def _step(args: argparse.Namespace) -> int:
     from dagster_pipeline.assets import build_assets
     from dagster_pipeline.io_manager import BundleIOManager
     from dagster_pipeline.quality import build_quality_asset
+    from dagster_pipeline.refresh import build_refresh_asset
     from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
     from feedrank import db
 
     t0 = time.perf_counter()
     result = dg.materialize(
-        [*build_assets(None), build_quality_asset(None)],
+        [*build_assets(None), build_quality_asset(None), build_refresh_asset(None)],
         selection=[args.asset],
         resources={
             "postgres": PostgresResource(database_url=db.database_url()),
@@ -74,6 +82,51 @@ def _run_child(argv: list[str]) -> tuple[int, float, int]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def _make_active(url: str, users: int) -> list[str]:
+    """``users`` random users with history each like a post they are not the author of, now."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "WITH u AS (SELECT user_id AS id, row_number() OVER () AS n FROM "
+                "(SELECT DISTINCT user_id FROM user_interactions) d ORDER BY random() LIMIT %s), "
+                "p AS (SELECT id, user_id, row_number() OVER () AS n FROM "
+                "(SELECT id, user_id FROM posts ORDER BY random() LIMIT %s) q) "
+                "INSERT INTO user_interactions (user_id, post_id, interaction_type) "
+                "SELECT u.id, p.id, 'like' FROM u JOIN p ON p.n = u.n "
+                "RETURNING user_id::text",
+                (users, users),
+            ).fetchall()
+        ]
+
+
+def _run_step(args: argparse.Namespace, asset: str, tmp: str, prefix: str) -> tuple[float, int, dict]:
+    """``asset`` materialized in a process of its own: (wall seconds, peak RSS bytes, its
+    materialization's metadata)."""
+    out = Path(tmp) / f"{asset}.json"
+    code, wall, rss = _run_child(
+        [sys.executable, "-m", "dagster_pipeline.bench", "--step", asset,
+         "--storage", str(Path(tmp) / "storage"), "--prefix", prefix,
+         "--out", str(out), "--top-k", str(args.top_k)]
+    )
+    if code != 0:
+        raise RuntimeError(f"bench-pipeline: {asset} failed (exit {code})")
+    return wall, rss, json.loads(out.read_text())
+
+
+def _refresh(args: argparse.Namespace, url: str, tmp: str, prefix: str) -> dict:
+    """The refresh of ``args.refresh_users`` active users, in a process of its own."""
+    active = _make_active(url, args.refresh_users)
+    print(f"==> {REFRESH} ({len(active)} users made active)", flush=True)
+    wall, rss, meta = _run_step(args, REFRESH, tmp, prefix)
+    if meta.get("users") != len(set(active)):
+        raise RuntimeError(f"bench-pipeline: the refresh covered {meta.get('users')} users, expected {len(set(active))}")
+    print(f"    {wall:.1f} s, peak RSS {rss / 2**20:,.0f} MiB", flush=True)
+    return {"process": wall, "rss": rss, "users": meta["users"], "metadata": meta}
 
 
 def _fmt_row(cells: list[str], widths: list[int]) -> str:
@@ -118,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactions", type=int, default=5_000_000)
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--refresh-users", type=int, default=0, help="then refresh this many active users")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--step", dest="asset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--storage", default=None, help=argparse.SUPPRESS)
@@ -146,19 +200,15 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
         )
         print(f"    loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+        refresh = None
         try:
             for asset in ASSETS + EXTRA:
-                out = Path(tmp) / f"{asset}.json"
                 print(f"==> {asset}", flush=True)
-                code, wall, rss = _run_child(
-                    [sys.executable, "-m", "dagster_pipeline.bench", "--step", asset,
-                     "--storage", str(Path(tmp) / "storage"), "--prefix", prefix,
-                     "--out", str(out), "--top-k", str(args.top_k)]
-                )
-                if code != 0:
-                    print(f"bench-pipeline: {asset} failed (exit {code})", file=sys.stderr)
+                try:
+                    wall, rss, meta = _run_step(args, asset, tmp, prefix)
+                except RuntimeError as e:
+                    print(e, file=sys.stderr)
                     return 1
-                meta = json.loads(out.read_text())
                 rows.append(
                     {
                         "asset": asset,
@@ -171,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"    {wall:.1f} s, peak RSS {rss / 2**20:,.0f} MiB", flush=True)
+            if args.refresh_users:
+                refresh = _refresh(args, url, tmp, prefix)
         finally:
             client = redis.Redis.from_url(db.redis_url())
             keys = list(client.scan_iter(match=prefix + "*", count=10_000))
@@ -201,9 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             f"ndcg@10 {r['metadata'].get('ndcg@10', '?')}, users evaluated "
             f"{r['metadata'].get('users_evaluated', '?')}"
         )
+    if refresh is not None:
+        meta = refresh["metadata"]
+        print(
+            f"incremental refresh: {refresh['users']:,} active users of {args.users:,}: "
+            f"{refresh['process']:.1f} s end to end ({meta.get('seconds', 0):.1f} s inside the asset; "
+            f"by kind {meta.get('seconds_by_kind')}), peak RSS {refresh['rss'] / 2**20:,.0f} MiB; "
+            f"they were {meta.get('behind_seconds', {}).get('max', '?')} s behind at most"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows + extra}, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "rows": rows + extra, "refresh": refresh}, indent=2, default=str)
+        )
     return 0
 
 

@@ -2,6 +2,9 @@
 
 They look at the recommendation runs this Dagster run wrote (``recommendation_runs.dagster_run_id``);
 run on their own (from the UI), at the newest complete run of each shard of the current layout.
+A user's list may since have been replaced by the incremental refresh (``refresh.py``, shard
+``refresh``): the checks accept a newer refresh run as the one that user is served, and compare
+the Redis entry with the run the user is served now.
 ``recommendation_scores`` has its own blocking check (``scores_valid``, in assets.py) that stops a
 bad run before it writes anything.
 """
@@ -13,9 +16,10 @@ from typing import Any
 
 import dagster as dg
 import feedrank
+import numpy as np
 from psycopg import sql
 
-from dagster_pipeline.partitions import SHARD_HASH_SQL, parse_shard_key, shard_keys
+from dagster_pipeline.partitions import REFRESH_SHARD, SHARD_HASH_SQL, parse_shard_key, shard_keys
 from dagster_pipeline.resources import PostgresResource, RedisResource
 
 REDIS_SAMPLE_USERS = 200
@@ -31,7 +35,9 @@ def checked_runs(context: dg.AssetCheckExecutionContext, conn) -> list[dict[str,
     if not rows:
         # Run on its own: the newest complete run of each shard of the newest run's layout.
         newest = conn.execute(
-            "SELECT shard FROM recommendation_runs WHERE status = 'complete' ORDER BY id DESC LIMIT 1"
+            "SELECT shard FROM recommendation_runs WHERE status = 'complete' AND shard <> %s "
+            "ORDER BY id DESC LIMIT 1",
+            (REFRESH_SHARD,),
         ).fetchone()
         if newest is None:
             return []
@@ -82,13 +88,14 @@ def _every_user_covered(conn, runs: list[dict[str, Any]], redis: RedisResource) 
             ).format(users_q),
             (*params, run["id"]),
         ).fetchall()
+        # served another run: neither this one nor a refresh of the user since
         stale = conn.execute(
             sql.SQL(
-                "SELECT count(*) FROM ({}) s WHERE current_recommendation_run(s.id) "
-                "IS DISTINCT FROM %s AND EXISTS (SELECT 1 FROM user_recommendations r "
-                "WHERE r.user_id = s.id AND r.run_id = %s)"
+                "SELECT count(*) FROM ({}) s WHERE current_recommendation_run(s.id) NOT IN "
+                "(SELECT id FROM recommendation_runs WHERE id = %s OR (shard = %s AND id > %s)) "
+                "AND EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_id = s.id AND r.run_id = %s)"
             ).format(users_q),
-            (*params, run["id"], run["id"]),
+            (*params, run["id"], REFRESH_SHARD, run["id"], run["id"]),
         ).fetchone()[0]
         expected_total += expected
         missing_total += len(missing)
@@ -168,13 +175,8 @@ def _redis_matches(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg
             rng = random.Random(run["id"])
             for user_id in rng.sample(users, min(len(users), max(1, REDIS_SAMPLE_USERS // len(runs)))):
                 sampled += 1
-                rows = conn.execute(
-                    "SELECT post_id::text, score FROM user_recommendations "
-                    "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
-                    (run["id"], user_id),
-                ).fetchall()
                 raw = client.get(feedrank.recommendations_key(redis.prefix(), user_id))
-                problem = _compare(raw, run["id"], rows)
+                problem = _compare(raw, served(conn, user_id))
                 if problem:
                     mismatches.append({"user_id": user_id, "problem": problem})
     finally:
@@ -189,15 +191,54 @@ def _redis_matches(conn, runs: list[dict[str, Any]], redis: RedisResource) -> dg
     )
 
 
-def _compare(raw: bytes | None, run_id: int, rows: list[tuple[str, float]]) -> str | None:
+def served(conn, user_id: str) -> dict[str, Any]:
+    """What a reader of PostgreSQL gets for ``user_id``: the current run, its rows (best first),
+    its serving model and the user's profile in it (None without one)."""
+    run_id, model_id = conn.execute(
+        "SELECT r.id, r.model_id FROM recommendation_runs r WHERE r.id = current_recommendation_run(%s)",
+        (user_id,),
+    ).fetchone() or (None, None)
+    rows = conn.execute(
+        "SELECT post_id::text, score FROM user_recommendations "
+        "WHERE run_id = %s AND user_id = %s ORDER BY score DESC, post_id",
+        (run_id, user_id),
+    ).fetchall()
+    profile = conn.execute(
+        "SELECT terms, weights, authors::text[], author_weights FROM user_profiles "
+        "WHERE model_id = %s AND user_id = %s",
+        (model_id, user_id),
+    ).fetchone()
+    return {
+        "run_id": run_id,
+        "rows": rows,
+        "model_id": model_id,
+        "profile": None if profile is None else dict(zip(("terms", "weights", "authors", "author_weights"), profile)),
+    }
+
+
+def _same_profile(cached: dict[str, Any] | None, stored: dict[str, Any] | None) -> bool:
+    if cached is None or stored is None:
+        return cached is None and stored is None
+    # float4 in PostgreSQL, f32 in the entry: compared as float32, bit for bit
+    as32 = lambda values: np.asarray(values, np.float32)  # noqa: E731
+    return (
+        list(cached["terms"]) == list(stored["terms"])
+        and np.array_equal(as32(cached["weights"]), as32(stored["weights"]))
+        and list(cached["authors"]) == list(stored["authors"])
+        and np.array_equal(as32(cached["author_weights"]), as32(stored["author_weights"]))
+    )
+
+
+def _compare(raw: bytes | None, expected: dict[str, Any]) -> str | None:
     if raw is None:
         return "no Redis entry"
     try:
         entry = feedrank.decode_cache_entry(raw)
     except ValueError as e:
         return f"entry does not decode: {e}"
+    run_id, rows = expected["run_id"], expected["rows"]
     if entry["run_id"] != run_id:
-        return f"entry is of run {entry['run_id']}, table of run {run_id}"
+        return f"entry is of run {entry['run_id']}, the user is served run {run_id}"
     items = entry["items"]
     if len(items) != len(rows):
         return f"{len(items)} cached items, {len(rows)} rows"
@@ -210,6 +251,10 @@ def _compare(raw: bytes | None, run_id: int, rows: list[tuple[str, float]]) -> s
         return "scores differ"
     if any(a["score"] < b["score"] for a, b in zip(items, items[1:])):
         return "cached items not in descending score order"
+    if entry["model_id"] != expected["model_id"]:
+        return f"entry names model {entry['model_id']}, the run model {expected['model_id']}"
+    if not _same_profile(entry["profile"], expected["profile"]):
+        return "profile differs from user_profiles"
     return None
 
 
@@ -234,8 +279,9 @@ ALL_CHECKS = [
     _run_check(
         "redis_matches_table",
         f"For a sample of up to {REDIS_SAMPLE_USERS} users, the Redis entry decodes "
-        "(feedrank.decode_cache_entry) and lists the table's rows of the same run in the same order "
-        "with the same scores.",
+        "(feedrank.decode_cache_entry) and lists the rows of the run the user is served in the same "
+        "order with the same scores, names that run's serving model and carries the user's profile "
+        "in it as user_profiles holds it.",
         _redis_matches,
     ),
 ]

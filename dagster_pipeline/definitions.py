@@ -2,6 +2,7 @@
 
 ``FEEDRANK_USER_SHARDS=N`` (read once, when the location loads) splits scoring and writing into
 N user-shard partitions; unset, one run scores every user (see partitions.py).
+``FEEDRANK_REFRESH_INTERVAL_SECONDS`` (read then too) paces the incremental refresh (sensors.py).
 """
 
 import dagster as dg
@@ -11,11 +12,13 @@ from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import shard_count_from_env, user_shards
 from dagster_pipeline.quality import QUALITY_CHECKS, build_quality_asset
+from dagster_pipeline.refresh import REFRESH_ASSET, build_refresh_asset
 from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
 from dagster_pipeline.schedules import build_daily_schedule
-from dagster_pipeline.sensors import alert_on_run_failure
+from dagster_pipeline.sensors import alert_on_run_failure, build_refresh_sensor, refresh_interval_from_env
 
 JOB_NAME = "build_recommendations"
+REFRESH_JOB_NAME = "refresh_active_users"
 
 
 def default_resources() -> dict:
@@ -31,17 +34,30 @@ def default_resources() -> dict:
 
 def build_definitions(shard_count: int | None, resources: dict | None = None) -> dg.Definitions:
     shards = user_shards(shard_count) if shard_count else None
+    nightly_assets = [*build_assets(shards), build_quality_asset(shards)]
     job = dg.define_asset_job(
         JOB_NAME,
-        selection=dg.AssetSelection.all(),
-        description="Snapshot, features, scores and the swap-in of everyone's recommendations.",
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(REFRESH_ASSET),
+        description="Snapshot, features, serving model, scores and the swap-in of everyone's "
+        "recommendations.",
+    )
+    refresh_job = dg.define_asset_job(
+        REFRESH_JOB_NAME,
+        selection=dg.AssetSelection.assets(REFRESH_ASSET),
+        description="The lists of the users active since their list was built, recomputed.",
+    )
+    refresh_sensor = build_refresh_sensor(
+        refresh_job,
+        JOB_NAME,
+        [key.to_user_string() for a in nightly_assets for key in a.keys],
+        refresh_interval_from_env(),
     )
     return dg.Definitions(
-        assets=[*build_assets(shards), build_quality_asset(shards)],
+        assets=[*nightly_assets, build_refresh_asset(shards)],
         asset_checks=[*ALL_CHECKS, *QUALITY_CHECKS],
-        jobs=[job],
+        jobs=[job, refresh_job],
         schedules=[build_daily_schedule(job, shards)],
-        sensors=[alert_on_run_failure],
+        sensors=[alert_on_run_failure, refresh_sensor],
         resources=resources or default_resources(),
     )
 

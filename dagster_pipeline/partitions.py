@@ -64,3 +64,7 @@ WHOLE = shard_keys(1)[0]
 # 32-bit shard hash of a uuid column, as bigint. Parameterless SQL fragment (column name inserted
 # by the caller through psycopg.sql).
 SHARD_HASH_SQL = "('x' || substr(md5({col}::text), 1, 8))::bit(32)::bigint"
+
+# The shard label of the incremental refresh's runs (refresh.py): a user set, not a hash range of
+# the layout. A refresh run never replaces the nightly runs of a shard, only its users' lists.
+REFRESH_SHARD = "refresh"

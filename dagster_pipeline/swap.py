@@ -29,12 +29,22 @@ A failure before step 5 marks the run ``failed`` and drops its table; a killed p
 ``building`` run whose table a clean-up a day later drops, and tables whose run is gone are
 dropped too. DDL waits at most :data:`LOCK_TIMEOUT` for a lock: the attach tries
 :data:`ATTACH_ATTEMPTS` times, the clean-up leaves a table a long reader holds to the next run.
+
+A small run (the incremental refresh's, ``own_partition=False``) skips steps 3-4: in the
+transaction that completes it, its rows move from the load table into the parent's default
+partition (which has every index and key already), and the load table is dropped. A partition per
+refresh run would leave hundreds of partitions by the end of a day, each one more index probe for
+every reader of a user's list. The flip can run a caller's ``before_flip`` in the same
+transaction (the refresh writes its users' profiles there, and refuses, by raising
+:class:`Refused`, to replace a run built from newer data).
+
+A run names its serving model (``model_id``, migration V7). The clean-up also removes refresh
+runs that no user is served from any more, and models no complete or building run names.
 """
 
 import io
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +54,8 @@ from feedrank import db
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from dagster_pipeline.bulk import copy_parallel, parallel
+from dagster_pipeline.partitions import REFRESH_SHARD
 from dagster_pipeline.resources import PostgresResource
 from dagster_pipeline.timing import Timer
 
@@ -79,15 +91,9 @@ def drop_run_table(conn: psycopg.Connection, table: str) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
 
-def parallel(postgres: PostgresResource, statements: Sequence[sql.Composable]) -> None:
-    """Runs independent statements over ``postgres.copy_connections`` connections at once."""
-
-    def run(stmt: sql.Composable) -> None:
-        with postgres.connect(autocommit=True) as conn:
-            conn.execute(stmt)
-
-    with ThreadPoolExecutor(max(1, postgres.copy_connections)) as pool:
-        list(pool.map(run, statements))
+class Refused(Exception):
+    """Raised by a ``before_flip`` hook: the run must not become the one served (the message says
+    why). :func:`write_run` then removes it as it does a failed run, and reports the reason."""
 
 
 @dataclass(frozen=True)
@@ -105,17 +111,23 @@ class Run:
 
 
 def start_run(
-    conn: psycopg.Connection, shard: str, dagster_run_id: str, config: dict[str, Any], expires_after_hours: int
+    conn: psycopg.Connection,
+    shard: str,
+    dagster_run_id: str,
+    config: dict[str, Any],
+    expires_after_hours: int,
+    model_id: int | None = None,
 ) -> Run:
-    """Step 1: the run's row (``building``, its ``config`` stored as given) and its bare table."""
+    """Step 1: the run's row (``building``, its ``config`` stored as given, the serving model it
+    was built with) and its bare table."""
     with conn.transaction():
         run_id, generated_at, expires_at = conn.execute(
-            "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config) "
-            "VALUES ('building', %s, %s, %s) "
+            "INSERT INTO recommendation_runs (status, shard, dagster_run_id, config, model_id) "
+            "VALUES ('building', %s, %s, %s, %s) "
             "RETURNING id, extract(epoch FROM started_at)::float8, "
             "to_char((started_at + make_interval(hours => %s)) AT TIME ZONE 'UTC', "
             "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-            (shard, dagster_run_id, Jsonb(config), int(expires_after_hours)),
+            (shard, dagster_run_id, Jsonb(config), model_id, int(expires_after_hours)),
         ).fetchone()
         run = Run(int(run_id), load_table(run_id), float(generated_at), expires_at)
         # The id is new, so a table of that name is an orphan: its run was removed without it
@@ -146,41 +158,25 @@ def copy_rows(
 ) -> int:
     """Step 2: COPYs the chunks' rows (plus the run's ``run_id``, ``generated_at`` and
     ``expires_at``) into the run's table over ``postgres.copy_connections`` connections at once
-    (PostgreSQL parses each COPY on one core, so two of them use two). Returns the rows written."""
-    parts = max(1, min(postgres.copy_connections, len(chunks)))
+    (``bulk.copy_parallel``). Returns the rows written."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
         sql.Identifier(run.table),
         sql.SQL(", ").join(map(sql.Identifier, ("run_id", *columns, "generated_at", "expires_at"))),
     )
 
-    def write_part(part: int) -> tuple[int, Timer]:
-        local = Timer()
-        written = 0
-        with postgres.connect() as conn, conn.transaction():
-            with conn.cursor().copy(statement) as copy:
-                for lo, hi in chunks[part::parts]:
-                    frame = frame_of(lo, hi, local)
-                    written += frame.height
-                    with local.step("rows to csv (polars)"):
-                        buf = io.BytesIO()
-                        frame.select(
-                            pl.lit(run.id).alias("run_id"),
-                            *columns,
-                            pl.lit(run.generated_iso).alias("generated_at"),
-                            pl.lit(run.expires_at).alias("expires_at"),
-                        ).write_csv(buf, include_header=False)
-                    with local.step("copy rows", "io"):
-                        copy.write(buf.getbuffer())
-                t = time.perf_counter()
-        # leaving the blocks ends the COPY and commits: PostgreSQL finishes the rows
-        local.add("copy rows", "io", time.perf_counter() - t)
-        return written, local
+    def render(lo: int, hi: int, local: Timer) -> tuple[memoryview, int]:
+        frame = frame_of(lo, hi, local)
+        with local.step("rows to csv (polars)"):
+            buf = io.BytesIO()
+            frame.select(
+                pl.lit(run.id).alias("run_id"),
+                *columns,
+                pl.lit(run.generated_iso).alias("generated_at"),
+                pl.lit(run.expires_at).alias("expires_at"),
+            ).write_csv(buf, include_header=False)
+        return buf.getbuffer(), frame.height
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(parts) as pool:
-        results = list(pool.map(write_part, range(parts)))
-    timer.merge_overlapping([local for _, local in results], time.perf_counter() - t0)
-    return sum(written for written, _ in results)
+    return copy_parallel(postgres, statement, chunks, render, timer)
 
 
 def constrain(postgres: PostgresResource, table: str, timer: Timer) -> int:
@@ -233,33 +229,97 @@ def _delete_orphans(table: str, fk: db.Constraint) -> sql.Composed:
     )
 
 
-def attach(conn: psycopg.Connection, run: Run, users: int, rows: int, log: Log, timer: Timer) -> None:
-    """Step 5: the table becomes the run's partition and the run ``complete``, in one
-    transaction. ATTACH locks the default partition exclusively for a moment, so it waits for the
-    readers in flight; one stuck behind a long transaction gives up and tries again."""
+# Runs in the transaction that completes a run, before its rows become visible: may write what
+# must appear with them, or raise Refused.
+BeforeFlip = Callable[[psycopg.Connection, Run], None]
+
+
+def _flip(conn: psycopg.Connection, run: Run, log: Log, timer: Timer, step: str, body: Callable[[], int]) -> int:
+    """``body`` (which ends by completing the run) in one transaction, tried again when a lock
+    stays taken longer than LOCK_TIMEOUT (the statements wait for the readers in flight; one
+    stuck behind a long transaction gives up and tries again). Returns what ``body`` returns."""
     for attempt in range(1, ATTACH_ATTEMPTS + 1):
         try:
-            with timer.step("attach and flip to complete", "io"), conn.transaction():
+            with timer.step(step, "io"), conn.transaction():
                 lock_timeout(conn)
-                conn.execute(
-                    sql.SQL("ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                        sql.Identifier(run.table), sql.Literal(run.id)
-                    )
-                )
-                conn.execute(
-                    "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
-                    "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
-                    (users, rows, run.id),
-                )
-            return
+                return body()
         except psycopg.errors.LockNotAvailable:
             if attempt == ATTACH_ATTEMPTS:
                 raise
             log.warning(
-                f"attach: user_recommendations stayed locked {LOCK_TIMEOUT} "
+                f"{step}: a lock stayed taken {LOCK_TIMEOUT} "
                 f"(attempt {attempt} of {ATTACH_ATTEMPTS}); retrying"
             )
             time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _complete(conn: psycopg.Connection, run: Run, users: int, rows: int) -> None:
+    conn.execute(
+        "UPDATE recommendation_runs SET status = 'complete', completed_at = now(), "
+        "users_count = %s, rows_count = %s WHERE id = %s AND status = 'building'",
+        (users, rows, run.id),
+    )
+
+
+def attach(
+    conn: psycopg.Connection,
+    run: Run,
+    users: int,
+    rows: int,
+    log: Log,
+    timer: Timer,
+    before_flip: BeforeFlip | None = None,
+) -> None:
+    """Step 5: the table becomes the run's partition and the run ``complete``, in one
+    transaction. ATTACH locks the default partition exclusively for a moment, so it waits for the
+    readers in flight."""
+
+    def body() -> int:
+        if before_flip is not None:
+            before_flip(conn, run)
+        conn.execute(
+            sql.SQL("ALTER TABLE user_recommendations ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                sql.Identifier(run.table), sql.Literal(run.id)
+            )
+        )
+        _complete(conn, run, users, rows)
+        return rows
+
+    _flip(conn, run, log, timer, "attach and flip to complete", body)
+
+
+def merge(
+    conn: psycopg.Connection,
+    run: Run,
+    users: int,
+    log: Log,
+    timer: Timer,
+    before_flip: BeforeFlip | None = None,
+) -> int:
+    """Steps 3-5 of a small run, in one transaction: its rows move from the load table into the
+    parent (the default partition, whose indexes and keys take them row by row), rows naming a
+    user or post deleted since the snapshot left behind, and the run becomes ``complete``; the
+    load table is dropped after. Returns the rows moved."""
+
+    def body() -> int:
+        if before_flip is not None:
+            before_flip(conn, run)
+        moved = conn.execute(
+            sql.SQL(
+                "INSERT INTO user_recommendations SELECT t.* FROM {} t "
+                "WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.user_id) "
+                "AND EXISTS (SELECT 1 FROM posts p WHERE p.id = t.post_id)"
+            ).format(sql.Identifier(run.table))
+        ).rowcount
+        _complete(conn, run, users, moved)
+        return moved
+
+    moved = _flip(conn, run, log, timer, "insert and flip to complete", body)
+    with conn.transaction():
+        # never attached: dropping it locks nothing a reader holds
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(run.table)))
+    return moved
 
 
 def fail_run(conn: psycopg.Connection, run: Run) -> None:
@@ -273,21 +333,82 @@ def fail_run(conn: psycopg.Connection, run: Run) -> None:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(run.table)))
 
 
-def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> tuple[int, int]:
-    """Step 6: older runs of this shard, failed runs, runs stuck in ``building`` for a day (their
-    process died) and tables of runs that no longer exist: their tables are dropped (a
+def _superseded_refresh_runs(conn: psycopg.Connection, shard: str, run_id: int) -> list[int]:
+    """Refresh runs no user is served from any more (a newer complete run covers each of their
+    users). After a refresh, the rows its users had in older refresh runs go first: a refresh run
+    keeps only the users it still serves, so the lists kept until the nightly run are one per
+    refreshed user, not one per refresh."""
+    if shard == REFRESH_SHARD:
+        older = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM recommendation_runs WHERE shard = %s AND status = 'complete' AND id < %s",
+                (REFRESH_SHARD, run_id),
+            ).fetchall()
+        ]
+        if older:
+            conn.execute(
+                "DELETE FROM user_recommendations WHERE run_id = ANY(%s) AND user_id IN "
+                "(SELECT DISTINCT user_id FROM user_recommendations WHERE run_id = %s)",
+                (older, run_id),
+            )
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT rr.id FROM recommendation_runs rr WHERE rr.shard = %s AND rr.status = 'complete' "
+            "AND rr.id <> %s AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT user_id FROM "
+            "user_recommendations WHERE run_id = rr.id) u WHERE current_recommendation_run(u.user_id) = rr.id)",
+            (REFRESH_SHARD, run_id),
+        ).fetchall()
+    ]
+
+
+def _remove_unused_models(conn: psycopg.Connection, log: Log) -> int:
+    """Models no complete or building run names, once superseded (older than the newest model a
+    complete run names) or a day old (a run that died after writing its model): deleted with their
+    profiles and neighbours (cascade). A model being written for a run still computing is newer
+    than any in use, so it stays. Returns how many."""
+    try:
+        with conn.transaction():
+            lock_timeout(conn)
+            return conn.execute(
+                "DELETE FROM recommendation_models m WHERE NOT EXISTS (SELECT 1 FROM recommendation_runs r "
+                "WHERE r.model_id = m.id AND r.status IN ('complete', 'building')) AND "
+                "(m.id < (SELECT max(model_id) FROM recommendation_runs WHERE status = 'complete') "
+                "OR m.created_at < now() - interval '1 day')"
+            ).rowcount
+    except psycopg.errors.LockNotAvailable:
+        # a refresh writing profiles into a model holds its rows: the next clean-up removes it
+        log.warning(f"clean-up: unused models left in place (a row stayed locked {LOCK_TIMEOUT})")
+        return 0
+
+
+@dataclass(frozen=True)
+class CleanedUp:
+    """What :func:`clean_up` removed."""
+
+    runs: int
+    expired_rows: int
+    models: int
+
+
+def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> CleanedUp:
+    """Step 6: older runs of this shard (a nightly shard's; a refresh covers users, not a shard),
+    failed runs, runs stuck in ``building`` for a day (their process died), refresh runs no user
+    is served from any more and tables of runs that no longer exist: their tables are dropped (a
     partition's drop is a catalog change, not a delete of its rows), then the runs (rows in the
-    default partition go by cascade); then rows past their expiry (runs of another shard layout).
-    Returns (runs removed, expired rows removed)."""
+    default partition go by cascade); then rows past their expiry (runs of another shard layout),
+    then the models no run names."""
     superseded = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
+            "SELECT id FROM recommendation_runs WHERE (shard = %s AND shard <> %s AND status = 'complete' "
             "AND id < %s) OR status = 'failed' OR "
             "(status = 'building' AND started_at < now() - interval '1 day')",
-            (shard, run_id),
+            (shard, REFRESH_SHARD, run_id),
         ).fetchall()
     ]
+    superseded += _superseded_refresh_runs(conn, shard, run_id)
     # tables of runs that no longer exist (their rows were removed without them)
     orphans = [
         r[0]
@@ -314,17 +435,26 @@ def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> tup
             log.warning(f"clean-up: run {old} left in place (its table stayed locked {LOCK_TIMEOUT})")
     with conn.transaction():
         expired = conn.execute("DELETE FROM user_recommendations WHERE expires_at < now()").rowcount
-    return removed, int(expired)
+    return CleanedUp(removed, int(expired), _remove_unused_models(conn, log))
 
 
 @dataclass(frozen=True)
 class Written:
-    """What :func:`write_run` did."""
+    """What :func:`write_run` did: the run and its rows, what the clean-up removed, and, for a run
+    a ``before_flip`` refused, why (nothing was written then)."""
 
-    run: Run
+    run: Run | None  # None: refused before its row was written
     rows: int
-    runs_removed: int
-    expired_rows_removed: int
+    cleaned: CleanedUp
+    refused: str | None = None
+
+    @property
+    def runs_removed(self) -> int:
+        return self.cleaned.runs
+
+    @property
+    def expired_rows_removed(self) -> int:
+        return self.cleaned.expired_rows
 
 
 def write_run(
@@ -340,19 +470,38 @@ def write_run(
     frame_of: RowFrames,
     log: Log,
     timer: Timer,
+    model_id: int | None = None,
+    own_partition: bool = True,
+    before_flip: BeforeFlip | None = None,
 ) -> Written:
     """Steps 1-6 for one shard's run (see the module docstring). ``config`` is stored in
-    ``recommendation_runs.config``; ``chunks`` are user ranges whose rows ``frame_of`` renders."""
+    ``recommendation_runs.config``, ``model_id`` in its ``model_id``; ``chunks`` are user ranges
+    whose rows ``frame_of`` renders. ``own_partition=False``: a small run, merged into the default
+    partition (:func:`merge`). ``before_flip`` runs in the transaction that completes the run; if
+    it raises :class:`Refused`, the run is removed and ``Written.refused`` says why."""
     with postgres.connect() as conn:
         with timer.step("create run", "io"):
-            run = start_run(conn, shard, dagster_run_id, config, expires_after_hours)
+            try:
+                run = start_run(conn, shard, dagster_run_id, config, expires_after_hours, model_id)
+            except psycopg.errors.ForeignKeyViolation:
+                if model_id is None:
+                    raise
+                # the clean-up removes a model once a newer run stops naming it: this run is late
+                reason = f"model {model_id} was removed since it was read: a newer run replaced it"
+                return Written(None, 0, CleanedUp(0, 0, 0), refused=reason)
         try:
             rows = copy_rows(postgres, run, columns, chunks, frame_of, timer)
-            rows -= constrain(postgres, run.table, timer)
-            attach(conn, run, users, rows, log, timer)
+            if own_partition:
+                rows -= constrain(postgres, run.table, timer)
+                attach(conn, run, users, rows, log, timer, before_flip)
+            else:
+                rows = merge(conn, run, users, log, timer, before_flip)
+        except Refused as refused:
+            fail_run(conn, run)
+            return Written(run, 0, CleanedUp(0, 0, 0), refused=str(refused))
         except BaseException:
             fail_run(conn, run)
             raise
         with timer.step("clean up", "io"):
-            removed, expired = clean_up(conn, shard, run.id, log)
-    return Written(run, rows, removed, expired)
+            cleaned = clean_up(conn, shard, run.id, log)
+    return Written(run, rows, cleaned)

@@ -17,6 +17,7 @@ from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import user_shards
+from dagster_pipeline.refresh import build_refresh_asset
 from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
 from dagster_pipeline.schedules import all_shards_tags
 from feedrank import cli, db
@@ -112,3 +113,43 @@ def run_failure(result: dg.ExecuteInProcessResult) -> str:
 
 
 current_recommendations = db.current_recommendations
+
+
+def materialize_refresh(resources: dict, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    """The refresh asset alone, as the sensor's run does it (the default scoring resource: the
+    refresh takes the ScoringConfig of the model it builds on)."""
+    return dg.materialize(
+        [build_refresh_asset()], resources={**resources, "scoring": ScoringResource()}, raise_on_error=raise_on_error
+    )
+
+
+def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    """The metadata of ``asset``'s materialization in ``result``, as plain values."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.path[-1] == asset:
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    raise AssertionError(f"{asset} was not materialized")
+
+
+def interact(url: str, user_ids: list[str], kind: str = "like", per_user: int = 3) -> dict[str, list[str]]:
+    """Each user interacts (``kind``, now) with ``per_user`` posts they never touched, not their
+    own; returns user -> those posts."""
+    done: dict[str, list[str]] = {}
+    with psycopg.connect(url) as conn:
+        for user_id in user_ids:
+            posts = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT p.id::text FROM posts p WHERE p.user_id <> %s AND NOT EXISTS "
+                    "(SELECT 1 FROM user_interactions i WHERE i.user_id = %s AND i.post_id = p.id) "
+                    "ORDER BY p.id LIMIT %s",
+                    (user_id, user_id, per_user),
+                ).fetchall()
+            ]
+            conn.execute(
+                "INSERT INTO user_interactions (user_id, post_id, interaction_type) "
+                "SELECT %s, unnest(%s::uuid[]), %s",
+                (user_id, posts, kind),
+            )
+            done[user_id] = posts
+    return done

@@ -8,6 +8,7 @@ cooking post, user 1 wrote a rust post that rust readers liked.
 
 import json
 import math
+from dataclasses import replace
 
 import dagster as dg
 import feedrank
@@ -291,7 +292,7 @@ def test_features_and_scores_materialize_from_a_stored_snapshot(tmp_path):
     """The snapshot as the bundle IO manager stores it (what the first step writes); the next
     three steps run as a Dagster graph, with their blocking check."""
     write_bundle(tmp_path / "user_interactions_snapshot" / "__all__", snapshot_bundle())
-    snapshot, post_asset, user_asset, scores_asset, _ = build_assets()
+    snapshot, post_asset, user_asset, _, scores_asset, _ = build_assets()
     result = dg.materialize(
         [snapshot.to_source_asset(), post_asset, user_asset, scores_asset],
         resources={"io_manager": BundleIOManager(base_dir=str(tmp_path)), "scoring": scoring()},
@@ -301,3 +302,139 @@ def test_features_and_scores_materialize_from_a_stored_snapshot(tmp_path):
     scores = read_bundle(tmp_path / "recommendation_scores" / "__all__")
     assert scores["indices"].shape == (len(USERS), 5)
     assert isinstance(read_bundle(tmp_path / "user_features" / "__all__")["interactions"], sp.csr_matrix)
+
+
+# --- the serving model's pieces (serving.py, bulk.py) -----------------------------------------
+
+
+def test_a_row_in_the_binary_copy_format_is_what_postgresql_documents():
+    """One row (int8 7, an empty int4[], float4[] {1.5}, a uuid): field count, then per field its
+    length and bytes; an array is ndim, has-nulls, element OID, then per dimension its length and
+    lower bound, then each element's length and value (sql-copy.html, array_send)."""
+    from dagster_pipeline.bulk import Arrays, Scalars, binary_rows
+
+    uid = "00000000-0000-0000-0000-0000000000ff"
+    data, rows = binary_rows(
+        [
+            Scalars.int8(np.array([7])),
+            Arrays.int4(np.array([0, 0]), np.zeros(0, np.int32)),
+            Arrays.float4(np.array([0, 1]), np.array([1.5], np.float32)),
+            Scalars.uuid([uid]),
+        ],
+        0,
+        1,
+    )
+    be = lambda fmt, *v: np.array(v, fmt).tobytes()  # noqa: E731
+    expected = (
+        be(">i2", 4)
+        + be(">i4", 8) + be(">i8", 7)
+        + be(">i4", 12) + be(">i4", 0, 0, 23)  # empty: no dimension
+        + be(">i4", 28) + be(">i4", 1, 0, 700, 1, 1) + be(">i4", 4) + be(">f4", 1.5)
+        + be(">i4", 16) + bytes(15) + b"\xff"
+    )
+    assert (data, rows) == (expected, 1)
+
+
+def test_neighbours_are_kept_best_first_ties_by_the_lower_post():
+    from dagster_pipeline.serving import best_first
+
+    m = sp.csr_matrix(np.array([[0, 0.2, 0.9, 0.2], [0, 0, 0, 0], [0.5, 0.7, 0, 0]], np.float32))
+    b = best_first(m)
+    assert b.indices[b.indptr[0] : b.indptr[1]].tolist() == [2, 1, 3]
+    assert b.data[b.indptr[0] : b.indptr[1]].tolist() == pytest.approx([0.9, 0.2, 0.2])
+    assert b.indptr[2] - b.indptr[1] == 0
+    assert b.indices[b.indptr[2] :].tolist() == [1, 0]
+
+
+def _stored_profiles(resource):
+    from dagster_pipeline.serving import StoredProfiles
+
+    posts, users = features(resource)
+    with_history = np.flatnonzero(users["history_length"] > 0)
+    return posts, users, with_history, StoredProfiles.compute(with_history, users, posts, resource.scoring_config)
+
+
+def test_stored_profiles_are_the_bindings_profiles_of_every_user_with_history():
+    from dagster_pipeline.bulk import uuid_values
+
+    resource = scoring(profile_terms=3, profile_authors=1)
+    posts, users, with_history, profiles = _stored_profiles(resource)
+    want = feedrank.user_profiles(
+        users["interactions"], posts["tfidf"], posts["post_author"], with_history, resource.scoring_config
+    )
+    assert "u5" not in [USERS[u] for u in profiles.users], "u5 has no history: no profile"
+    assert profiles.users.tolist() == with_history.tolist()
+    assert (profiles.terms != want["terms"]).nnz == 0 and (profiles.authors != want["authors"]).nnz == 0
+    assert np.diff(profiles.terms.indptr).max() == 3 and np.diff(profiles.authors.indptr).max() == 1
+    # the table's columns are the same numbers, the ids as 16-byte uuids (the snapshot's ids are
+    # uuids in PostgreSQL; here they are made up)
+    user_uuids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(len(USERS))]
+    ids = uuid_values(user_uuids)
+    as_uuids = replace(profiles, user_ids=pl.DataFrame({"user_id": user_uuids}))
+    columns, n = as_uuids.columns(model_id=9)
+    assert n == with_history.size
+    model, user, terms, weights, authors, author_weights = columns
+    assert model.values.tolist() == [9] * n
+    assert [bytes(x) for x in user.values] == [bytes(ids[u]) for u in with_history]
+    assert np.array_equal(terms.offsets, want["terms"].indptr) and np.array_equal(terms.values, want["terms"].indices)
+    assert np.array_equal(weights.values, want["terms"].data)
+    assert np.array_equal(authors.offsets, want["authors"].indptr)
+    assert [bytes(x) for x in authors.values] == [bytes(ids[a]) for a in want["authors"].indices]
+    assert np.array_equal(author_weights.values, want["authors"].data)
+    # a mask keeps some of them (users deleted since the snapshot are left out so)
+    _, kept = as_uuids.columns(model_id=9, keep=np.arange(n) % 2 == 0)
+    assert kept == (n + 1) // 2
+
+
+def test_the_cache_entry_carries_the_model_and_the_stored_profile_and_round_trips():
+    resource = scoring(profile_terms=4)
+    posts, users, with_history, profiles = _stored_profiles(resource)
+    profile_of = profiles.for_cache(USERS)
+    assert profile_of(USERS.index("u5")) is None
+    u0 = USERS.index("u0")
+    p = profile_of(u0)
+    row = list(with_history).index(u0)
+    assert p["terms"].tolist() == profiles.terms[row].indices.tolist()
+    assert p["authors"] == ["u4"], "u0 engaged with u4's cooking posts"
+    raw = feedrank.encode_cache_entry(5, 1_780_000_000, ["c4"], np.array([0.5]), np.zeros((1, 4)), (0.4, 0.3, 0.2, 0.1), model_id=12, profile=p)
+    back = feedrank.decode_cache_entry(raw)
+    assert (back["v"], back["run_id"], back["model_id"]) == (2, 5, 12)
+    assert back["profile"]["terms"] == p["terms"].tolist() and back["profile"]["authors"] == ["u4"]
+    # float32 through JSON and back, bit for bit
+    assert np.array_equal(np.asarray(back["profile"]["weights"], np.float32), p["weights"])
+    assert np.array_equal(np.asarray(back["profile"]["author_weights"], np.float32), p["author_weights"])
+    plain = feedrank.decode_cache_entry(feedrank.encode_cache_entry(5, 0, [], np.zeros(0), np.zeros((0, 4)), (1, 0, 0, 0)))
+    assert plain["model_id"] is None and plain["profile"] is None
+    # an entry a pipeline of format 1 wrote still reads, without model or profile
+    old = feedrank.decode_cache_entry(b'{"v":1,"run_id":3,"generated_at":0,"items":[]}')
+    assert (old["v"], old["model_id"], old["profile"]) == (1, None, None)
+
+
+@pytest.mark.parametrize(
+    ("profile", "error", "message"),
+    [
+        ({"terms": [1], "weights": [0.5], "authors": []}, ValueError, r'^profile: missing "author_weights"'),
+        ({"terms": [1], "weights": [0.5], "authors": [], "author_weights": [], "extra": 1}, ValueError, r"^profile: unknown key"),
+        ({"terms": [1, 2], "weights": [0.5], "authors": [], "author_weights": []}, ValueError, r"^profile.weights: has 1 values for 2 terms"),
+        ({"terms": [-1], "weights": [0.5], "authors": [], "author_weights": []}, ValueError, r"^profile.terms: must be term indices >= 0"),
+        ({"terms": [1], "weights": [np.nan], "authors": [], "author_weights": []}, ValueError, r"^profile.weights: values must be finite"),
+        ({"terms": [], "weights": [], "authors": [7], "author_weights": [1.0]}, TypeError, r"^profile.authors: expected a sequence of str"),
+        ([1, 2], TypeError, r"^profile: expected a dict"),
+    ],
+)
+def test_a_bad_profile_is_refused_naming_the_field(profile, error, message):
+    with pytest.raises(error, match=message):
+        feedrank.encode_cache_entry(1, 0, [], np.zeros(0), np.zeros((0, 4)), (1, 0, 0, 0), model_id=1, profile=profile)
+
+
+def test_post_features_in_a_given_vocabulary_are_that_fits_transform():
+    """The refresh vectorizes posts in its base model's vocabulary: terms the model never saw are
+    left out, the idf is the model's."""
+    resource = scoring()
+    snap = snapshot_bundle()
+    fitted_on = feedrank.TfidfVectorizer().fit(["garlic pasta", "rust cargo compiler"])
+    posts = assets.compute_post_features(resource.scoring_config, snap, tfidf_json=fitted_on.to_json()).value
+    want = fitted_on.transform(snap["posts"]["content"].to_list())
+    assert posts["tfidf"].shape == (len(POSTS), 5)
+    assert np.allclose(posts["tfidf"].toarray(), want.toarray(), atol=1e-7)
+    assert posts["vocabulary_json"] == fitted_on.to_json()

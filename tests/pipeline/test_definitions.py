@@ -20,14 +20,16 @@ from dagster_pipeline.sensors import alert_on_run_failure
 pytestmark = pytest.mark.fast
 
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = {
+NIGHTLY_ASSETS = {
     "user_interactions_snapshot",
     "post_features",
     "user_features",
+    "serving_model",
     "recommendation_scores",
     "user_recommendations",
     "recommendation_quality",
 }
+ASSETS = NIGHTLY_ASSETS | {"refreshed_recommendations"}
 
 
 def test_definitions_load_and_validate():
@@ -39,9 +41,11 @@ def test_definitions_load_and_validate():
         "user_interactions_snapshot": set(),
         "post_features": {"user_interactions_snapshot"},
         "user_features": {"user_interactions_snapshot"},
+        "serving_model": {"post_features", "user_features"},
         "recommendation_scores": {"post_features", "user_features"},
-        "user_recommendations": {"recommendation_scores"},
+        "user_recommendations": {"recommendation_scores", "serving_model"},
         "recommendation_quality": {"recommendation_scores"},
+        "refreshed_recommendations": {"user_recommendations"},
     }
     checks = {k.name for k in graph.asset_check_keys}
     assert checks == {
@@ -78,6 +82,7 @@ def test_sharded_definitions_partition_scoring_and_writing_only():
     graph = sharded.resolve_asset_graph()
     parts = {k.path[-1]: graph.get(k).partitions_def for k in graph.get_all_asset_keys()}
     assert parts["user_interactions_snapshot"] is None and parts["user_features"] is None
+    assert parts["serving_model"] is None and parts["refreshed_recommendations"] is None
     assert parts["recommendation_scores"].get_partition_keys() == ["00-of-04", "01-of-04", "02-of-04", "03-of-04"]
     assert parts["user_recommendations"] == parts["recommendation_scores"]
     assert parts["recommendation_quality"] is None  # evaluates the whole user base
@@ -113,12 +118,49 @@ def test_daily_schedule_runs_the_whole_graph_at_two_utc(shards):
     else:
         assert request.partition_key_range is None
     job = d.resolve_job_def(JOB_NAME)
-    assert {k.path[-1] for k in job.asset_layer.executable_asset_keys} == ASSETS
+    assert {k.path[-1] for k in job.asset_layer.executable_asset_keys} == NIGHTLY_ASSETS, "not the refresh"
 
 
 def test_the_failure_sensor_is_on_by_default():
     sensor = defs.get_sensor_def("alert_on_run_failure")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_refresh_sensor_runs_the_refresh_job_every_interval_on_by_default(monkeypatch):
+    from dagster_pipeline.definitions import REFRESH_JOB_NAME
+
+    monkeypatch.delenv("FEEDRANK_REFRESH_INTERVAL_SECONDS", raising=False)
+    sensor = build_definitions(None).get_sensor_def("refresh_active_users")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 300 and sensor.job_name == REFRESH_JOB_NAME
+    job = build_definitions(None).resolve_job_def(REFRESH_JOB_NAME)
+    assert {k.path[-1] for k in job.asset_layer.executable_asset_keys} == {"refreshed_recommendations"}
+    monkeypatch.setenv("FEEDRANK_REFRESH_INTERVAL_SECONDS", "120")
+    assert build_definitions(4).get_sensor_def("refresh_active_users").minimum_interval_seconds == 120
+    for bad in ("often", "10"):
+        monkeypatch.setenv("FEEDRANK_REFRESH_INTERVAL_SECONDS", bad)
+        with pytest.raises(ValueError, match="^FEEDRANK_REFRESH_INTERVAL_SECONDS"):
+            build_definitions(None)
+
+
+def test_the_refresh_sensor_skips_while_the_nightly_graph_runs_without_asking_postgresql():
+    """Checked before any query: the database named does not exist (a fast test fails on a
+    connection attempt anyway)."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from dagster_pipeline.resources import PostgresResource
+
+    sensor = build_definitions(None).get_sensor_def("refresh_active_users")
+    nowhere = PostgresResource(database_url="postgres://nobody@127.0.0.1:1/nowhere")
+    with dg.instance_for_test() as instance:
+        # an operator materializing part of the nightly graph from the UI counts too
+        run = create_run_for_test(
+            instance, job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED,
+            asset_selection=frozenset({dg.AssetKey("recommendation_scores")}),
+        )
+        with dg.build_sensor_context(instance=instance, resources={"postgres": nowhere}) as context:
+            tick = sensor.evaluate_tick(context)
+    assert not tick.run_requests and run.run_id in tick.skip_message
 
 
 @dg.op

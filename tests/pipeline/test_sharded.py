@@ -17,7 +17,7 @@ from feedrank import db
 
 SHARDS = 3
 REPO = Path(__file__).resolve().parents[2]
-UPSTREAM = ["user_interactions_snapshot", "post_features", "user_features"]
+UPSTREAM = ["user_interactions_snapshot", "post_features", "user_features", "serving_model"]
 DOWNSTREAM = ["recommendation_scores", "user_recommendations"]
 
 
