@@ -92,8 +92,9 @@ def _make_active(url: str, users: int) -> list[str]:
         return [
             r[0]
             for r in conn.execute(
-                "WITH u AS (SELECT user_id AS id, row_number() OVER () AS n FROM "
-                "(SELECT DISTINCT user_id FROM user_interactions) d ORDER BY random() LIMIT %s), "
+                # numbered after the draw, so that the n-th user meets the n-th post
+                "WITH u AS (SELECT id, row_number() OVER () AS n FROM (SELECT id FROM "
+                "(SELECT DISTINCT user_id AS id FROM user_interactions) d ORDER BY random() LIMIT %s) s), "
                 "p AS (SELECT id, user_id, row_number() OVER () AS n FROM "
                 "(SELECT id, user_id FROM posts ORDER BY random() LIMIT %s) q) "
                 "INSERT INTO user_interactions (user_id, post_id, interaction_type) "
