@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use feedrank_core::cancel::Cancel;
-use feedrank_core::config::{CollaborativeModel, HybridWeights, InteractionWeighting, ScoringConfig};
+use feedrank_core::config::{
+    CollaborativeModel, HybridWeights, InteractionWeighting, ScoringConfig,
+};
 use feedrank_core::score::{hybrid_topk, Posts};
 use feedrank_core::similarity::item_neighbors;
 use feedrank_core::sparse::Csr;
