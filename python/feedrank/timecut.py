@@ -62,6 +62,7 @@ __all__ = [
     "Window",
     "blend_lists",
     "diversity",
+    "evaluate",
     "markdown_table",
     "movielens_log",
     "pair_metrics",
@@ -236,6 +237,8 @@ def fit_nightly(log: EventLog, cut_ms: int, config: dict[str, Any], users: np.nd
     weighted event count, age from ``created_at``); lists for ``users`` only. Every interaction
     before the cut is read (``lookback_days`` is not applied: MovieLens spans 22 years)."""
     snap = np.flatnonzero(log.post_created_ms < cut_ms)
+    if len(snap) == 0:
+        raise ValueError(f"cut_ms: no post was created before the cut ({cut_ms})")
     local = np.full(log.n_posts, -1, np.int64)
     local[snap] = np.arange(len(snap))
     before = slice(0, int(np.searchsorted(log.time_ms, cut_ms, side="left")))
@@ -453,12 +456,20 @@ def _oracle_topk(log: EventLog, t_ms: int, step_ms: int, users: np.ndarray, bloc
         return 1 - np.exp(-a / mean) + np.exp(-span / mean) * a / span
 
     timing = cdf(t_ms + step_ms - created) - cdf(t_ms - created)
+    score = p_topic[np.ix_(users, pl.post_topics[born])] * (share[born] * timing)[None, :]
+    at = np.full(log.n_posts, -1, np.int64)
+    at[born] = np.arange(len(born))
+    for r, b in enumerate(blocked):
+        cols = at[b]
+        score[r, cols[cols >= 0]] = -1.0
+    width = min(k, len(born))
     out = np.full((len(users), k), -1, np.int64)
-    for r, u in enumerate(users):
-        score = p_topic[u, pl.post_topics[born]] * share[born] * timing
-        score[np.isin(born, blocked[r])] = -1.0
-        top = np.lexsort((born, -score))[:k]
-        top = top[score[top] >= 0]
+    if width == 0:
+        return out
+    head = np.argpartition(-score, width - 1, axis=1)[:, :width]
+    for r in range(len(users)):
+        top = head[r][np.lexsort((head[r], -score[r, head[r]]))]
+        top = top[score[r, top] >= 0]
         out[r, : len(top)] = born[top]
     return out
 
@@ -549,19 +560,20 @@ def replay(log: EventLog, window: Window, config: dict[str, Any], *, min_history
 
 
 def diversity(lists: np.ndarray, tfidf: sp.csr_matrix) -> np.ndarray:
-    """Per list: 1 - the mean pairwise cosine of its posts' TF-IDF rows (NaN under 2 posts)."""
-    out = np.full(len(lists), np.nan)
-    for r, row in enumerate(lists):
-        ids = row[row >= 0]
-        if len(ids) < 2:
-            continue
-        v = tfidf[ids]
-        norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
-        v = sp.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-30), 0.0)) @ v
-        g = (v @ v.T).toarray()
-        n = len(ids)
-        out[r] = 1.0 - (g.sum() - np.trace(g)) / (n * (n - 1))
-    return out
+    """Per list: 1 - the mean pairwise cosine of its posts' TF-IDF rows (NaN under 2 posts). With
+    unit rows ``v_i`` and ``s`` their sum, the sum of the pairwise cosines is ``|s|^2 - sum |v_i|^2``."""
+    norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel())
+    unit = sp.csr_matrix(sp.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-30), 0.0)) @ tfidf)
+    valid = lists >= 0
+    rows, cols = np.nonzero(valid)
+    member = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(lists), len(rows)))
+    v = unit[lists[rows, cols]]
+    total = member @ v
+    own = member @ np.asarray(v.multiply(v).sum(axis=1)).ravel()
+    pairs_sum = np.asarray(total.multiply(total).sum(axis=1)).ravel() - own
+    n = valid.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n >= 2, 1.0 - pairs_sum / (n * (n - 1)), np.nan)
 
 
 def _per_row(lists: np.ndarray, truth: sp.csr_matrix, k: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -569,8 +581,11 @@ def _per_row(lists: np.ndarray, truth: sp.csr_matrix, k: int, n_items: int) -> t
     at a time: the binding returns means only, and the standard errors need each row's value."""
     ndcg, recall = np.full(len(lists), np.nan), np.full(len(lists), np.nan)
     lists = np.ascontiguousarray(lists, np.int64)
-    for r in np.flatnonzero(np.diff(truth.indptr) > 0):
-        m = feedrank.ranking_metrics(lists[r : r + 1], truth[r], k=k, n_items=n_items)
+    ptr, indices, data = truth.indptr, truth.indices, truth.data
+    for r in np.flatnonzero(np.diff(ptr) > 0):
+        a, b = ptr[r], ptr[r + 1]
+        row = (np.array([0, b - a]), indices[a:b], data[a:b], (1, truth.shape[1]))
+        m = feedrank.ranking_metrics(lists[r : r + 1], row, k=k, n_items=n_items)
         ndcg[r], recall[r] = m["ndcg"], m["recall"]
     return ndcg, recall
 
@@ -718,3 +733,34 @@ def search_shares(valid: ReplayResult, max_ndcg_drop: float = 0.02, grid: Sequen
     allowed = [t for t in trials if t["ndcg"] >= (1 - max_ndcg_drop) * base]
     best = max(allowed, key=lambda t: (t["fresh_recall"], t["ndcg"]), default=None) if allowed else None
     return {"nightly_ndcg": float(base), "chosen": best, "trials": trials}
+
+
+# --- the whole protocol ---------------------------------------------------------------------------
+
+
+def evaluate(log: EventLog, config: dict[str, Any] | None = None, *, search: bool = False, min_history: int = 5,
+             k: int = 10, max_ndcg_drop: float = 0.02, log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The test window's report (nightly_only, the config's blend, the oracle where there is
+    one); with ``search``, shares are first chosen on the validation window
+    (:func:`search_shares`) and the test report gains their blend as ``blend_chosen``."""
+    config = feedrank.validate_config(config if config is not None else feedrank.default_config())
+    say = log_fn or (lambda s: None)
+    valid_window, test_window = windows(log)
+    out: dict[str, Any] = {"protocol": "time-cut", "dataset": log.name}
+    more: dict[str, Sequence[float]] = {}
+    if search:
+        valid = replay(log, valid_window, config, min_history=min_history, k=k, oracle=False, log_fn=say)
+        found = search_shares(valid, max_ndcg_drop)
+        say(f"validation: {len(found['trials'])} share vectors tried, chosen {found['chosen']}")
+        if found["chosen"] is not None:
+            more["blend_chosen"] = found["chosen"]["shares"]
+        out["validation"] = {
+            "report": report(valid, more=more),
+            "nightly_ndcg": found["nightly_ndcg"],
+            "max_ndcg_drop": max_ndcg_drop,
+            "chosen": found["chosen"],
+            "trials": found["trials"],
+        }
+    test = replay(log, test_window, config, min_history=min_history, k=k, log_fn=say)
+    out["test"] = report(test, more=more)
+    return out
