@@ -19,8 +19,9 @@ issue 13's offline proof). ``feedrank evaluate --protocol time-cut`` prints its 
      engagement = the weighted events of the trending window;
    - ``because_you_liked``: the neighbours of the user's latest likes and shares since the cut;
    - ``trending``: the posts with the most weighted events in the trending window, decayed.
-   Every source leaves out the posts the user interacted with by ``t`` and the user's own.
-   ``nightly_only`` is the personalized list alone (the feed before issue 13).
+   Every source leaves out the posts the user interacted with by ``t`` and the user's own; the
+   blended list then passes the API's author cap (at most ``AUTHOR_CAP`` posts of one author on
+   a page). ``nightly_only`` is the personalized list alone, capped too (the feed before issue 13).
 4. **Ground truth** of ``(user, t)``: the posts the user first interacts with (any type but
    ``hide``) in ``(t, t + step]``. Pairs with any are evaluated, for users with at least
    ``min_history`` posts engaged with before the cut.
@@ -44,7 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,6 +56,7 @@ import feedrank
 from feedrank import demo_data
 
 __all__ = [
+    "AUTHOR_CAP",
     "BLENDED",
     "EventLog",
     "Planted",
@@ -85,6 +87,8 @@ BLENDED = tuple(s for s in feedrank.source_names() if s != "fallback")
 # the synthetic data's fixed end, so that the table is reproducible
 SYNTHETIC_END = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 _NEVER = np.iinfo(np.int64).max
+# the API's AUTHOR_DIVERSITY_CAP default: at most this many posts of one author on a page
+AUTHOR_CAP = 3
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -359,14 +363,16 @@ class Replay:
         fresh = self._fresh(t_ms, users, blocked, engagement)
         trending_order = np.lexsort((np.arange(self.log.n_posts), -trending_score))
         trending_order = trending_order[trending_score[trending_order] > 0]
-        live = slice(self._live_from, int(np.searchsorted(self.log.time_ms, t_ms, side="right")))
-        liked_user, liked_post = self.log.user[live], self.log.post[live]
-        is_like = np.isin(self.log.kind[live], _LIKES)
+        live = np.arange(self._live_from, int(np.searchsorted(self.log.time_ms, t_ms, side="right")))
+        live = live[np.isin(self.log.kind[live], _LIKES)]
+        live = live[np.argsort(self.log.user[live], kind="stable")]  # by user, each in time order
+        liker = self.log.user[live]
         out = []
         for r, u in enumerate(users):
             personal = self.nightly.lists[u]
             personal = personal[(personal >= 0) & ~np.isin(personal, blocked[r])]
-            likes = liked_post[is_like & (liked_user == u)][::-1]  # most recent first
+            mine = live[np.searchsorted(liker, u, "left") : np.searchsorted(liker, u, "right")]
+            likes = self.log.post[mine][::-1]  # most recent first
             _, first = np.unique(likes, return_index=True)
             likes = likes[np.sort(first)][: int(cfg["because_you_liked"]["likes"])]
             out.append({
@@ -418,16 +424,48 @@ def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarr
     return head[~np.isin(head, blocked)][:n]
 
 
-def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float], k: int = 10) -> np.ndarray:
-    """The first ``k`` slots the API serves: ``feedrank.blend`` of each pair's source lists (in
-    ``BLENDED`` order) by ``shares``; int64 [pairs, k], -1 padded."""
+def _author_capped(ids: Sequence[int], post_author: np.ndarray, cap: int, k: int) -> list[int]:
+    """Positions of the first ``k`` of ``ids`` passing over a post whose author has ``cap`` of
+    them already: the API's author cap (``diversify`` in api/src/feed.rs) on the first ``k`` posts
+    of a page of ``limit >= k``, where a post passed over cannot come back before post ``limit``."""
+    kept: list[int] = []
+    counts: dict[int, int] = {}
+    for pos, p in enumerate(ids):
+        a = int(post_author[p])
+        if a >= 0:
+            if counts.get(a, 0) >= cap:
+                continue
+            counts[a] = counts.get(a, 0) + 1
+        kept.append(pos)
+        if len(kept) == k:
+            break
+    return kept
+
+
+def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float], post_author: np.ndarray,
+                k: int = 10, author_cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` posts the API serves each pair: ``feedrank.blend`` of its source lists (in
+    ``BLENDED`` order) by ``shares``, then the author cap (``author_cap``, default the API's
+    ``AUTHOR_CAP``). Returns the posts and the source (an index into ``BLENDED``) of each slot,
+    int64 [pairs, k], -1 padded."""
+    cap = AUTHOR_CAP if author_cap is None else author_cap
     shares = np.asarray(shares, np.float32)
-    out = np.full((len(sources), k), -1, np.int64)
+    ids_out = np.full((len(sources), k), -1, np.int64)
+    src_out = np.full((len(sources), k), -1, np.int64)
     for r, lists in enumerate(sources):
         ordered = [lists[name] for name in BLENDED]
-        src, idx = feedrank.blend(ordered, shares, k)
-        out[r, : len(src)] = [ordered[s][i] for s, i in zip(src, idx)]
-    return out
+        total = sum(len(x) for x in ordered)
+        width = min(total, 4 * k)  # usually enough; the whole blend when the cap passes over more
+        while True:
+            src, idx = feedrank.blend(ordered, shares, width)
+            ids = [ordered[s][i] for s, i in zip(src, idx)]
+            kept = _author_capped(ids, post_author, cap, k)
+            if len(kept) == k or width >= total:
+                break
+            width = total
+        ids_out[r, : len(kept)] = [ids[i] for i in kept]
+        src_out[r, : len(kept)] = src[kept]
+    return ids_out, src_out
 
 
 # --- the oracle (synthetic data only) -------------------------------------------------------------
@@ -493,25 +531,33 @@ class ReplayResult:
     sources: list[dict[str, np.ndarray]]
     oracle: np.ndarray | None  # int64 [pairs, k]
     tfidf: sp.csr_matrix  # posts x terms (the run's vocabulary), for diversity
-    n_posts: int
+    post_author: np.ndarray
     k: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
+    author_cap: int = AUTHOR_CAP
+
+    @property
+    def n_posts(self) -> int:
+        return len(self.post_author)
+
+    def served(self, shares: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's first k posts and their sources under ``shares`` (:func:`blend_lists`)."""
+        return blend_lists(self.sources, shares, self.post_author, self.k, self.author_cap)
 
     def nightly_only(self) -> np.ndarray:
-        out = np.full((len(self.sources), self.k), -1, np.int64)
-        for r, s in enumerate(self.sources):
-            head = s["personalized"][: self.k]
-            out[r, : len(head)] = head
-        return out
+        """The personalized list alone, author cap applied: the feed before issue 13."""
+        return self.served([1.0] + [0.0] * (len(BLENDED) - 1))[0]
 
 
 def replay(log: EventLog, window: Window, config: dict[str, Any], *, min_history: int = 5, k: int = 10,
-           oracle: bool = True, log_fn: Callable[[str], None] | None = None) -> ReplayResult:
+           author_cap: int = AUTHOR_CAP, oracle: bool = True,
+           log_fn: Callable[[str], None] | None = None) -> ReplayResult:
     """Replays ``window``: the nightly model at its cut, then each serve time's sources for the
     users with ground truth in the next step (users with >= ``min_history`` posts engaged with
-    before the cut)."""
+    before the cut). ``author_cap``: the API's cap applied to every served list."""
     if min_history < 1:
         raise ValueError(f"min_history: must be >= 1, got {min_history}")
+    if author_cap < 1:
+        raise ValueError(f"author_cap: must be >= 1, got {author_cap}")
     config = feedrank.validate_config(config)
     say = log_fn or (lambda s: None)
     touches = FirstTouches.of(log)
@@ -552,7 +598,7 @@ def replay(log: EventLog, window: Window, config: dict[str, Any], *, min_history
         log_name=log.name, window=window, config=config, users_qualified=int(qualified.sum()),
         user=p_user, t_ms=p_t, truth=truth, fresh_truth=fresh_truth, sources=sources,
         oracle=np.concatenate(oracle_lists) if with_oracle and oracle_lists else None,
-        tfidf=rp.nightly.tfidf, n_posts=log.n_posts, k=k,
+        tfidf=rp.nightly.tfidf, post_author=log.post_author, k=k, author_cap=author_cap,
     )
 
 
@@ -625,20 +671,21 @@ def report(result: ReplayResult, shares: Sequence[float] | None = None,
     ``more`` named share vectors and the oracle; each metric's mean, standard error and pairs;
     NDCG@k of each blend relative to nightly_only (paired); each source's share of the slots."""
     shares = list(shares) if shares is not None else _shares(result.config)
-    feeds: dict[str, tuple[np.ndarray, list[float] | None]] = {
-        "nightly_only": (result.nightly_only(), None), "blend": (blend_lists(result.sources, shares, result.k), shares)}
+    feeds: dict[str, tuple[np.ndarray, np.ndarray | None, list[float] | None]] = {
+        "nightly_only": (result.nightly_only(), None, None), "blend": (*result.served(shares), shares)}
     for name, s in (more or {}).items():
-        feeds[name] = (blend_lists(result.sources, s, result.k), list(s))
+        feeds[name] = (*result.served(s), list(s))
     if result.oracle is not None:
-        feeds["oracle"] = (result.oracle, None)
-    per = {name: pair_metrics(lists, result) for name, (lists, _) in feeds.items()}
+        feeds["oracle"] = (result.oracle, None, None)
+    per = {name: pair_metrics(lists, result) for name, (lists, _, _) in feeds.items()}
     base = per["nightly_only"]["ndcg"]
     rows = []
-    for name, (lists, s) in feeds.items():
+    for name, (lists, src, s) in feeds.items():
         row: dict[str, Any] = {"feed": name}
         if s is not None:
             row["shares"] = dict(zip(BLENDED, s))
-            row["slots"] = _slot_shares(result.sources, s, result.k)
+            counts = np.bincount(src[src >= 0], minlength=len(BLENDED))
+            row["slots"] = {n: round(float(c / max(counts.sum(), 1)), 4) for n, c in zip(BLENDED, counts)}
         for metric, values in per[name].items():
             row[metric] = _mean_se(values, result.user)
         if name != "nightly_only":
@@ -653,17 +700,9 @@ def report(result: ReplayResult, shares: Sequence[float] | None = None,
         "pairs": int(len(result.user)),
         "pairs_with_fresh_truth": int((np.diff(result.fresh_truth.indptr) > 0).sum()),
         "k": result.k,
+        "author_cap": result.author_cap,
         "rows": rows,
     }
-
-
-def _slot_shares(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float], k: int) -> dict[str, float]:
-    counts = np.zeros(len(BLENDED))
-    for lists in sources:
-        src, _ = feedrank.blend([lists[n] for n in BLENDED], np.asarray(shares, np.float32), k)
-        counts += np.bincount(src, minlength=len(BLENDED))
-    total = max(counts.sum(), 1.0)
-    return {n: round(float(c / total), 4) for n, c in zip(BLENDED, counts)}
 
 
 def _relative_change(values: np.ndarray, base: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -726,7 +765,7 @@ def search_shares(valid: ReplayResult, max_ndcg_drop: float = 0.02, grid: Sequen
     base = feedrank.ranking_metrics(valid.nightly_only(), valid.truth, k=k, n_items=n)["ndcg"]
     trials = []
     for shares in grid or share_grid():
-        lists = blend_lists(valid.sources, shares, k)
+        lists, _ = valid.served(shares)
         ndcg = feedrank.ranking_metrics(lists, valid.truth, k=k, n_items=n)["ndcg"]
         fresh = feedrank.ranking_metrics(lists, valid.fresh_truth, k=k, n_items=n)["recall"]
         trials.append({"shares": list(shares), "ndcg": float(ndcg), "fresh_recall": float(fresh)})

@@ -69,7 +69,7 @@ def _perturbed(log: timecut.EventLog, after_ms: int, seed: int) -> timecut.Event
 def _served(log, window, config, users, t):
     rp = timecut.Replay(log, window, config, users)
     sources = rp.sources(t, users)
-    return sources, timecut.blend_lists(sources, [0.4, 0.3, 0.15, 0.15], 10)
+    return sources, timecut.blend_lists(sources, [0.4, 0.3, 0.15, 0.15], log.post_author)[0]
 
 
 # --- what the replay may read -------------------------------------------------------------------
@@ -98,21 +98,36 @@ def test_a_serve_time_before_the_cut_is_refused(log, test_window, config):
 # --- the blend and the sources ------------------------------------------------------------------
 
 
-def test_the_blend_scored_is_feedrank_blend_of_the_source_lists(result):
+def test_the_list_scored_is_feedrank_blend_of_the_source_lists_under_the_author_cap(log, result):
     shares = [0.6, 0.2, 0.1, 0.1]
-    lists = timecut.blend_lists(result.sources, shares, 10)
-    for row, sources in zip(lists, result.sources[:300]):
+    lists, slot_sources = result.served(shares)
+    capped = 0
+    for row, row_sources, sources in zip(lists, slot_sources, result.sources):
         ordered = [sources[name] for name in timecut.BLENDED]
-        src, idx = feedrank.blend(ordered, np.array(shares, np.float32), 10)
-        want = [ordered[s][i] for s, i in zip(src, idx)]
+        src, idx = feedrank.blend(ordered, np.array(shares, np.float32), sum(len(x) for x in ordered))
+        want, want_sources, per_author = [], [], {}
+        for s, i in zip(src, idx):  # the API's cap: an author's 4th post is passed over
+            a = log.post_author[ordered[s][i]]
+            per_author[a] = per_author.get(a, 0) + 1
+            if per_author[a] <= timecut.AUTHOR_CAP and len(want) < 10:
+                want.append(ordered[s][i])
+                want_sources.append(s)
+            capped += per_author[a] == timecut.AUTHOR_CAP + 1 and len(want) < 10
         assert row[: len(want)].tolist() == want and (row[len(want) :] == -1).all()
+        assert row_sources[: len(want)].tolist() == want_sources
+    assert capped > 0  # the data has authors the cap holds back
     rep = timecut.report(result, shares)
     blend_row = next(r for r in rep["rows"] if r["feed"] == "blend")
     bulk = feedrank.ranking_metrics(lists, result.truth, k=10, n_items=result.n_posts)
     assert blend_row["ndcg"]["mean"] == pytest.approx(bulk["ndcg"], abs=1e-9)
     assert blend_row["recall"]["mean"] == pytest.approx(bulk["recall"], abs=1e-9)
-    # personalized alone is nightly_only, slot for slot
-    assert np.array_equal(timecut.blend_lists(result.sources, [1, 0, 0, 0], 10), result.nightly_only())
+    # personalized alone is nightly_only, slot for slot; without a cap, the blend's first 10
+    assert np.array_equal(result.served([1, 0, 0, 0])[0], result.nightly_only())
+    uncapped = timecut.blend_lists(result.sources, shares, log.post_author, author_cap=10)[0]
+    for row, sources in zip(uncapped[:200], result.sources):
+        ordered = [sources[name] for name in timecut.BLENDED]
+        src, idx = feedrank.blend(ordered, np.array(shares, np.float32), 10)
+        assert row.tolist() == [ordered[s][i] for s, i in zip(src, idx)]
 
 
 def test_nightly_only_cannot_recommend_a_post_born_after_the_cut(log, result):
@@ -217,7 +232,7 @@ def _hand_made_result() -> timecut.ReplayResult:
     return timecut.ReplayResult(
         log_name="toy", window=timecut.Window("test", 0, 10, 1), config=feedrank.default_config(),
         users_qualified=2, user=np.array([0, 0, 1]), t_ms=np.array([0, 1, 0]), truth=truth, fresh_truth=fresh,
-        sources=sources, oracle=None, tfidf=tfidf, n_posts=n_posts,
+        sources=sources, oracle=None, tfidf=tfidf, post_author=np.arange(n_posts),
     )
 
 
