@@ -472,7 +472,7 @@ def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float
 
 
 def _oracle_topk(log: EventLog, t_ms: int, step_ms: int, users: np.ndarray, blocked: list[np.ndarray],
-                 k: int) -> np.ndarray:
+                 k: int, block: int = 256) -> np.ndarray:
     """Per user the ``k`` posts born by ``t_ms`` with the generator's highest chance of the user's
     exposure in ``(t, t + step]``: P(topic | user) x the post's share of its topic's tickets x
     P(the exposure's delay after the post's creation falls in the window)."""
@@ -493,22 +493,24 @@ def _oracle_topk(log: EventLog, t_ms: int, step_ms: int, users: np.ndarray, bloc
         a = np.clip(a, 0.0, span)
         return 1 - np.exp(-a / mean) + np.exp(-span / mean) * a / span
 
-    timing = cdf(t_ms + step_ms - created) - cdf(t_ms - created)
-    score = p_topic[np.ix_(users, pl.post_topics[born])] * (share[born] * timing)[None, :]
+    weight = share[born] * (cdf(t_ms + step_ms - created) - cdf(t_ms - created))
     at = np.full(log.n_posts, -1, np.int64)
     at[born] = np.arange(len(born))
-    for r, b in enumerate(blocked):
-        cols = at[b]
-        score[r, cols[cols >= 0]] = -1.0
     width = min(k, len(born))
     out = np.full((len(users), k), -1, np.int64)
     if width == 0:
         return out
-    head = np.argpartition(-score, width - 1, axis=1)[:, :width]
-    for r in range(len(users)):
-        top = head[r][np.lexsort((head[r], -score[r, head[r]]))]
-        top = top[score[r, top] >= 0]
-        out[r, : len(top)] = born[top]
+    for start in range(0, len(users), block):  # users x born posts, a block at a time
+        rows = np.arange(start, min(start + block, len(users)))
+        score = p_topic[np.ix_(users[rows], pl.post_topics[born])] * weight[None, :]
+        for j, r in enumerate(rows):
+            cols = at[blocked[r]]
+            score[j, cols[cols >= 0]] = -1.0
+        head = np.argpartition(-score, width - 1, axis=1)[:, :width]
+        for j, r in enumerate(rows):
+            top = head[j][np.lexsort((head[j], -score[j, head[j]]))]
+            top = top[score[j, top] >= 0]
+            out[r, : len(top)] = born[top]
     return out
 
 

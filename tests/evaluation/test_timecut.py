@@ -209,6 +209,9 @@ def test_the_oracle_ranks_only_posts_born_by_t_the_user_has_not_seen(log, result
         t = int(result.t_ms[r])
         assert (log.post_created_ms[row] <= t).all()
         assert not np.isin(row, touches.seen(int(result.user[r]), t)).any()
+    # it is the ceiling: the generator's own chances rank far above what is served
+    rows = {r["feed"]: r for r in timecut.report(result)["rows"]}
+    assert rows["oracle"]["ndcg"]["mean"] > 2 * rows["blend"]["ndcg"]["mean"]
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -300,12 +303,16 @@ def test_cli_time_cut_prints_the_table_and_writes_json(tmp_path, capsys):
 
     out = tmp_path / "timecut.json"
     status = main(["evaluate", "--protocol", "time-cut", "--synthetic", "--users", "200", "--posts", "1500",
-                   "--interactions", "20000", "--json", str(out), "--quiet"])
+                   "--interactions", "20000", "--search-shares", "--json", str(out), "--quiet"])
     assert status == 0
     table = capsys.readouterr().out
+    assert "validation window" in table and "test window" in table
     assert "| nightly_only |" in table and "| blend 0.6/0.2/0.1/0.1 |" in table and "| oracle |" in table
     doc = json.loads(out.read_text())
-    assert doc["protocol"] == "time-cut" and [r["feed"] for r in doc["test"]["rows"]] == ["nightly_only", "blend", "oracle"]
+    assert doc["protocol"] == "time-cut"
+    assert [r["feed"] for r in doc["test"]["rows"]] == ["nightly_only", "blend", "blend_chosen", "oracle"]
+    chosen = doc["validation"]["chosen"]["shares"]
+    assert doc["test"]["rows"][2]["shares"] == dict(zip(timecut.BLENDED, chosen))
     assert main(["evaluate", "--protocol", "time-cut"]) == 2
     assert "dataset:" in capsys.readouterr().err
     assert main(["evaluate", "--synthetic"]) == 2
