@@ -161,6 +161,7 @@ def synthetic_log(seed: int = 42, users: int = 2_000, posts: int = 10_000, inter
     """``feedrank demo-data``'s synthetic data set (same arguments, same rows), with its planted
     topics and qualities."""
     ds = demo_data.generate_synthetic(seed, users, posts, interactions, end)
+    assert ds.user_topics is not None and ds.post_topics is not None and ds.post_quality is not None
     planted = Planted(ds.user_topics, ds.post_topics, ds.post_quality)
     return _from_demo_data(ds, int(end.timestamp() * 1000), planted)
 
@@ -356,11 +357,11 @@ class Replay:
         """Per user, each blended source's list at ``t_ms`` (post ids, best first)."""
         if not (self.window.cut_ms <= t_ms):
             raise ValueError(f"t_ms: serve times start at the cut ({self.window.cut_ms}), got {t_ms}")
-        users = np.asarray(users, np.int64)
+        ids = np.asarray(users, np.int64)
         cfg = self.config["sources"]
-        blocked = [np.union1d(self.touches.seen(int(u), t_ms), self.own(int(u))) for u in users]
+        blocked = [np.union1d(self.touches.seen(int(u), t_ms), self.own(int(u))) for u in ids]
         engagement, trending_score = self.engagement(t_ms)
-        fresh = self._fresh(t_ms, users, blocked, engagement)
+        fresh = self._fresh(t_ms, ids, blocked, engagement)
         trending_order = np.lexsort((np.arange(self.log.n_posts), -trending_score))
         trending_order = trending_order[trending_score[trending_order] > 0]
         live = np.arange(self._live_from, int(np.searchsorted(self.log.time_ms, t_ms, side="right")))
@@ -368,7 +369,7 @@ class Replay:
         live = live[np.argsort(self.log.user[live], kind="stable")]  # by user, each in time order
         liker = self.log.user[live]
         out = []
-        for r, u in enumerate(users):
+        for r, u in enumerate(ids):
             personal = self.nightly.lists[u]
             personal = personal[(personal >= 0) & ~np.isin(personal, blocked[r])]
             mine = live[np.searchsorted(liker, u, "left") : np.searchsorted(liker, u, "right")]
@@ -449,7 +450,7 @@ def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float
     ``AUTHOR_CAP``). Returns the posts and the source (an index into ``BLENDED``) of each slot,
     int64 [pairs, k], -1 padded."""
     cap = AUTHOR_CAP if author_cap is None else author_cap
-    shares = np.asarray(shares, np.float32)
+    weights = np.asarray(shares, np.float32)
     ids_out = np.full((len(sources), k), -1, np.int64)
     src_out = np.full((len(sources), k), -1, np.int64)
     for r, lists in enumerate(sources):
@@ -457,7 +458,7 @@ def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float
         total = sum(len(x) for x in ordered)
         width = min(total, 4 * k)  # usually enough; the whole blend when the cap passes over more
         while True:
-            src, idx = feedrank.blend(ordered, shares, width)
+            src, idx = feedrank.blend(ordered, weights, width)
             ids = [ordered[s][i] for s, i in zip(src, idx)]
             kept = _author_capped(ids, post_author, cap, k)
             if len(kept) == k or width >= total:
@@ -477,6 +478,8 @@ def _oracle_topk(log: EventLog, t_ms: int, step_ms: int, users: np.ndarray, bloc
     exposure in ``(t, t + step]``: P(topic | user) x the post's share of its topic's tickets x
     P(the exposure's delay after the post's creation falls in the window)."""
     pl = log.planted
+    if pl is None:
+        raise ValueError("log: the oracle needs the synthetic data's planted topics and qualities")
     theta = pl.user_topics / pl.user_topics.sum(axis=1, keepdims=True)
     n_topics = theta.shape[1]
     p_topic = (1 - demo_data.EXPLORE_SHARE) * theta + demo_data.EXPLORE_SHARE / n_topics
@@ -672,11 +675,12 @@ def report(result: ReplayResult, shares: Sequence[float] | None = None,
     """The window's table: nightly_only, the blend (``shares``, default the config's), any
     ``more`` named share vectors and the oracle; each metric's mean, standard error and pairs;
     NDCG@k of each blend relative to nightly_only (paired); each source's share of the slots."""
-    shares = list(shares) if shares is not None else _shares(result.config)
+    blend_shares = list(shares) if shares is not None else _shares(result.config)
     feeds: dict[str, tuple[np.ndarray, np.ndarray | None, list[float] | None]] = {
-        "nightly_only": (result.nightly_only(), None, None), "blend": (*result.served(shares), shares)}
-    for name, s in (more or {}).items():
-        feeds[name] = (*result.served(s), list(s))
+        "nightly_only": (result.nightly_only(), None, None),
+        "blend": (*result.served(blend_shares), blend_shares)}
+    for name, extra in (more or {}).items():
+        feeds[name] = (*result.served(extra), list(extra))
     if result.oracle is not None:
         feeds["oracle"] = (result.oracle, None, None)
     per = {name: pair_metrics(lists, result) for name, (lists, _, _) in feeds.items()}
@@ -684,7 +688,7 @@ def report(result: ReplayResult, shares: Sequence[float] | None = None,
     rows = []
     for name, (lists, src, s) in feeds.items():
         row: dict[str, Any] = {"feed": name}
-        if s is not None:
+        if s is not None and src is not None:
             row["shares"] = dict(zip(BLENDED, s))
             counts = np.bincount(src[src >= 0], minlength=len(BLENDED))
             row["slots"] = {n: round(float(c / max(counts.sum(), 1)), 4) for n, c in zip(BLENDED, counts)}
@@ -765,7 +769,7 @@ def search_shares(valid: ReplayResult, max_ndcg_drop: float = 0.02, grid: Sequen
     earlier in the grid). Never reads a test window."""
     k, n = valid.k, valid.n_posts
     base = feedrank.ranking_metrics(valid.nightly_only(), valid.truth, k=k, n_items=n)["ndcg"]
-    trials = []
+    trials: list[dict[str, Any]] = []
     for shares in grid or share_grid():
         lists, _ = valid.served(shares)
         ndcg = feedrank.ranking_metrics(lists, valid.truth, k=k, n_items=n)["ndcg"]
