@@ -52,7 +52,10 @@ import feedrank
 
 __all__ = [
     "INTERACTION_TYPES",
+    "EVENT_DELAY_MEAN_DAYS",
+    "EXPLORE_SHARE",
     "N_TOPICS",
+    "QUIET_END_US",
     "TOPICS",
     "TOPIC_NAMES",
     "Dataset",
@@ -61,6 +64,7 @@ __all__ = [
     "binary_copy_tuples",
     "generate_synthetic",
     "load_movielens",
+    "post_tickets",
     "run",
     "uuid_strings",
     "write_dataset",
@@ -102,6 +106,14 @@ _LAST = ("garcia", "smith", "tanaka", "nguyen", "rossi", "muller", "okafor", "si
          "yilmaz", "santos", "cohen", "adeyemi")
 
 _DAY_US = 86_400_000_000
+# How the generator draws exposures (also read by the evaluation's oracle, feedrank.timecut):
+# an exposure's topic is uniform with this probability, else drawn from the user's mixture;
+EXPLORE_SHARE = 0.2
+# it follows its post's creation by an exponential delay of this mean;
+EVENT_DELAY_MEAN_DAYS = 1.5
+# and none starts in the last hour before `end`: a delay that would pass that horizon is drawn
+# again, uniformly between the post's creation and the horizon.
+QUIET_END_US = 3_600_000_000
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: PostgreSQL's binary epoch
 
 
@@ -132,6 +144,7 @@ class Dataset:
     metadata_table: list[str | None] = field(default_factory=list)
     user_topics: np.ndarray | None = None
     post_topics: np.ndarray | None = None
+    post_quality: np.ndarray | None = None  # the latent quality behind a post's exposures
     # Set by generate_synthetic(defer_interactions=True): fills the interaction_* fields.
     # write_dataset runs it in a thread while users and posts are loaded.
     pending_interactions: Callable[[], None] | None = field(default=None, repr=False)
@@ -315,6 +328,7 @@ def generate_synthetic(
         interaction_created_at=empty,
         user_topics=theta,
         post_topics=post_topic,
+        post_quality=quality,
     )
 
     def make_interactions() -> None:
@@ -333,13 +347,18 @@ def generate_synthetic(
     return ds
 
 
+def post_tickets(quality: np.ndarray) -> np.ndarray:
+    """A post's weight among its topic's posts when an exposure picks one (1..~40)."""
+    return np.maximum(1, np.rint(quality * 4)).astype(np.int64)
+
+
 def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_created, end_us):
     """Exactly ``n`` events from exposures (view, then click/like/share or hide), in time order."""
     users = len(theta)
-    # Posts grouped by topic, each repeated in proportion to its quality (1..~40 tickets): a post
+    # Posts grouped by topic, each repeated in proportion to its quality (post_tickets): a post
     # of topic t is one uniform pick among t's tickets, O(1) per draw (a binary search per draw
     # over the cumulative weights was the slowest step of the generator).
-    tickets = np.maximum(1, np.rint(quality * 4)).astype(np.int64)
+    tickets = post_tickets(quality)
     by_topic = np.lexsort((np.arange(len(post_topic)), post_topic))
     ticket_post = np.repeat(by_topic, tickets[by_topic])
     ticket_count = np.bincount(post_topic, weights=tickets, minlength=N_TOPICS).astype(np.int64)
@@ -359,7 +378,7 @@ def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_c
         # Exposures per user by activity; users come out sorted, which keeps the lookups below
         # cache-friendly (the events are sorted by time at the end anyway).
         user = np.repeat(np.arange(users), rng.multinomial(e, p_user))
-        explore = rng.random(e) < 0.2
+        explore = rng.random(e) < EXPLORE_SHARE
         own = np.searchsorted(theta_layout, user + rng.random(e) * (1 - 1e-12), side="right") - user * N_TOPICS
         topic = np.where(explore, rng.integers(0, N_TOPICS, e), np.clip(own, 0, N_TOPICS - 1))
         empty = per_topic[topic] == 0  # a topic nobody wrote about: any post instead
@@ -368,8 +387,8 @@ def _synthetic_interactions(rng, n, theta, activity, post_topic, quality, post_c
         pick = ticket_start[topic] + (rng.random(e) * ticket_count[topic]).astype(np.int64)
         post = ticket_post[np.minimum(pick, ticket_start[topic] + ticket_count[topic] - 1)]
         created = post_created[post]
-        horizon = end_us - 3_600_000_000
-        delay = (rng.exponential(1.5, e) * _DAY_US).astype(np.int64)
+        horizon = end_us - QUIET_END_US
+        delay = (rng.exponential(EVENT_DELAY_MEAN_DAYS, e) * _DAY_US).astype(np.int64)
         late = created + delay >= horizon
         delay[late] = (rng.random(int(late.sum())) * np.maximum(horizon - created[late], 1)).astype(np.int64)
         t0 = created + delay

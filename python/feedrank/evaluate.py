@@ -120,8 +120,14 @@ def report_json(report: dict[str, Any]) -> dict[str, Any]:
 # --- command line -------------------------------------------------------------------------------
 
 
+PROTOCOLS = ("per-user", "time-cut")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", nargs="?", help="MovieLens directory (ratings.csv or u.data format)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="per-user",
+                        help="per-user: EVAL.md's per-user temporal split (default); time-cut: items born "
+                             "over time, the API's blend replayed after a global cut (feedrank.timecut)")
     parser.add_argument("--database-url", help="evaluate on the project's PostgreSQL instead")
     parser.add_argument("--models", default=",".join(protocol.MODELS),
                         help="comma-separated subset of: " + ", ".join(protocol.MODELS))
@@ -131,9 +137,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random model (default 0)")
     parser.add_argument("--grid", choices=("full", "small"), default="full", help="tuning grid when no --config")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
+    cut = parser.add_argument_group("time-cut protocol")
+    cut.add_argument("--synthetic", action="store_true",
+                     help="replay feedrank demo-data's synthetic data (generated here) instead of a MovieLens directory")
+    cut.add_argument("--data-seed", type=int, default=42, help="seed of the synthetic data (default 42)")
+    cut.add_argument("--users", type=int, default=2_000, help="synthetic users (default 2000)")
+    cut.add_argument("--posts", type=int, default=10_000, help="synthetic posts (default 10000)")
+    cut.add_argument("--interactions", type=int, default=200_000, help="synthetic interactions (default 200000)")
+    cut.add_argument("--min-history", type=int, default=5,
+                     help="users evaluated: at least this many posts engaged with before the cut (default 5)")
+    cut.add_argument("--search-shares", action="store_true",
+                     help="also choose sources.blend shares on the validation window and report their blend")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol == "time-cut":
+        return _run_time_cut(args)
+    if args.synthetic:
+        raise ValueError("synthetic: the synthetic data is replayed by --protocol time-cut only")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     config = load_config(args.config) if args.config else None
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -144,4 +165,27 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_path).write_text(json.dumps(report_json(report), indent=2) + "\n")
     if args.chart:
         write_chart(report, args.chart)
+    return 0
+
+
+def _run_time_cut(args: argparse.Namespace) -> int:
+    from feedrank import timecut
+
+    if args.database_url or args.chart:
+        raise ValueError("protocol: time-cut reads a MovieLens directory or --synthetic (no --database-url, no --chart)")
+    if args.synthetic == bool(args.dataset):
+        raise ValueError("dataset: time-cut takes a MovieLens directory or --synthetic, exactly one")
+    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    config = load_config(args.config) if args.config else None
+    if args.synthetic:
+        events = timecut.synthetic_log(args.data_seed, args.users, args.posts, args.interactions)
+    else:
+        events = timecut.movielens_log(args.dataset)
+    report = timecut.evaluate(events, config, search=args.search_shares, min_history=args.min_history, log_fn=log)
+    if "validation" in report:
+        print(timecut.markdown_table(report["validation"]["report"]))
+        print()
+    print(timecut.markdown_table(report["test"]))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")
     return 0
