@@ -273,9 +273,11 @@ def fail_run(conn: psycopg.Connection, run: Run) -> None:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(run.table)))
 
 
-def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> tuple[int, int]:
+def clean_up(conn: psycopg.Connection, shard: str, run_id: int, dagster_run_id: str, log: Log) -> tuple[int, int]:
     """Step 6: older runs of this shard, failed runs, runs stuck in ``building`` for a day (their
-    process died) and tables of runs that no longer exist: their tables are dropped (a
+    process died), earlier attempts of this shard in the same Dagster run (a step runs again only
+    when its earlier attempt died, e.g. a Celery worker killed mid-write: the broker hands the step
+    to another worker) and tables of runs that no longer exist: their tables are dropped (a
     partition's drop is a catalog change, not a delete of its rows), then the runs (rows in the
     default partition go by cascade); then rows past their expiry (runs of another shard layout).
     Returns (runs removed, expired rows removed)."""
@@ -284,8 +286,9 @@ def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> tup
         for r in conn.execute(
             "SELECT id FROM recommendation_runs WHERE (shard = %s AND status = 'complete' "
             "AND id < %s) OR status = 'failed' OR "
-            "(status = 'building' AND started_at < now() - interval '1 day')",
-            (shard, run_id),
+            "(status = 'building' AND started_at < now() - interval '1 day') OR "
+            "(status = 'building' AND shard = %s AND dagster_run_id = %s AND id < %s)",
+            (shard, run_id, shard, dagster_run_id, run_id),
         ).fetchall()
     ]
     # tables of runs that no longer exist (their rows were removed without them)
@@ -354,5 +357,5 @@ def write_run(
             fail_run(conn, run)
             raise
         with timer.step("clean up", "io"):
-            removed, expired = clean_up(conn, shard, run.id, log)
+            removed, expired = clean_up(conn, shard, run.id, dagster_run_id, log)
     return Written(run, rows, removed, expired)

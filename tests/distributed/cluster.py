@@ -156,6 +156,14 @@ def rabbitmq_vhost() -> Iterator[str]:
         run([ctl, "delete_vhost", vhost])
 
 
+def instance_url(server_url: str, name: str) -> str:
+    """A database's URL as dagster-postgres takes it (SQLAlchemy with its psycopg2 driver)."""
+    from feedrank import db
+
+    url = db.with_database(server_url, name)
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
+
+
 def broker_url(vhost: str, host: str = "127.0.0.1") -> str:
     return f"pyamqp://guest:guest@{host}:{SERVICE_PORTS['rabbitmq']}/{vhost}"
 

@@ -18,7 +18,7 @@ import pytest
 
 from feedrank import db
 
-from .cluster import S3Server, rabbitmq_vhost, s3_server
+from .cluster import REPO_ROOT, S3Server, instance_url, rabbitmq_vhost, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def vhost() -> Iterator[str]:
     with rabbitmq_vhost() as name:
         yield name
-
-
-def instance_url(server_url: str, name: str) -> str:
-    """The instance database's URL as dagster-postgres takes it (SQLAlchemy: postgresql://)."""
-    url = db.with_database(server_url, name)
-    return "postgresql://" + url.split("://", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +47,6 @@ def instance_db(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def dagster_home(tmp_path: Path, instance_db: str, postgres_server_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """DAGSTER_HOME with the project's deploy/dagster.yaml, on the test's instance database."""
-    from .cluster import REPO_ROOT
-
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
