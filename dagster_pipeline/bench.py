@@ -1,7 +1,9 @@
 """`make bench-pipeline`: the whole graph on a large synthetic data set, timed per asset.
 
     python -m dagster_pipeline.bench [--users 100000] [--posts 200000] [--interactions 5000000]
-                                     [--top-k 200] [--json PATH]
+                                     [--top-k 200] [--json PATH] [--executor celery --workers 2]
+
+(``--executor celery``: the graph on Celery against the multiprocess executor, bench_celery.py.)
 
 A throw-away database (created, migrated with `feedrank-api migrate`, dropped afterwards) is
 filled by `feedrank demo-data --synthetic`; then each asset is materialized in its own process
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--executor", choices=("in-process", "celery"), default="in-process",
+                        help="in-process: each asset in its own process, timed (default); celery: the graph "
+                        "on Celery workers against the multiprocess executor (bench_celery.py)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
     parser.add_argument("--step", dest="asset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--storage", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
@@ -126,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.asset:
         return _step(args)
+    if args.executor == "celery":
+        from dagster_pipeline import bench_celery
+
+        return bench_celery.main(args)
 
     import redis
 

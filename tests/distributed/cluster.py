@@ -1,6 +1,6 @@
-"""Hosts of their own on this machine, for the distributed tests: an S3-compatible server (moto in
-server mode, its own process on loopback), a RabbitMQ vhost per test module, and Celery workers each
-in its own network namespace, with its own address and its own private disk.
+"""Hosts of their own on this machine, for the distributed tests: Celery workers each in its own
+network namespace, with its own address and its own private disk (the S3 server and the RabbitMQ
+vhost come from dagster_pipeline/local_services.py).
 
 The network: a bridge in the root namespace (``10.231.K.1/24``) and, per worker, a namespace joined
 to it by a veth pair (``10.231.K.10+i``). The services listen on 127.0.0.1 only, so ``socat``
@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -33,139 +28,23 @@ from pathlib import Path
 
 import pytest
 
+from dagster_pipeline.local_services import RABBITMQ_PORT, run, stop, wait_for_port, which
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-SERVICE_PORTS = {"postgres": 5432, "redis": 6379, "rabbitmq": 5672}
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "feedrank-test", "AWS_SECRET_ACCESS_KEY": "feedrank-test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+SERVICE_PORTS = {"postgres": 5432, "redis": 6379, "rabbitmq": RABBITMQ_PORT}
 
 
 def require(tool: str, why: str) -> str:
     """The path of ``tool``; a test failure naming it (and what needs it) when it is missing."""
-    found = shutil.which(tool, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        pytest.fail(f"{tool} is missing: {why} (`make test-distributed` installs it)", pytrace=False)
-    return found
+    try:
+        return which(tool, why)
+    except RuntimeError as e:
+        pytest.fail(f"{e} (`make test-distributed` installs it)", pytrace=False)
 
 
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("the distributed tests make network namespaces (ip netns), which needs root", pytrace=False)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}) before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout} s")
-
-
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    """Stops ``proc`` and its process group (each started here leads its own session)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        pass
-
-
-# --- the S3 server ------------------------------------------------------------------------------
-
-
-@dataclass
-class S3Server:
-    endpoint: str  # http://127.0.0.1:PORT
-    port: int
-
-    def env(self, endpoint: str | None = None) -> dict[str, str]:
-        """The variables a process needs to reach it (``endpoint``: another address of it)."""
-        return {**S3_KEYS, "AWS_ENDPOINT_URL_S3": endpoint or self.endpoint}
-
-    def new_bucket(self) -> str:
-        import boto3
-
-        name = f"feedrank-test-{secrets.token_hex(4)}"
-        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_keys())
-        client.create_bucket(Bucket=name)
-        return name
-
-
-def _boto_keys() -> dict[str, str]:
-    return {"aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"], "region_name": S3_KEYS["AWS_DEFAULT_REGION"]}
-
-
-@contextmanager
-def s3_server(log_dir: Path) -> Iterator[S3Server]:
-    """moto's S3-compatible server in its own process on 127.0.0.1 (state in memory, gone after)."""
-    binary = require("moto_server", "the S3-compatible server of the object-store tests (pip: moto[server])")
-    port = free_port()
-    log = open(log_dir / "moto_server.log", "wb")
-    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        wait_for_port("127.0.0.1", port, "moto_server", proc)
-        yield S3Server(f"http://127.0.0.1:{port}", port)
-    finally:
-        stop(proc)
-        log.close()
-
-
-# --- RabbitMQ -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def rabbitmq_vhost() -> Iterator[str]:
-    """A vhost of its own on the machine's RabbitMQ (``rabbitmqctl add_vhost``), deleted after;
-    yields its name. The broker must answer on 127.0.0.1:5672."""
-    ctl = require("rabbitmqctl", "the Celery tests create a RabbitMQ vhost per module")
-    try:
-        wait_for_port("127.0.0.1", SERVICE_PORTS["rabbitmq"], "RabbitMQ", timeout=5)
-    except TimeoutError:
-        pytest.fail("RabbitMQ does not answer on 127.0.0.1:5672 (scripts/services.sh up starts it)", pytrace=False)
-    vhost = f"feedrank_test_{secrets.token_hex(4)}"
-    run([ctl, "add_vhost", vhost])
-    try:
-        run([ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
-        yield vhost
-    finally:
-        run([ctl, "delete_vhost", vhost])
-
-
-def instance_url(server_url: str, name: str) -> str:
-    """A database's URL as dagster-postgres takes it (SQLAlchemy with its psycopg2 driver)."""
-    from feedrank import db
-
-    url = db.with_database(server_url, name)
-    return "postgresql+psycopg2://" + url.split("://", 1)[1]
-
-
-def broker_url(vhost: str, host: str = "127.0.0.1") -> str:
-    return f"pyamqp://guest:guest@{host}:{SERVICE_PORTS['rabbitmq']}/{vhost}"
 
 
 # --- the network --------------------------------------------------------------------------------

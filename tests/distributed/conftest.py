@@ -18,7 +18,9 @@ import pytest
 
 from feedrank import db
 
-from .cluster import REPO_ROOT, S3Server, instance_url, rabbitmq_vhost, s3_server
+from dagster_pipeline.local_services import S3Server, instance_url, rabbitmq_vhost, s3_server
+
+from .cluster import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

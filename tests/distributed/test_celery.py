@@ -31,7 +31,9 @@ from psycopg import sql
 from dagster_pipeline.partitions import SHARD_HASH_SQL, shard_keys
 from feedrank import cli, db
 
-from .cluster import REPO_ROOT, VENV_BIN, Host, Network, S3Server, broker_url, instance_url, network, stop
+from dagster_pipeline.local_services import VENV_BIN, S3Server, broker_url, instance_url, stop
+
+from .cluster import REPO_ROOT, Host, Network, network
 
 SHARDS = 3
 DEMO_ARGS = ["--users", "300", "--posts", "1500", "--interactions", "20000", "--seed", "7"]
@@ -203,7 +205,7 @@ class Poller:
         self.url = url
         with psycopg.connect(url) as conn:
             rows = conn.execute(
-                sql.SQL("SELECT id::text, {} % %s FROM users").format(sql.SQL(SHARD_HASH_SQL).format(col=sql.Identifier("id"))),
+                sql.SQL("SELECT id::text, {} %% %s FROM users").format(sql.SQL(SHARD_HASH_SQL).format(col=sql.Identifier("id"))),
                 (SHARDS,),
             ).fetchall()
         self.shard_users = [frozenset(u for u, s in rows if s == i) for i in range(SHARDS)]

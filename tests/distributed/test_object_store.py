@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from dagster_pipeline.io_manager import MANIFEST, BundleIOManager, read_bundle, storage_path, write_bundle
 
-from .cluster import S3Server
+from dagster_pipeline.local_services import S3Server
 
 
 @pytest.fixture
