@@ -63,7 +63,7 @@ def _materialize(env: dict[str, str], run_config: Path, log: Path) -> tuple[str,
     text = log.read_text()
     if done.returncode != 0:
         raise RuntimeError(f"the run failed; the end of {log}:\n{text[-4000:]}")
-    (run_id,) = set(re.findall(r"- ([0-9a-f-]{36}) - RUN_SUCCESS", text)) or {None}
+    (run_id,) = set(re.findall(r"- ([0-9a-f-]{36}) - \d+ - RUN_SUCCESS", text)) or {None}
     if run_id is None:
         raise RuntimeError(f"no RUN_SUCCESS in {log}")
     return run_id, wall
@@ -207,8 +207,9 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"celery overhead: {report['wall']:+.1f} s wall = broker {report['broker']:+.1f} s (dispatch: queue "
         f"{report['queue']:.1f} s + worker job load {report['worker_load']:.1f} s, against process starts), object store "
-        f"{report['object_store']:+.1f} s, Dagster events {report['events']:+.1f} s, not in any step "
-        f"{report['unattributed']:+.1f} s (result polling, run start and end)"
+        f"{report['object_store']:+.1f} s, Dagster events {report['events']:+.1f} s, the assets' own work "
+        f"{report['asset']:+.1f} s (the same code: the machine's load), not in any step "
+        f"{report['unattributed']:+.1f} s (result polling, run start and end, steps overlapping)"
     )
     print("object store per asset (celery run: S3 on loopback; multiprocess: local disk):")
     for step in ASSETS:
