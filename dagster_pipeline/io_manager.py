@@ -106,10 +106,14 @@ def _bundle_files(bundle: dict[str, Any]) -> tuple[list[_File], dict[str, Any]]:
 
 
 def _read_manifest(path: StoragePath) -> dict[str, Any] | None:
+    manifest = path / MANIFEST
     try:
-        return json.loads((path / MANIFEST).read_bytes())
+        # on an object store a plain GET: fsspec's open() would check the object against metadata
+        # it cached earlier, and the manifest is the one object that is overwritten
+        data = manifest.read_bytes() if _is_local(manifest) else manifest.fs.cat_file(manifest.path)
     except FileNotFoundError:
         return None
+    return json.loads(data)
 
 
 def _remove(path: StoragePath) -> None:
@@ -124,7 +128,10 @@ def _remove(path: StoragePath) -> None:
 
 def _versions(path: StoragePath) -> Iterator[str]:
     try:
-        names = [p.name for p in path.iterdir()]
+        if _is_local(path):
+            names = [p.name for p in path.iterdir()]
+        else:  # a fresh listing: other processes write here too
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in path.fs.ls(path.path, detail=False, refresh=True)]
     except FileNotFoundError:
         return
     yield from (n for n in names if n.startswith(_VERSION_PREFIX))
@@ -158,7 +165,7 @@ def write_bundle(path: StoragePath, bundle: dict[str, Any]) -> int:
             tmp.write_bytes(manifest)
             os.replace(tmp, path / MANIFEST)
         else:
-            (path / MANIFEST).write_bytes(manifest)  # one PUT: atomic for readers
+            path.fs.pipe_file((path / MANIFEST).path, manifest)  # one PUT: atomic for readers
     except BaseException:
         _remove(vdir)
         if previous is None and _is_local(path) and path.is_dir() and not any(path.iterdir()):

@@ -106,6 +106,25 @@ def test_a_reader_polling_during_rewrites_sees_whole_versions_only(bucket_url):
     assert seen == sorted(seen), "a reader went back to an older version"
 
 
+def test_a_long_lived_reader_sees_what_another_host_wrote_since(bucket_url):
+    """A Celery worker keeps its filesystem client (and what it cached) from step to step, while
+    other workers rewrite the bundles: its next read is of the new version, not a stale one."""
+    import s3fs
+
+    path = storage_path(bucket_url) / "asset" / "00-of-03"
+    write_bundle(path, _bundle(1))
+    _assert_same(_bundle(1), read_bundle(path))
+    path.fs.ls(path.path, detail=True)  # listings and object details cached by this client
+    other_host = storage_path(bucket_url, {"skip_instance_cache": True}) / "asset" / "00-of-03"
+    assert other_host.fs is not path.fs
+    write_bundle(other_host, _bundle(2))
+    write_bundle(other_host, _bundle(3))
+    _assert_same(_bundle(3), read_bundle(path))
+    write_bundle(path, _bundle(4))  # and its own next write keeps the right versions
+    _assert_same(_bundle(4), read_bundle(other_host))
+    assert isinstance(path.fs, s3fs.S3FileSystem)
+
+
 def test_a_failed_write_leaves_the_stored_bundle_and_a_missing_one_is_named(bucket_url):
     path = storage_path(bucket_url) / "asset" / "__all__"
     write_bundle(path, _bundle(5))
