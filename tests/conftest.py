@@ -313,8 +313,9 @@ class HeldCopy:
     def blocked(self) -> tuple[int, str, str] | None:
         with psycopg.connect(self.url) as c:
             return c.execute(
-                "SELECT pid, application_name, query FROM pg_stat_activity WHERE query LIKE 'COPY %%' "
-                "AND query LIKE '%%user_recommendations_run_%%' AND wait_event_type = 'Lock'"
+                "SELECT pid, application_name, query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COPY %%' AND query LIKE '%%user_recommendations_run_%%' "
+                "AND wait_event_type = 'Lock'"
             ).fetchone()
 
     def release(self) -> None:
