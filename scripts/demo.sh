@@ -196,7 +196,7 @@ print("postgresql+psycopg2://" + url.split("://", 1)[1])' "$DATABASE_URL")
 name = db.database_name(sys.argv[1]) + "_dagster"
 db.database_exists(name, sys.argv[1]) or db.create_database(name, sys.argv[1])' "$DATABASE_URL"
 fi
-info "Dagster instance: $DAGSTER_HOME/dagster.yaml, storage in ${DAGSTER_POSTGRES_URL%%\?*}"
+info "Dagster instance: $DAGSTER_HOME/dagster.yaml (runs, events, schedules in PostgreSQL: DAGSTER_POSTGRES_URL)"
 if age=$("$PY" scripts/demo_state.py recommendations-fresh 2>/dev/null); then
     info "the last complete run is $age h old and newer than every post: skipped"
     info "(the UI's Materialize all, or the 02:00 UTC schedule, builds a new one)"
