@@ -14,12 +14,13 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test test-fast venv develop api openapi services migrate lint rust-test py-test stubtest bench bench-api bench-load bench-pipeline nextauth-helper fuzz fuzz-api soak reliability-tools
+.PHONY: help demo demo-kernels demo-check test test-fast test-distributed venv develop api openapi services migrate lint rust-test py-test stubtest bench bench-api bench-load bench-pipeline bench-pipeline-celery nextauth-helper fuzz fuzz-api soak reliability-tools distributed-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
 	@echo "make test   the whole test suite (starts the services it needs)"
 	@echo "make test-fast  the core's cargo tests and the Python tests that need no service (< 3 min)"
+	@echo "make test-distributed  the pipeline on Celery workers in network namespaces, S3, Kubernetes loading (root)"
 	@echo "make bench  kernel benchmarks against scikit-learn, implicit and numpy"
 	@echo "make fuzz / fuzz-api / soak   hostile input and load (docs/reliability.md)"
 
@@ -88,9 +89,23 @@ rust-test: services $(NEXTAUTH_HELPER)
 	@echo "==> cargo test"
 	@cargo test --workspace --quiet
 
-py-test: develop services api reliability-tools
+py-test: develop services api reliability-tools distributed-tools
 	@echo "==> pytest"
 	@$(PY) -m pytest -q tests
+
+# socat bridges the distributed tests' network namespaces to the services (tests/distributed/
+# cluster.py); ip and unshare come with every Debian system, moto's S3 server with requirements-dev.
+distributed-tools:
+	@command -v socat >/dev/null || { echo "==> installing socat (apt-get)"; \
+	  apt-get install -y socat >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y socat >/dev/null; }; }
+
+# The pipeline past one machine (tests/distributed, about 5 minutes; part of `make test` too):
+# the IO manager on moto's S3 server, the sharded graph on two Celery workers each in its own
+# network namespace (a worker killed mid-write), the Kubernetes executor loaded. Needs root (ip
+# netns) and RabbitMQ on 127.0.0.1:5672; a missing one fails the tests, never skips them.
+test-distributed: develop services api distributed-tools
+	@echo "==> pytest tests/distributed"
+	@$(PY) -m pytest -q tests/distributed
 
 test: lint stubtest rust-test py-test demo-check
 
@@ -134,6 +149,19 @@ bench-load: api develop services
 bench-pipeline: api develop services
 	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) -W ignore -m dagster_pipeline.bench \
 	  --users 100000 --posts 200000 --interactions 5000000 --top-k 200 --json artifacts/bench-pipeline.json
+
+# The same graph on Celery (two local workers, RabbitMQ, moto's S3 server) against the
+# multiprocess executor on the same data: the overhead split into broker, object store and Dagster
+# event time, and the object store's cost per asset (dagster_pipeline/README.md). BENCH_USERS etc.
+# set the size; the full size is `make bench-pipeline-celery BENCH_USERS=100000 BENCH_POSTS=200000
+# BENCH_INTERACTIONS=5000000`.
+BENCH_USERS        ?= 20000
+BENCH_POSTS        ?= 40000
+BENCH_INTERACTIONS ?= 1000000
+bench-pipeline-celery: api develop services
+	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) -W ignore -m dagster_pipeline.bench --executor celery \
+	  --users $(BENCH_USERS) --posts $(BENCH_POSTS) --interactions $(BENCH_INTERACTIONS) --top-k 200 \
+	  --json artifacts/bench-pipeline-celery.json
 
 # --- reliability: hostile input, faults, load (docs/reliability.md) --------------------------
 

@@ -2,6 +2,9 @@
 
     python -m dagster_pipeline.bench [--users 100000] [--posts 200000] [--interactions 5000000]
                                      [--top-k 200] [--refresh-users N] [--json PATH]
+                                     [--executor celery --workers 2]
+
+(``--executor celery``: the graph on Celery against the multiprocess executor, bench_celery.py.)
 
 A throw-away database (created, migrated with `feedrank-api migrate`, dropped afterwards) is
 filled by `feedrank demo-data --synthetic`; then each asset is materialized in its own process
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--refresh-users", type=int, default=0, help="then refresh this many active users")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--executor", choices=("in-process", "celery"), default="in-process",
+                        help="in-process: each asset in its own process, timed (default); celery: the graph "
+                        "on Celery workers against the multiprocess executor (bench_celery.py)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
     parser.add_argument("--step", dest="asset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--storage", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
@@ -181,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.asset:
         return _step(args)
+    if args.executor == "celery":
+        from dagster_pipeline import bench_celery
+
+        return bench_celery.main(args)
 
     import redis
 

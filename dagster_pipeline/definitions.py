@@ -3,12 +3,15 @@
 ``FEEDRANK_USER_SHARDS=N`` (read once, when the location loads) splits scoring and writing into
 N user-shard partitions; unset, one run scores every user (see partitions.py).
 ``FEEDRANK_REFRESH_INTERVAL_SECONDS`` (read then too) paces the incremental refresh (sensors.py).
+``FEEDRANK_EXECUTOR`` (read at the same time) picks where the steps run: multiprocess (default),
+celery or k8s (see executors.py).
 """
 
 import dagster as dg
 
 from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
+from dagster_pipeline.executors import executor_from_env
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import shard_count_from_env, user_shards
 from dagster_pipeline.quality import QUALITY_CHECKS, build_quality_asset
@@ -59,6 +62,7 @@ def build_definitions(shard_count: int | None, resources: dict | None = None) ->
         schedules=[build_daily_schedule(job, shards)],
         sensors=[alert_on_run_failure, refresh_sensor],
         resources=resources or default_resources(),
+        executor=executor_from_env(),
     )
 
 

@@ -392,10 +392,15 @@ class CleanedUp:
     models: int
 
 
-def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> CleanedUp:
+def clean_up(
+    conn: psycopg.Connection, shard: str, run_id: int, dagster_run_id: str, log: Log
+) -> CleanedUp:
     """Step 6: older runs of this shard (a nightly shard's; a refresh covers users, not a shard),
-    failed runs, runs stuck in ``building`` for a day (their process died), refresh runs no user
-    is served from any more and tables of runs that no longer exist: their tables are dropped (a
+    failed runs, runs stuck in ``building`` for a day (their process died), earlier attempts of
+    this shard in the same Dagster run (a step runs again only when its earlier attempt died, e.g.
+    a Celery worker killed mid-write: the broker hands the step to another worker), refresh runs
+    no user is served from any more and tables of runs that no longer exist: their tables are
+    dropped (a
     partition's drop is a catalog change, not a delete of its rows), then the runs (rows in the
     default partition go by cascade); then rows past their expiry (runs of another shard layout),
     then the models no run names."""
@@ -404,8 +409,9 @@ def clean_up(conn: psycopg.Connection, shard: str, run_id: int, log: Log) -> Cle
         for r in conn.execute(
             "SELECT id FROM recommendation_runs WHERE (shard = %s AND shard <> %s AND status = 'complete' "
             "AND id < %s) OR status = 'failed' OR "
-            "(status = 'building' AND started_at < now() - interval '1 day')",
-            (shard, REFRESH_SHARD, run_id),
+            "(status = 'building' AND started_at < now() - interval '1 day') OR "
+            "(status = 'building' AND shard = %s AND dagster_run_id = %s AND id < %s)",
+            (shard, REFRESH_SHARD, run_id, shard, dagster_run_id, run_id),
         ).fetchall()
     ]
     superseded += _superseded_refresh_runs(conn, shard, run_id)
@@ -503,5 +509,5 @@ def write_run(
             fail_run(conn, run)
             raise
         with timer.step("clean up", "io"):
-            cleaned = clean_up(conn, shard, run.id, log)
+            cleaned = clean_up(conn, shard, run.id, dagster_run_id, log)
     return Written(run, rows, cleaned)

@@ -1,5 +1,6 @@
 # The feedrank Python package (Rust extension built by maturin) with the Dagster code location.
-# Used by the dagster-webserver and dagster-daemon services, and for `feedrank demo-data`.
+# Used by the dagster-webserver, dagster-daemon and Celery worker services, for `feedrank demo-data`,
+# and as the image of the Kubernetes path (docs/scaling.md).
 # Build context: the repository root (docker compose build pipeline).
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
@@ -18,12 +19,14 @@ FROM python:3.11-slim-bookworm
 WORKDIR /app
 COPY requirements-dev.txt ./
 COPY --from=build /wheels /wheels
-# The pinned versions of requirements-dev.txt, then the wheel with its pipeline extras.
+# The pinned versions of requirements-dev.txt, then the wheel with its pipeline extras (Celery, S3
+# and Kubernetes included: one image for the webserver, the daemon, Celery workers and step Jobs).
 RUN pip install --no-cache-dir -r requirements-dev.txt \
-    && pip install --no-cache-dir "$(ls /wheels/feedrank-*.whl)[pipeline]"
+    && pip install --no-cache-dir "$(ls /wheels/feedrank-*.whl)[pipeline,distributed,k8s]"
 COPY dagster_pipeline ./dagster_pipeline
 COPY scripts ./scripts
 ENV PYTHONPATH=/app DAGSTER_HOME=/opt/dagster/home
-RUN mkdir -p "$DAGSTER_HOME"
+# The instance (PostgreSQL storage named by DAGSTER_POSTGRES_URL, the queued run coordinator).
+COPY deploy/dagster.yaml /opt/dagster/home/dagster.yaml
 EXPOSE 3000
 CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-m", "dagster_pipeline.definitions"]

@@ -6,12 +6,14 @@
 # 2. brings up PostgreSQL and Redis, applies the migrations, loads the synthetic demo data (only
 #    into an empty database) and materializes the Dagster graph (skipped when the last complete
 #    run is fresh);
-# 3. starts the API (127.0.0.1:8080) and `dagster dev` (127.0.0.1:3000, DAGSTER_HOME=.dagster_home)
-#    and prints what to try next;
+# 3. starts the API (127.0.0.1:8080) and `dagster dev` (127.0.0.1:3000, DAGSTER_HOME=.dagster_home
+#    holding deploy/dagster.yaml: runs and events in PostgreSQL) and prints what to try next;
 # 4. on Ctrl-C (or SIGTERM) stops what it started; the data stays for the next run.
 #
 # Needs no standard input. Settings (environment): DATABASE_URL, REDIS_URL, FEEDRANK_DEMO_API_PORT
 # (8080), FEEDRANK_DEMO_DAGSTER_PORT (3000), FEEDRANK_DEMO_DAGSTER_HOME (.dagster_home),
+# DAGSTER_POSTGRES_URL (the Dagster instance's database: DATABASE_URL's server, database
+# <DATABASE_URL's database>_dagster, created when missing),
 # FEEDRANK_DEMO_DIR (.data/demo: logs, the development AUTH_SECRET), AUTH_SECRET (generated once
 # and kept in FEEDRANK_DEMO_DIR when unset).
 set -euo pipefail
@@ -182,8 +184,19 @@ fi
 
 step "recommendations (dagster asset materialize --select '*')"
 mkdir -p "$DEMO_DIR" "$DAGSTER_HOME"
-# An empty dagster.yaml: the defaults (SQLite storage under DAGSTER_HOME), without the warning.
-[[ -e $DAGSTER_HOME/dagster.yaml ]] || : >"$DAGSTER_HOME/dagster.yaml"
+# The project's instance (deploy/dagster.yaml): runs, events and schedules in PostgreSQL, in a
+# database of their own beside the demo's.
+ln -sfn "$ROOT/deploy/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+if [[ -z ${DAGSTER_POSTGRES_URL:-} ]]; then
+    DAGSTER_POSTGRES_URL=$("$PY" -c 'import sys; from feedrank import db
+url = db.with_database(sys.argv[1], db.database_name(sys.argv[1]) + "_dagster")
+print("postgresql+psycopg2://" + url.split("://", 1)[1])' "$DATABASE_URL")
+    export DAGSTER_POSTGRES_URL
+    "$PY" -c 'import sys; from feedrank import db
+name = db.database_name(sys.argv[1]) + "_dagster"
+db.database_exists(name, sys.argv[1]) or db.create_database(name, sys.argv[1])' "$DATABASE_URL"
+fi
+info "Dagster instance: $DAGSTER_HOME/dagster.yaml (runs, events, schedules in PostgreSQL: DAGSTER_POSTGRES_URL)"
 if age=$("$PY" scripts/demo_state.py recommendations-fresh 2>/dev/null); then
     info "the last complete run is $age h old and newer than every post: skipped"
     info "(the UI's Materialize all, or the 02:00 UTC schedule, builds a new one)"

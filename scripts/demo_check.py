@@ -363,13 +363,15 @@ def main() -> int:
 
 
 def cleanup(db_name: str, base_db: str, redis_url: str, redis_prefix: str) -> None:
-    """Drops the check's database and deletes its Redis keys."""
+    """Drops the check's database (and the Dagster instance's, which make demo names after it) and
+    deletes its Redis keys."""
     import psycopg
     import redis
 
     try:
         with psycopg.connect(with_database(base_db, "postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+            for name in (db_name, f"{db_name}_dagster"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=redis_prefix + "*", count=1000))
         for i in range(0, len(keys), 500):

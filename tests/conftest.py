@@ -48,7 +48,7 @@ SERVICE_PORTS = {5432: "PostgreSQL", 6379: "Redis", 5672: "RabbitMQ"}
 # The fixtures that reach a service (here and in the suites' own conftest files).
 SERVICE_FIXTURES = {
     "postgres_server_url", "api_binary", "database_url", "fresh_database_url", "db_conn",
-    "redis_client", "redis_prefix", "on_load_tables", "demo_db", "pipeline_resources", "sharded_env",
+    "redis_client", "redis_prefix", "on_load_tables", "hold_load_rows", "demo_db", "pipeline_resources", "sharded_env",
 }
 _service_use = pytest.StashKey[list]()
 
@@ -301,3 +301,54 @@ def on_load_tables():
     yield install
     for url, function in list(installed):
         remove(url, function)
+
+
+class HeldCopy:
+    """What ``hold_load_rows`` returns: ``blocked()`` names a COPY waiting at the held lock
+    (``(pid, application_name, query)``, or None), ``release()`` lets the writes go on."""
+
+    def __init__(self, url: str, blocker: psycopg.Connection, stop) -> None:
+        self.url, self._blocker, self._stop = url, blocker, stop
+
+    def blocked(self) -> tuple[int, str, str] | None:
+        with psycopg.connect(self.url) as c:
+            return c.execute(
+                "SELECT pid, application_name, query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COPY %%' AND query LIKE '%%user_recommendations_run_%%' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()
+
+    def release(self) -> None:
+        if not self._blocker.closed:
+            self._blocker.rollback()
+            self._blocker.close()
+            self._stop()
+
+
+@pytest.fixture
+def hold_load_rows(on_load_tables):
+    """``held = hold(url, condition)``: from now on, the pipeline's COPY into a run's load table
+    (``on_load_tables``) waits, at every row whose number ``n`` (counted over all load tables from 1)
+    meets ``condition`` (SQL over ``n``, e.g. ``n > 1000``), on an advisory lock held until
+    ``held.release()`` (a :class:`HeldCopy`); so that a test can kill or inspect a pipeline in the
+    middle of a write. Whatever is still held is released at the end of the test."""
+    held: list[HeldCopy] = []
+
+    def hold(url: str, condition: str) -> HeldCopy:
+        key = secrets.randbelow(2**31)
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("CREATE SEQUENCE IF NOT EXISTS hold_copy_rows")
+            c.execute(
+                "CREATE OR REPLACE FUNCTION hold_copy() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"DECLARE n bigint := nextval('hold_copy_rows'); BEGIN IF {condition} THEN "
+                f"PERFORM pg_advisory_xact_lock_shared({key}); END IF; RETURN NEW; END $$"
+            )
+        stop = on_load_tables(url, "hold_copy")
+        blocker = psycopg.connect(url)
+        blocker.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        held.append(HeldCopy(url, blocker, stop))
+        return held[-1]
+
+    yield hold
+    for h in held:
+        h.release()

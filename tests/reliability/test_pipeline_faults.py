@@ -101,7 +101,7 @@ def _feed_ids(stack: PipelineStack, user: str) -> tuple[str, list[str]]:
     return r.json()["metadata"]["source"], [p["id"] for p in r.json()["posts"]]
 
 
-def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_replaces_it(pstack, on_load_tables):
+def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_replaces_it(pstack, hold_load_rows):
     pstack.run()
     before = readers_view(pstack.url)
     assert len(before) > 250
@@ -111,29 +111,14 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
     for u, (source, ids) in feeds_before.items():
         assert source == "db" and set(ids) <= {p for p, _, _ in before[u]}
 
-    # After 1,000 rows of the COPY are in the load table, uncommitted, a trigger waits on an
-    # advisory lock the test holds. That is where the kill lands.
-    with psycopg.connect(pstack.url, autocommit=True) as c:
-        c.execute("CREATE SEQUENCE hold_copy_rows")
-        c.execute(
-            "CREATE FUNCTION hold_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF nextval('hold_copy_rows') > 1000 THEN PERFORM pg_advisory_xact_lock_shared(724201); "
-            "END IF; RETURN NEW; END $$"
-        )
-    # (on the table the run's rows are COPYed into, before it becomes a partition)
-    stop_holding = on_load_tables(pstack.url, "hold_copy")
-    blocker = psycopg.connect(pstack.url)
-    blocker.execute("SELECT pg_advisory_xact_lock(724201)")
+    # After 1,000 rows of the COPY are in the load table (the table the run's rows are COPYed
+    # into, before it becomes a partition), uncommitted, a trigger waits on an advisory lock the
+    # test holds. That is where the kill lands.
+    held = hold_load_rows(pstack.url, "n > 1000")
     proc = pstack.start_run()
     try:
-        def copy_waiting():
-            with psycopg.connect(pstack.url) as c:
-                return c.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY %%user_recommendations%%'"
-                    " AND wait_event_type = 'Lock'"
-                ).fetchone()
-        (copy_pid,) = wait_until("the pipeline's COPY is blocked mid-write", copy_waiting,
-                                 timeout=300, every=0.2)
+        copy_pid, _, _ = wait_until("the pipeline's COPY is blocked mid-write", held.blocked,
+                                    timeout=300, every=0.2)
         with psycopg.connect(pstack.url) as c:
             building = c.execute(
                 "SELECT id FROM recommendation_runs WHERE status = 'building'").fetchall()
@@ -147,9 +132,7 @@ def test_pipeline_killed_mid_write_leaves_the_previous_set_and_the_next_run_repl
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
-        blocker.rollback()
-        blocker.close()
-        stop_holding()
+        held.release()
 
     def backend_gone():
         with psycopg.connect(pstack.url) as c:
