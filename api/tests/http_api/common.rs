@@ -315,7 +315,7 @@ pub async fn post(app: Router, path: &str, token: &str, body: &Value) -> (Status
 
 /// The page's post ids; also checks that the whole answer has exactly the documented shape.
 pub fn ids(feed: &Value) -> Vec<Uuid> {
-    let _: feedrank_api::http::feeds::FeedResponse = serde_json::from_value(feed.clone())
+    let _: feedrank_api::response::FeedResponse = serde_json::from_value(feed.clone())
         .unwrap_or_else(|e| panic!("not the documented feed shape ({e}): {feed}"));
     feed["posts"]
         .as_array()
