@@ -81,7 +81,9 @@ pub struct Metadata(Map<String, Value>);
 
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let m = Map::<String, Value>::deserialize(d)?;
+        let Value::Object(m) = Value::deserialize(d)? else {
+            return Err(D::Error::custom("must be a JSON object"));
+        };
         let size = serde_json::to_vec(&m)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);
