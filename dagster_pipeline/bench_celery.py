@@ -2,7 +2,7 @@
 executor, on the same data, and where the difference goes.
 
 A throw-away database filled by `feedrank demo-data --synthetic`, a throw-away Dagster instance
-(deploy/dagster.yaml on a database of its own), then two runs of the five assets with
+(deploy/dagster.yaml on a database of its own), then two runs of the six assets with
 `dagster asset materialize`, one after the other:
 
 - multiprocess: each step a process on this machine, intermediate data in a local directory;
@@ -45,13 +45,13 @@ from dagster_pipeline.local_services import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ("user_interactions_snapshot", "post_features", "user_features", "recommendation_scores",
-          "user_recommendations")
+ASSETS = ("user_interactions_snapshot", "post_features", "user_features", "serving_model",
+          "recommendation_scores", "user_recommendations")
 PARTS = ("dispatch", "inputs", "asset", "outputs", "events")
 
 
 def _materialize(env: dict[str, str], run_config: Path, log: Path) -> tuple[str, float]:
-    """One run of the five assets; returns (Dagster run id, wall seconds)."""
+    """One run of the six assets; returns (Dagster run id, wall seconds)."""
     t0 = time.perf_counter()
     with open(log, "w") as out:
         done = subprocess.run(

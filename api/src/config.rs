@@ -26,8 +26,6 @@ pub struct Config {
     pub nextauth_secret: Option<String>,
     /// `BIND_ADDR` (default 127.0.0.1:8080).
     pub bind_addr: SocketAddr,
-    /// `FEED_CACHE_TTL_SECS` (default 3600): TTL of a recommendations entry the API writes back.
-    pub feed_cache_ttl: Duration,
     /// `POST_CACHE_TTL_SECS` (default 60): how long a post body is kept in process; also how long
     /// an edit can take to show on the cached path when the change notification is missed.
     pub post_cache_ttl: Duration,
@@ -121,7 +119,6 @@ impl Config {
             auth_secret,
             nextauth_secret,
             bind_addr,
-            feed_cache_ttl: Duration::from_secs(num("FEED_CACHE_TTL_SECS", 3600, 1)?),
             post_cache_ttl: Duration::from_secs(num("POST_CACHE_TTL_SECS", 60, 1)?),
             post_cache_capacity: num("POST_CACHE_CAPACITY", 200_000, 16)? as usize,
             pg_pool_size: num("PG_POOL_SIZE", 16, 1)? as usize,

@@ -5,11 +5,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use feedrank_core::cache::CachedRecommendation;
-use feedrank_core::config::{HybridWeights, Reason};
+use feedrank_core::config::{HybridWeights, InteractionType, Reason};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::http::feeds::{FeedPost, FeedUser};
+use crate::response::{FeedPost, FeedUser};
 
 /// A pool that never waits longer than `timeout` for a connection (or to open one), so that a
 /// database outage answers 503 quickly; broken connections are dropped when they come back to
@@ -81,30 +81,49 @@ pub async fn posts_by_ids(pool: &Pool, ids: &[Uuid]) -> ApiResult<Vec<FeedPost>>
         .collect())
 }
 
-/// The user's current recommendations (newest complete run, unexpired), by descending score:
-/// `(run_id, generated_at unix seconds, latest expiry, items)`, or `None` when there are none.
+/// A user's current recommendations: the newest complete run's unexpired rows.
+pub struct CurrentRecommendations {
+    pub run_id: i64,
+    /// When the rows were generated (the latest of them), unix seconds.
+    pub generated_at: i64,
+    /// When the first of the rows expires.
+    pub expires_at: DateTime<Utc>,
+    /// The run's `cache_ttl_seconds` (in `recommendation_runs.config`, as the pipeline resolved
+    /// it), when it has a usable one.
+    pub cache_ttl_seconds: Option<u64>,
+    /// By descending score.
+    pub items: Vec<CachedRecommendation>,
+}
+
+/// The user's current recommendations, or `None` when there are none.
 pub async fn current_recommendations(
     pool: &Pool,
     user: Uuid,
-) -> ApiResult<Option<(i64, i64, DateTime<Utc>, Vec<CachedRecommendation>)>> {
+) -> ApiResult<Option<CurrentRecommendations>> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT post_id, score, collaborative_score, content_score, recency_score,
-                    engagement_score, reason, run_id, generated_at, expires_at
-             FROM user_recommendations
-             WHERE user_id = $1 AND run_id = current_recommendation_run($1) AND expires_at > now()
-             ORDER BY score DESC, post_id",
+            "SELECT r.post_id, r.score, r.collaborative_score, r.content_score, r.recency_score,
+                    r.engagement_score, r.reason, r.run_id, r.generated_at, r.expires_at,
+                    rr.config->>'cache_ttl_seconds'
+             FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
+             WHERE r.user_id = $1 AND r.run_id = current_recommendation_run($1)
+               AND r.expires_at > now()
+             ORDER BY r.score DESC, r.post_id",
         )
         .await?;
     let rows = client.query(&stmt, &[&user]).await?;
-    if rows.is_empty() {
+    let Some(first) = rows.first() else {
         return Ok(None);
-    }
+    };
+    let run_id: i64 = first.get(7);
+    let cache_ttl_seconds = first
+        .get::<_, Option<String>>(10)
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|&t| t > 0);
     let weights = HybridWeights::default();
     let mut generated_at = i64::MIN;
     let mut expires_at: Option<DateTime<Utc>> = None;
-    let run_id: i64 = rows[0].get(7);
     let items = rows
         .iter()
         .map(|r| {
@@ -130,12 +149,13 @@ pub async fn current_recommendations(
             }
         })
         .collect();
-    Ok(Some((
+    Ok(Some(CurrentRecommendations {
         run_id,
         generated_at,
-        expires_at.expect("rows is not empty"),
+        expires_at: expires_at.expect("rows is not empty"),
+        cache_ttl_seconds,
         items,
-    )))
+    }))
 }
 
 /// One of the user's interactions, as the serve-time filters need it.
@@ -199,7 +219,7 @@ pub async fn insert_interaction(
     client: &deadpool_postgres::Client,
     user: Uuid,
     post: Uuid,
-    kind: &str,
+    kind: InteractionType,
     metadata: Option<&serde_json::Value>,
     event_id: Option<&str>,
 ) -> ApiResult<Stored> {
@@ -212,7 +232,10 @@ pub async fn insert_interaction(
         )
         .await?;
     let row = client
-        .query_opt(&insert, &[&user, &post, &kind, &metadata, &event_id])
+        .query_opt(
+            &insert,
+            &[&user, &post, &kind.as_str(), &metadata, &event_id],
+        )
         .await
         .map_err(|e| match e.as_db_error().map(|d| d.code().clone()) {
             Some(tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => ApiError::NotFound {

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,6 +42,24 @@ pub struct ErrorBody {
     /// The query parameter or body field at fault (400 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// The error answers every authenticated route that reads the database can give, as the OpenAPI
+/// document lists them (each route adds its own 400 and 404).
+#[derive(IntoResponses)]
+pub enum AuthenticatedErrors {
+    #[response(
+        status = 401,
+        description = "Missing, expired, forged or malformed credentials"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "The token's subject is not a user of this app"
+    )]
+    UnknownUser(ErrorBody),
+    #[response(status = 503, description = "The database is unavailable")]
+    Unavailable(ErrorBody),
 }
 
 impl ApiError {

@@ -5,7 +5,6 @@
 //! forgotten (messages may have been missed meanwhile), nothing is remembered about
 //! recommendations until it is back, and it reconnects. TTLs bound staleness if this lags.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
@@ -30,31 +29,19 @@ pub fn spawn(state: &AppState) {
                 }
                 Err(_) => {}
             }
-            state
-                .recommendations_listening
-                .store(false, Ordering::SeqCst);
-            recommendations_changed(&state);
-            state.posts.clear();
+            state.feeds.listening(false);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
 
-/// Every remembered "no recommendations" answer is void from now on.
-fn recommendations_changed(state: &AppState) {
-    state
-        .recommendations_generation
-        .fetch_add(1, Ordering::SeqCst);
-    state.no_recommendations.clear();
-}
-
 fn apply(state: &AppState, channel: &str, payload: &str) {
     if channel == RECOMMENDATIONS_CHANNEL {
-        recommendations_changed(state);
+        state.feeds.recommendations_changed();
     } else if payload == "*" {
-        state.posts.clear();
+        state.feeds.all_posts_changed();
     } else if let Ok(id) = Uuid::parse_str(payload) {
-        state.posts.remove(&id);
+        state.feeds.post_changed(id);
     }
 }
 
@@ -85,12 +72,8 @@ async fn listen(state: &AppState) -> Result<(), tokio_postgres::Error> {
             "LISTEN {CHANNEL}; LISTEN {RECOMMENDATIONS_CHANNEL}"
         ))
         .await?;
-    // Anything cached before LISTEN took effect may be stale.
-    state.posts.clear();
-    recommendations_changed(state);
-    state
-        .recommendations_listening
-        .store(true, Ordering::SeqCst);
+    // Anything cached before LISTEN took effect may be stale: forgotten by `listening`.
+    state.feeds.listening(true);
     while let Some((channel, payload)) = rx.recv().await {
         apply(state, &channel, &payload);
     }

@@ -4,8 +4,10 @@
 //! the same router and drive it with `tower::ServiceExt::oneshot`.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod db;
+pub mod diversify;
 pub mod error;
 pub mod feed;
 pub mod http;
@@ -14,16 +16,9 @@ pub mod memo;
 pub mod metrics;
 pub mod migrate;
 pub mod redis_store;
+pub mod response;
 pub mod server;
 pub mod state;
 
 pub use http::router;
 pub use state::AppState;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -1,52 +1,69 @@
-//! A small Prometheus registry, written out by hand to keep the dependency tree lean: request
-//! counts and latency histograms per route and status, the source of each feed, cache hits and
-//! misses, Redis failures, tracked events, and (read at scrape time) the database pool's usage.
+//! The API's Prometheus metrics, kept by `prometheus-client` (one registry per [`Metrics`], so
+//! that several states in one process, as in the tests, count apart): request counts and
+//! latency histograms per route and status, the source of each feed page, cache hits and misses,
+//! Redis failures, tracked events, and (read at scrape time) the database pool's usage.
+//!
+//! The names, labels and buckets are those of the hand-written registry this replaced, so
+//! dashboards keep working.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s text (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: Cow<'static, str>,
+    route: String,
+    status: u16,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+/// A metric without labels, as registered.
+enum Plain<'a> {
+    Counter(&'a Counter),
+    Gauge(&'a Gauge),
+    Ratio(&'a Gauge<f64, AtomicU64>),
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
-    feed_source: [AtomicU64; 3],
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    redis_errors: AtomicU64,
-    events_stored: AtomicU64,
-    events_duplicate: AtomicU64,
-}
-
-/// Where a feed page came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Cache,
-    Db,
-    Fallback,
-}
-
-impl Source {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Db => "db",
-            Source::Fallback => "fallback",
-        }
-    }
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    feed_responses: Family<SourceLabel, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    redis_errors: Counter,
+    events_stored: Counter,
+    events_duplicate: Counter,
+    cache_hit_ratio: Gauge<f64, AtomicU64>,
+    pool_max_size: Gauge,
+    pool_size: Gauge,
+    pool_available: Gauge,
+    pool_in_use: Gauge,
+    pool_waiting: Gauge,
 }
 
 /// The database pool's state at scrape time.
@@ -58,182 +75,180 @@ pub struct PoolGauge {
 }
 
 impl Metrics {
-    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let h = m
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default();
-        h.count += 1;
-        h.sum += secs;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
+    /// A registry with every metric at zero; `feed_sources` are the values of the `source` label
+    /// of `feedrank_feed_responses_total`, shown (at 0) before any page is served.
+    pub fn new(feed_sources: impl IntoIterator<Item = &'static str>) -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+            feed_responses: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            redis_errors: Counter::default(),
+            events_stored: Counter::default(),
+            events_duplicate: Counter::default(),
+            cache_hit_ratio: Gauge::default(),
+            pool_max_size: Gauge::default(),
+            pool_size: Gauge::default(),
+            pool_available: Gauge::default(),
+            pool_in_use: Gauge::default(),
+            pool_waiting: Gauge::default(),
+        };
+        for source in feed_sources {
+            drop(m.feed_responses.get_or_create(&SourceLabel { source }));
+        }
+        let mut registry = Registry::default();
+        // Registered without the `_total` of counters (the library appends it) and with help
+        // texts without their final period (the library appends one too).
+        let r = &mut registry;
+        r.register(
+            "feedrank_http_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "feedrank_http_request_duration_seconds",
+            "Request latency by route and status",
+            m.durations.clone(),
+        );
+        r.register(
+            "feedrank_feed_responses",
+            "Feed pages by source",
+            m.feed_responses.clone(),
+        );
+        let plain = [
+            (
+                "feedrank_cache_hits",
+                "Feed requests answered from the Redis recommendations entry",
+                Plain::Counter(&m.cache_hits),
+            ),
+            (
+                "feedrank_cache_misses",
+                "Feed requests that found no usable Redis entry",
+                Plain::Counter(&m.cache_misses),
+            ),
+            (
+                "feedrank_redis_errors",
+                "Failed Redis round trips",
+                Plain::Counter(&m.redis_errors),
+            ),
+            (
+                "feedrank_events_stored",
+                "Interactions stored",
+                Plain::Counter(&m.events_stored),
+            ),
+            (
+                "feedrank_events_duplicate",
+                "Interactions whose event id was already stored",
+                Plain::Counter(&m.events_duplicate),
+            ),
+            (
+                "feedrank_cache_hit_ratio",
+                "Cache hits / (hits + misses) since start",
+                Plain::Ratio(&m.cache_hit_ratio),
+            ),
+            (
+                "feedrank_db_pool_max_size",
+                "Largest size of the database pool",
+                Plain::Gauge(&m.pool_max_size),
+            ),
+            (
+                "feedrank_db_pool_size",
+                "Open database connections",
+                Plain::Gauge(&m.pool_size),
+            ),
+            (
+                "feedrank_db_pool_available",
+                "Idle database connections",
+                Plain::Gauge(&m.pool_available),
+            ),
+            (
+                "feedrank_db_pool_in_use",
+                "Database connections in use",
+                Plain::Gauge(&m.pool_in_use),
+            ),
+            (
+                "feedrank_db_pool_waiting",
+                "Requests waiting for a database connection",
+                Plain::Gauge(&m.pool_waiting),
+            ),
+        ];
+        for (name, help, metric) in plain {
+            match metric {
+                Plain::Counter(c) => r.register(name, help, c.clone()),
+                Plain::Gauge(g) => r.register(name, help, g.clone()),
+                Plain::Ratio(g) => r.register(name, help, g.clone()),
             }
         }
+        Metrics { registry, ..m }
     }
 
-    pub fn feed_served(&self, source: Source) {
-        let i = match source {
-            Source::Cache => 0,
-            Source::Db => 1,
-            Source::Fallback => 2,
+    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let labels = RequestLabels {
+            method: method_label(method),
+            route: route.to_string(),
+            status,
         };
-        self.feed_source[i].fetch_add(1, Ordering::Relaxed);
+        self.requests.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn feed_served(&self, source: &'static str) {
+        self.feed_responses
+            .get_or_create(&SourceLabel { source })
+            .inc();
     }
 
     pub fn cache_lookup(&self, hit: bool) {
         if hit {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.cache_hits.inc();
         } else {
-            self.cache_misses.fetch_add(1, Ordering::Relaxed);
+            self.cache_misses.inc();
         }
     }
 
     pub fn redis_error(&self) {
-        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.redis_errors.inc();
     }
 
     pub fn event(&self, created: bool) {
         if created {
-            self.events_stored.fetch_add(1, Ordering::Relaxed);
+            self.events_stored.inc();
         } else {
-            self.events_duplicate.fetch_add(1, Ordering::Relaxed);
+            self.events_duplicate.inc();
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The Prometheus text exposition (format 0.0.4), with the gauges read now.
     pub fn render(&self, pool: &PoolGauge) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP feedrank_http_requests_total HTTP requests by route and status.\n");
-        out.push_str("# TYPE feedrank_http_requests_total counter\n");
-        let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        for ((method, route, status), h) in m.iter() {
-            let _ = writeln!(
-                out,
-                "feedrank_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}",
-                h.count
-            );
-        }
-        out.push_str(
-            "# HELP feedrank_http_request_duration_seconds Request latency by route and status.\n",
-        );
-        out.push_str("# TYPE feedrank_http_request_duration_seconds histogram\n");
-        for ((method, route, status), h) in m.iter() {
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "feedrank_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "feedrank_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "feedrank_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "feedrank_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
-        }
-        drop(m);
-        out.push_str("# HELP feedrank_feed_responses_total Feed pages by source.\n");
-        out.push_str("# TYPE feedrank_feed_responses_total counter\n");
-        for (i, s) in [Source::Cache, Source::Db, Source::Fallback]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                out,
-                "feedrank_feed_responses_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.feed_source[i].load(Ordering::Relaxed)
-            );
-        }
-        let hits = self.cache_hits.load(Ordering::Relaxed);
-        let misses = self.cache_misses.load(Ordering::Relaxed);
-        let counters = [
-            (
-                "feedrank_cache_hits_total",
-                "Feed requests answered from the Redis recommendations entry.",
-                hits,
-            ),
-            (
-                "feedrank_cache_misses_total",
-                "Feed requests that found no usable Redis entry.",
-                misses,
-            ),
-            (
-                "feedrank_redis_errors_total",
-                "Failed Redis round trips.",
-                self.redis_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "feedrank_events_stored_total",
-                "Interactions stored.",
-                self.events_stored.load(Ordering::Relaxed),
-            ),
-            (
-                "feedrank_events_duplicate_total",
-                "Interactions whose event id was already stored.",
-                self.events_duplicate.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-        let ratio = if hits + misses == 0 {
+        let (hits, misses) = (self.cache_hits.get(), self.cache_misses.get());
+        self.cache_hit_ratio.set(if hits + misses == 0 {
             0.0
         } else {
             hits as f64 / (hits + misses) as f64
-        };
-        let gauges = [
-            (
-                "feedrank_cache_hit_ratio",
-                "Cache hits / (hits + misses) since start.",
-                ratio,
-            ),
-            (
-                "feedrank_db_pool_max_size",
-                "Largest size of the database pool.",
-                pool.max_size as f64,
-            ),
-            (
-                "feedrank_db_pool_size",
-                "Open database connections.",
-                pool.size as f64,
-            ),
-            (
-                "feedrank_db_pool_available",
-                "Idle database connections.",
-                pool.available as f64,
-            ),
-            (
-                "feedrank_db_pool_in_use",
-                "Database connections in use.",
-                pool.size.saturating_sub(pool.available) as f64,
-            ),
-            (
-                "feedrank_db_pool_waiting",
-                "Requests waiting for a database connection.",
-                pool.waiting as f64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        });
+        let count = |n: usize| n.min(i64::MAX as usize) as i64;
+        self.pool_max_size.set(count(pool.max_size));
+        self.pool_size.set(count(pool.size));
+        self.pool_available.set(count(pool.available));
+        self.pool_in_use
+            .set(count(pool.size.saturating_sub(pool.available)));
+        self.pool_waiting.set(count(pool.waiting));
+        let mut out = String::with_capacity(4096);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+/// The method as a label value, without an allocation for the usual ones.
+fn method_label(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    match KNOWN.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
     }
 }
 
@@ -241,17 +256,21 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let m = Metrics::default();
-        m.observe("GET", "/api/feeds", 200, Duration::from_millis(3));
-        m.observe("GET", "/api/feeds", 200, Duration::from_millis(30));
-        let text = m.render(&PoolGauge {
+    fn pool() -> PoolGauge {
+        PoolGauge {
             max_size: 4,
             size: 1,
             available: 1,
             waiting: 0,
-        });
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new(["cache"]);
+        m.observe("GET", "/api/feeds", 200, Duration::from_millis(3));
+        m.observe("GET", "/api/feeds", 200, Duration::from_millis(30));
+        let text = m.render(&pool());
         let l = r#"method="GET",route="/api/feeds",status="200""#;
         assert!(text.contains(&format!("feedrank_http_requests_total{{{l}}} 2")));
         assert!(text.contains(&format!(
@@ -261,5 +280,42 @@ mod tests {
             "feedrank_http_request_duration_seconds_bucket{{{l},le=\"0.05\"}} 2"
         )));
         assert!(text.contains("feedrank_db_pool_in_use 0"));
+    }
+
+    #[test]
+    fn every_metric_has_its_type_and_help_and_the_counters_start_at_zero() {
+        let m = Metrics::new(["cache", "db"]);
+        m.observe("GET", "/healthz", 200, Duration::from_millis(1));
+        let text = m.render(&pool());
+        for (name, kind) in [
+            ("feedrank_http_requests_total", "counter"),
+            ("feedrank_http_request_duration_seconds", "histogram"),
+            ("feedrank_feed_responses_total", "counter"),
+            ("feedrank_cache_hits_total", "counter"),
+            ("feedrank_cache_misses_total", "counter"),
+            ("feedrank_redis_errors_total", "counter"),
+            ("feedrank_events_stored_total", "counter"),
+            ("feedrank_events_duplicate_total", "counter"),
+            ("feedrank_cache_hit_ratio", "gauge"),
+            ("feedrank_db_pool_max_size", "gauge"),
+            ("feedrank_db_pool_size", "gauge"),
+            ("feedrank_db_pool_available", "gauge"),
+            ("feedrank_db_pool_in_use", "gauge"),
+            ("feedrank_db_pool_waiting", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}:\n{text}"
+            );
+            let help = format!("# HELP {name} ");
+            let line = text.lines().find(|l| l.starts_with(&help)).unwrap();
+            assert!(
+                line.ends_with('.') && !line.ends_with(".."),
+                "one final period: {line}"
+            );
+        }
+        assert!(text.contains("feedrank_feed_responses_total{source=\"db\"} 0\n"));
+        assert!(text.contains("feedrank_cache_hit_ratio 0"));
+        assert!(text.contains("feedrank_db_pool_max_size 4\n"));
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use feedrank_core::cache::{self, CachedFeed};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::now_ms;
 
 /// How long the per-user seen set keeps interactions.
 pub const SEEN_RETENTION_MS: i64 = 3 * 24 * 3600 * 1000;

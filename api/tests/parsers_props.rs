@@ -229,13 +229,19 @@ fn event() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Whether U+0000 is in any string or key of `v` (PostgreSQL cannot store it).
 fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(items) => pending.extend(items),
+            Value::Object(m) if m.keys().any(|k| k.contains('\0')) => return true,
+            Value::Object(m) => pending.extend(m.values()),
+            _ => {}
+        }
     }
+    false
 }
 
 /// Whether `v` is an event the API must accept (then it answers 503 here: no database).

@@ -37,7 +37,7 @@ from .cluster import REPO_ROOT, Host, Network, network
 
 SHARDS = 3
 DEMO_ARGS = ["--users", "300", "--posts", "1500", "--interactions", "20000", "--seed", "7"]
-UPSTREAM = "user_interactions_snapshot,post_features,user_features"
+UPSTREAM = "user_interactions_snapshot,post_features,user_features,serving_model"
 DOWNSTREAM = "recommendation_scores,user_recommendations"
 RUN_TIMEOUT = 900
 
@@ -174,7 +174,7 @@ def test_sharded_graph_on_two_celery_workers_equals_a_multiprocess_run(deploymen
     run_ids = set().union(*map(_run_ids, logs))
     assert len(run_ids) == 1 + SHARDS
     attempts = _worker_of_each_attempt(_instance_events(dep, run_ids))
-    assert {step for step, _ in attempts} >= {"user_interactions_snapshot", "post_features", "user_features",
+    assert {step for step, _ in attempts} >= {"user_interactions_snapshot", "post_features", "user_features", "serving_model",
                                               "recommendation_scores", "user_recommendations"}
     assert {worker for _, worker in attempts} == {h.name for h in dep.net.hosts}, attempts
 

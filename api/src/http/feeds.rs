@@ -5,14 +5,13 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::feed::{self, FeedRequest, MAX_SEED};
-use crate::http::AuthUser;
+use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
+use crate::feed::{FeedRequest, MAX_SEED};
+use crate::http::extract::AuthUser;
+use crate::response::FeedResponse;
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -20,57 +19,6 @@ pub const MAX_LIMIT: usize = 100;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/feeds", get(get_feed))
-}
-
-/// A post's author, as the feed shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FeedUser {
-    pub id: Uuid,
-    pub username: String,
-    pub display_name: Option<String>,
-    pub avatar_url: Option<String>,
-}
-
-/// One post of a feed page.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FeedPost {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub content: String,
-    pub media_urls: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub user: FeedUser,
-    /// The recommendation score (recommended posts only; absent in the random fallback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
-    /// Why the post was recommended: the strongest component of its score, one of
-    /// `similar_users`, `similar_content`, `fresh`, `popular` (recommended posts only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FeedMetadata {
-    /// Posts available to page through from this source (after the serve-time filters).
-    pub total: usize,
-    pub offset: usize,
-    pub limit: usize,
-    /// `cache`, `db` or `fallback`.
-    pub source: String,
-    /// The random fallback's seed; pass it back as `seed` to get the next page of the same order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FeedResponse {
-    pub posts: Vec<FeedPost>,
-    pub metadata: FeedMetadata,
 }
 
 /// Query parameters of GET /api/feeds. Out-of-range or malformed values are a 400 naming the
@@ -191,9 +139,7 @@ impl FeedParams {
     responses(
         (status = 200, description = "A feed page", body = FeedResponse),
         (status = 400, description = "A query parameter is malformed or out of range", body = ErrorBody),
-        (status = 401, description = "Missing, expired, forged or malformed credentials", body = ErrorBody),
-        (status = 403, description = "The token's subject is not a user of this app", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        AuthenticatedErrors,
     )
 )]
 pub async fn get_feed(
@@ -204,7 +150,7 @@ pub async fn get_feed(
     let req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
     // The body is assembled from pre-serialized posts (see feed::CachedPost); its shape is
     // FeedResponse, which the tests check by deserializing every answer into it.
-    let body = feed::build(&state, user, &req).await?;
+    let body = state.feeds.build(&state.stores(), user, &req).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

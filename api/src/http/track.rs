@@ -1,18 +1,27 @@
 //! POST /api/track and POST /api/track/batch: interaction events, stored durably and
 //! idempotently (per user and `eventId`) before the answer is sent.
+//!
+//! The body is parsed by serde into the same structs that describe it in the OpenAPI document;
+//! a 400 names the field at fault by its path in the body (`postId`, `events[3].eventId`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use feedrank_core::config::InteractionType;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use serde_path_to_error::Segment;
+use utoipa::openapi::schema::{Schema, SchemaType, Type};
+use utoipa::openapi::{ObjectBuilder, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use crate::db;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::{AuthUser, BodyBytes};
+use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
+use crate::http::extract::{AuthUser, BodyBytes};
 use crate::redis_store::Mirrored;
 use crate::state::AppState;
 
@@ -29,49 +38,96 @@ pub fn router() -> Router<AppState> {
         .route("/api/track/batch", post(track_batch))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum InteractionType {
-    View,
-    Click,
-    Like,
-    Share,
-    Hide,
-}
-
-impl InteractionType {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            InteractionType::View => "view",
-            InteractionType::Click => "click",
-            InteractionType::Like => "like",
-            InteractionType::Share => "share",
-            InteractionType::Hide => "hide",
-        }
-    }
-
-    fn parse(s: &str) -> Option<InteractionType> {
-        use InteractionType::*;
-        [View, Click, Like, Share, Hide]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-    }
-}
-
 /// One interaction event.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackRequest {
     pub post_id: Uuid,
+    #[schema(value_type = InteractionTypeSchema)]
     pub interaction_type: InteractionType,
     /// A JSON object of at most 4 KiB (e.g. `{"duration": 5000, "scrollDepth": 0.8}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Map<String, Value>>,
+    pub metadata: Option<Metadata>,
     /// A client-chosen id (1..=128 characters); a retry with the same id stores nothing new and
     /// answers with the original `interactionId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub event_id: Option<EventId>,
+}
+
+/// The OpenAPI schema of the core's [`InteractionType`] (named `InteractionType`): a string
+/// enum of `InteractionType::ALL`.
+pub struct InteractionTypeSchema;
+
+impl PartialSchema for InteractionTypeSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(InteractionType::ALL.map(InteractionType::as_str)))
+            .into()
+    }
+}
+
+impl ToSchema for InteractionTypeSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "InteractionType".into()
+    }
+}
+
+/// An event's `metadata`: a JSON object of at most [`MAX_METADATA_BYTES`] of compact JSON.
+#[derive(Debug, Clone)]
+pub struct Metadata(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Value::Object(m) = Value::deserialize(d)? else {
+            return Err(D::Error::custom("must be a JSON object"));
+        };
+        let size = serde_json::to_vec(&m)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_METADATA_BYTES {
+            return Err(D::Error::custom(format!(
+                "must be at most {MAX_METADATA_BYTES} bytes of JSON, got {size}"
+            )));
+        }
+        // PostgreSQL's jsonb cannot hold U+0000 (it would fail the insert with a 500).
+        if m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+            return Err(D::Error::custom("must not contain the character U+0000"));
+        }
+        Ok(Metadata(m))
+    }
+}
+
+/// Whether a JSON value holds U+0000 in any string or key.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// An event's `eventId`: 1..=[`MAX_EVENT_ID`] characters.
+#[derive(Debug, Clone)]
+pub struct EventId(String);
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // PostgreSQL's text cannot hold U+0000 (it would fail the insert with a 500).
+        if s.contains('\0') {
+            return Err(D::Error::custom("must not contain the character U+0000"));
+        }
+        if s.is_empty() || s.chars().count() > MAX_EVENT_ID {
+            return Err(D::Error::custom(format!(
+                "must be 1..={MAX_EVENT_ID} characters"
+            )));
+        }
+        Ok(EventId(s))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -81,10 +137,14 @@ pub struct TrackResponse {
     pub interaction_id: Uuid,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// A batch of events, each validated and stored on its own: an invalid event is a 400 in its
+/// result, not the batch's.
+// The events are kept as raw JSON here and parsed one by one into `TrackRequest`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TrackBatchRequest {
     /// 1..=100 events.
-    pub events: Vec<TrackRequest>,
+    #[schema(value_type = Vec<TrackRequest>)]
+    pub events: Vec<Box<RawValue>>,
 }
 
 /// The outcome of one event of a batch.
@@ -109,97 +169,70 @@ pub struct TrackBatchResponse {
     pub results: Vec<TrackBatchResult>,
 }
 
-/// Validates one event, naming the field at fault. `at` prefixes field names in a batch.
-fn parse_event(v: &Value, at: &str) -> ApiResult<TrackRequest> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad(at_or(at, "body"), "must be a JSON object"))?;
-    let f = |name: &str| format!("{at}{name}");
-    let post_id = match obj.get("postId") {
-        None | Some(Value::Null) => return Err(ApiError::bad(f("postId"), "is required")),
-        Some(Value::String(s)) => Uuid::parse_str(s)
-            .map_err(|_| ApiError::bad(f("postId"), format!("must be a UUID, got {s:?}")))?,
-        Some(_) => return Err(ApiError::bad(f("postId"), "must be a UUID string")),
-    };
-    let interaction_type = match obj.get("interactionType") {
-        None | Some(Value::Null) => return Err(ApiError::bad(f("interactionType"), "is required")),
-        Some(Value::String(s)) => InteractionType::parse(s).ok_or_else(|| {
-            ApiError::bad(
-                f("interactionType"),
-                format!("must be one of view, click, like, share, hide; got {s:?}"),
-            )
-        })?,
-        Some(_) => return Err(ApiError::bad(f("interactionType"), "must be a string")),
-    };
-    let metadata = match obj.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => {
-            let size = serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX);
-            if size > MAX_METADATA_BYTES {
-                return Err(ApiError::bad(
-                    f("metadata"),
-                    format!("must be at most {MAX_METADATA_BYTES} bytes of JSON, got {size}"),
-                ));
+/// Parses `json` into `T`; a failure is a 400 naming the field by its path, below `at` (the
+/// event's place in a batch; empty for a single event: then the whole body is `body`).
+fn parse<T: DeserializeOwned>(json: &[u8], at: &str) -> ApiResult<T> {
+    let whole = if at.is_empty() { "body" } else { at };
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let e = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => {
+            return match de.end() {
+                Ok(()) => Ok(v),
+                Err(e) => Err(ApiError::bad(whole, format!("not valid JSON: {e}"))),
             }
-            // PostgreSQL's jsonb cannot hold U+0000 (it would fail the insert with a 500).
-            if m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
-                return Err(ApiError::bad(
-                    f("metadata"),
-                    "must not contain the character U+0000",
-                ));
-            }
-            Some(m.clone())
         }
-        Some(_) => return Err(ApiError::bad(f("metadata"), "must be a JSON object")),
+        Err(e) => e,
     };
-    let event_id = match obj.get("eventId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.contains('\0') => {
-            // PostgreSQL's text cannot hold U+0000 (it would fail the insert with a 500).
-            return Err(ApiError::bad(
-                f("eventId"),
-                "must not contain the character U+0000",
-            ));
-        }
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_EVENT_ID => {
-            Some(s.clone())
-        }
-        Some(Value::String(_)) => {
-            return Err(ApiError::bad(
-                f("eventId"),
-                format!("must be 1..={MAX_EVENT_ID} characters"),
-            ))
-        }
-        Some(_) => return Err(ApiError::bad(f("eventId"), "must be a string")),
-    };
-    Ok(TrackRequest {
-        post_id,
-        interaction_type,
-        metadata,
-        event_id,
-    })
-}
-
-/// Whether a JSON value holds U+0000 in any string or key.
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
+    if e.inner().is_syntax() || e.inner().is_eof() {
+        return Err(ApiError::bad(
+            whole,
+            format!("not valid JSON: {}", e.inner()),
+        ));
     }
+    // serde reads a struct from an array too (by position): an event is an object, never that.
+    if let Some(Segment::Seq { .. }) = e.path().iter().next() {
+        return Err(ApiError::bad(whole, "must be a JSON object"));
+    }
+    // serde_json appends where in the text it went wrong; the field name says it better.
+    let text = e.inner().to_string();
+    let message = text.split(" at line ").next().unwrap_or(&text);
+    let path = e.path().to_string();
+    let mut field = match path.as_str() {
+        "." => String::new(),
+        p => p.to_string(),
+    };
+    // A missing or repeated field is reported by its object: name the field itself.
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|m| m.strip_suffix('`'))
+            .map(str::to_string)
+    };
+    let message = match (named("missing field `"), named("duplicate field `")) {
+        (Some(name), _) => {
+            field = join(&field, &name);
+            "is required"
+        }
+        (None, Some(name)) => {
+            field = join(&field, &name);
+            "given more than once"
+        }
+        (None, None) => message,
+    };
+    let field = match (at.is_empty(), field.is_empty()) {
+        (_, true) => whole.to_string(),
+        (true, false) => field,
+        (false, false) => join(at, &field),
+    };
+    Err(ApiError::bad(field, message))
 }
 
-fn at_or(at: &str, name: &str) -> String {
-    if at.is_empty() {
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
         name.to_string()
     } else {
-        at.trim_end_matches('.').to_string()
+        format!("{path}.{name}")
     }
-}
-
-fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad("body", format!("not valid JSON: {e}")))
 }
 
 async fn store(
@@ -208,18 +241,26 @@ async fn store(
     user: Uuid,
     ev: &TrackRequest,
 ) -> ApiResult<db::Stored> {
-    let metadata = ev.metadata.clone().map(Value::Object);
+    let metadata = ev.metadata.clone().map(|m| Value::Object(m.0));
     let stored = db::insert_interaction(
         client,
         user,
         ev.post_id,
-        ev.interaction_type.as_str(),
+        ev.interaction_type,
         metadata.as_ref(),
-        ev.event_id.as_deref(),
+        ev.event_id.as_ref().map(|e| e.0.as_str()),
     )
     .await?;
     state.metrics.event(stored.created);
     Ok(stored)
+}
+
+fn mirrored(ev: &TrackRequest, stored: &db::Stored) -> Mirrored {
+    Mirrored {
+        post_id: stored.post_id.to_string(),
+        at_ms: stored.at_ms,
+        hide: ev.interaction_type == InteractionType::Hide,
+    }
 }
 
 /// Records one interaction of the authenticated user with a post.
@@ -232,10 +273,8 @@ async fn store(
     responses(
         (status = 201, description = "Stored (or already stored under this eventId)", body = TrackResponse),
         (status = 400, description = "Invalid body: the message names the field", body = ErrorBody),
-        (status = 401, description = "Missing, expired, forged or malformed credentials", body = ErrorBody),
-        (status = 403, description = "The token's subject is not a user of this app", body = ErrorBody),
         (status = 404, description = "Unknown post", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        AuthenticatedErrors,
     )
 )]
 pub async fn track(
@@ -243,21 +282,16 @@ pub async fn track(
     AuthUser(user): AuthUser,
     BodyBytes(body): BodyBytes,
 ) -> ApiResult<(StatusCode, Json<TrackResponse>)> {
-    let ev = parse_event(&parse_json(&body)?, "")?;
+    let ev: TrackRequest = parse(&body, "")?;
     // Stored in a task of its own: if the client goes away mid-request, the insert and its
     // bookkeeping still finish (the client's retry with the same eventId then finds the row).
     let stored = tokio::spawn(async move {
         let client = state.pg.get().await?;
         let stored = store(&state, &client, user, &ev).await?;
         drop(client);
-        let mirror = [Mirrored {
-            post_id: stored.post_id.to_string(),
-            at_ms: stored.at_ms,
-            hide: ev.interaction_type == InteractionType::Hide,
-        }];
         state
             .redis
-            .record_interactions(&user.to_string(), &mirror, &state.metrics)
+            .record_interactions(&user.to_string(), &[mirrored(&ev, &stored)], &state.metrics)
             .await;
         Ok::<_, ApiError>(stored)
     })
@@ -284,9 +318,7 @@ pub async fn track(
     responses(
         (status = 200, description = "Per-event results", body = TrackBatchResponse),
         (status = 400, description = "The body is not a batch of 1..=100 events", body = ErrorBody),
-        (status = 401, description = "Missing, expired, forged or malformed credentials", body = ErrorBody),
-        (status = 403, description = "The token's subject is not a user of this app", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        AuthenticatedErrors,
     )
 )]
 pub async fn track_batch(
@@ -294,12 +326,18 @@ pub async fn track_batch(
     AuthUser(user): AuthUser,
     BodyBytes(body): BodyBytes,
 ) -> ApiResult<Json<TrackBatchResponse>> {
-    let v = parse_json(&body)?;
-    let events = v
-        .as_object()
-        .and_then(|o| o.get("events"))
-        .and_then(|e| e.as_array())
-        .ok_or_else(|| ApiError::bad("events", "the body must be {\"events\": [...]}"))?;
+    let events = match serde_json::from_slice::<TrackBatchRequest>(&body) {
+        Ok(batch) => batch.events,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(ApiError::bad("body", format!("not valid JSON: {e}")))
+        }
+        Err(_) => {
+            return Err(ApiError::bad(
+                "events",
+                "the body must be {\"events\": [...]}",
+            ))
+        }
+    };
     if events.is_empty() || events.len() > MAX_BATCH {
         return Err(ApiError::bad(
             "events",
@@ -310,17 +348,14 @@ pub async fn track_batch(
     let mut results = Vec::with_capacity(events.len());
     let mut mirror = Vec::new();
     for (index, raw) in events.iter().enumerate() {
-        let outcome = match parse_event(raw, &format!("events[{index}].")) {
+        let outcome = match parse::<TrackRequest>(raw.get().as_bytes(), &format!("events[{index}]"))
+        {
             Ok(ev) => store(&state, &client, user, &ev).await.map(|s| (ev, s)),
             Err(e) => Err(e),
         };
         match outcome {
             Ok((ev, stored)) => {
-                mirror.push(Mirrored {
-                    post_id: stored.post_id.to_string(),
-                    at_ms: stored.at_ms,
-                    hide: ev.interaction_type == InteractionType::Hide,
-                });
+                mirror.push(mirrored(&ev, &stored));
                 results.push(TrackBatchResult {
                     index,
                     status: 201,
@@ -352,4 +387,97 @@ pub async fn track_batch(
         accepted: mirror.len(),
         results,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: &str, at: &str) -> (String, String) {
+        match parse::<TrackRequest>(body.as_bytes(), at) {
+            Err(ApiError::BadRequest { field, message }) => (field, message),
+            other => panic!("{body}: expected a 400, got {other:?}"),
+        }
+    }
+
+    const POST: &str = "7b0c2c54-7b5c-4d43-9d6a-2c1b7b1f9e11";
+
+    #[test]
+    fn the_400_names_the_field_by_its_path() {
+        let missing = refused(r#"{"interactionType": "like"}"#, "");
+        assert_eq!(missing, ("postId".into(), "is required".into()));
+        let (field, message) = refused(
+            &format!(r#"{{"postId": "{POST}", "interactionType": "love"}}"#),
+            "events[3]",
+        );
+        assert_eq!(field, "events[3].interactionType");
+        for t in InteractionType::ALL {
+            assert!(message.contains(t.as_str()), "{message} lists {t:?}");
+        }
+        assert!(!message.contains(" at line "), "{message}");
+        assert_eq!(
+            refused(
+                &format!(r#"{{"postId": "{POST}", "interactionType": "view", "eventId": ""}}"#),
+                "events[0]",
+            )
+            .0,
+            "events[0].eventId"
+        );
+        let twice =
+            format!(r#"{{"postId": "{POST}", "postId": "{POST}", "interactionType": "view"}}"#);
+        assert_eq!(refused(&twice, "").0, "postId");
+        assert_eq!(refused("[1, 2]", "").0, "body");
+        assert_eq!(refused("[1, 2]", "events[1]").0, "events[1]");
+        assert_eq!(refused("{not json", "").0, "body");
+        assert_eq!(
+            refused(
+                &format!(r#"{{"postId": "{POST}", "interactionType": "view"}} x"#),
+                ""
+            )
+            .0,
+            "body",
+            "trailing characters"
+        );
+    }
+
+    #[test]
+    fn metadata_and_event_ids_keep_their_limits() {
+        let event =
+            |extra: &str| format!(r#"{{"postId": "{POST}", "interactionType": "view"{extra}}}"#);
+        let at_limit = format!(
+            r#", "metadata": {{"k": "{}"}}"#,
+            "x".repeat(MAX_METADATA_BYTES - 8)
+        );
+        assert!(parse::<TrackRequest>(event(&at_limit).as_bytes(), "").is_ok());
+        let over = format!(
+            r#", "metadata": {{"k": "{}"}}"#,
+            "x".repeat(MAX_METADATA_BYTES - 7)
+        );
+        assert_eq!(refused(&event(&over), "").0, "metadata");
+        assert_eq!(
+            refused(&event(r#", "metadata": {"a": ["\u0000"]}"#), "").0,
+            "metadata"
+        );
+        let id = format!(r#", "eventId": "{}""#, "é".repeat(MAX_EVENT_ID));
+        assert!(parse::<TrackRequest>(event(&id).as_bytes(), "").is_ok());
+        let long = format!(r#", "eventId": "{}""#, "é".repeat(MAX_EVENT_ID + 1));
+        assert_eq!(refused(&event(&long), "").0, "eventId");
+        assert_eq!(
+            refused(&event(r#", "eventId": "a\u0000""#), "").0,
+            "eventId"
+        );
+        let ok = parse::<TrackRequest>(
+            event(r#", "metadata": null, "eventId": null"#).as_bytes(),
+            "",
+        )
+        .unwrap();
+        assert!(ok.metadata.is_none() && ok.event_id.is_none());
+    }
+
+    #[test]
+    fn the_documented_interaction_types_are_the_cores() {
+        let schema = serde_json::to_value(InteractionTypeSchema::schema()).unwrap();
+        let names: Vec<&str> = InteractionType::ALL.map(InteractionType::as_str).to_vec();
+        assert_eq!(schema["enum"], serde_json::json!(names));
+    }
 }

@@ -115,11 +115,7 @@ impl TestEnv {
     /// and "no recommendations" answer when it does); 30 s is a wide margin for a connect.
     pub async fn wait_for_the_listener(&self) {
         let start = std::time::Instant::now();
-        while !self
-            .state
-            .recommendations_listening
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        while !self.state.feeds.is_listening() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the change listener never connected"
@@ -332,7 +328,7 @@ pub async fn post(app: Router, path: &str, token: &str, body: &Value) -> (Status
 
 /// The page's post ids; also checks that the whole answer has exactly the documented shape.
 pub fn ids(feed: &Value) -> Vec<Uuid> {
-    let _: feedrank_api::http::feeds::FeedResponse = serde_json::from_value(feed.clone())
+    let _: feedrank_api::response::FeedResponse = serde_json::from_value(feed.clone())
         .unwrap_or_else(|e| panic!("not the documented feed shape ({e}): {feed}"));
     feed["posts"]
         .as_array()

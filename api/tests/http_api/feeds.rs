@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use feedrank_api::http::feeds::FeedResponse;
-use feedrank_core::config::Reason;
+use feedrank_api::response::FeedResponse;
+use feedrank_core::config::{Reason, ScoringConfig};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -173,7 +173,9 @@ async fn the_db_source_is_written_back_to_the_cache_with_a_ttl() {
         .query_async(&mut r)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 3600, "ttl {ttl}");
+    // The run has no configuration: the default configuration's TTL.
+    let default_ttl = ScoringConfig::default().cache_ttl_seconds as i64;
+    assert!(ttl > default_ttl - 60 && ttl <= default_ttl, "ttl {ttl}");
     let raw: Vec<u8> = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut r)
@@ -189,6 +191,59 @@ async fn the_db_source_is_written_back_to_the_cache_with_a_ttl() {
     let (_, b3) = get(env.app(), "/api/feeds?limit=5&refresh=true", Some(&t)).await;
     assert_eq!(b3["metadata"]["source"], "db");
     assert_eq!(ids(&b3), ids(&b));
+}
+
+/// The TTL of a user's Redis entry is one setting: the pipeline's `cache_ttl_seconds`, stored
+/// with its run. An entry the API writes back from that run lives as long, and never past the
+/// rows' expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_back_entry_lives_as_long_as_its_runs_cache_ttl_setting() {
+    let env = TestEnv::new().await;
+    let posts = corpus(&env, 2, 2).await;
+    let items: Vec<(Uuid, f64, [f64; 4])> = posts
+        .iter()
+        .map(|(_, p)| (*p, 0.5, [1.0, 0.0, 0.0, 0.0]))
+        .collect();
+    let mut r = env.redis().await;
+    // (the run's configuration as the pipeline stores it, minutes until the rows expire,
+    //  the TTL range wanted)
+    for (name, config, expires_in_min, want) in [
+        (
+            "short",
+            json!({"cache_ttl_seconds": 120, "top_k": 200, "snapshot_at": "2026-12-01T00:00:00Z"}),
+            24 * 60,
+            100..=120,
+        ),
+        ("expiring", json!({"cache_ttl_seconds": 7200}), 5, 240..=300),
+    ] {
+        let user = env.user(name).await;
+        let run = env.recommend(user, &items, 60.0).await;
+        env.db
+            .execute(
+                "UPDATE recommendation_runs SET config = $2 WHERE id = $1",
+                &[&run, &config],
+            )
+            .await
+            .unwrap();
+        env.db
+            .execute(
+                "UPDATE user_recommendations SET expires_at = now() + make_interval(mins => $2)
+                 WHERE run_id = $1",
+                &[&run, &expires_in_min],
+            )
+            .await
+            .unwrap();
+        let (s, b) = get(env.app(), "/api/feeds", Some(&env.token(user))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["metadata"]["source"], "db", "{name}");
+        let key = feedrank_core::cache::recommendations_key(&env.prefix, &user.to_string());
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert!(want.contains(&ttl), "{name}: ttl {ttl}, want {want:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,7 +655,6 @@ async fn with_postgres_down_requests_get_503_quickly_and_recover_by_themselves()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_and_deleted_posts_leave_the_in_process_cache_when_postgresql_notifies() {
-    use std::sync::atomic::Ordering;
     // A post-cache TTL far beyond the test: only a change notification (migration V3's triggers,
     // heard by the listener) can make the API drop its copies.
     let env = TestEnv::with(|c| c.post_cache_ttl = Duration::from_secs(3600)).await;
@@ -614,7 +668,7 @@ async fn edited_and_deleted_posts_leave_the_in_process_cache_when_postgresql_not
     // is connected, and remember its generation (bumped by every reconnect) so that a reconnect
     // cannot pass for a notification.
     env.wait_for_the_listener().await;
-    let generation = env.state.recommendations_generation.load(Ordering::SeqCst);
+    let generation = env.state.feeds.recommendations_generation();
     let (_, b) = get(env.app(), "/api/feeds", Some(&t)).await;
     assert_eq!(b["metadata"]["source"], "cache");
     assert_eq!(ids(&b), posts);
@@ -646,9 +700,9 @@ async fn edited_and_deleted_posts_leave_the_in_process_cache_when_postgresql_not
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(env.state.recommendations_listening.load(Ordering::SeqCst));
+    assert!(env.state.feeds.is_listening());
     assert_eq!(
-        env.state.recommendations_generation.load(Ordering::SeqCst),
+        env.state.feeds.recommendations_generation(),
         generation,
         "the listener reconnected (which forgets everything) instead of being notified"
     );
@@ -665,7 +719,7 @@ async fn a_user_remembered_without_recommendations_gets_them_as_soon_as_a_run_la
     let (_, b) = get(env.app(), "/api/feeds?limit=5", Some(&t)).await;
     assert_eq!(b["metadata"]["source"], "fallback");
     assert!(
-        env.state.no_recommendations.get(&reader).is_some(),
+        env.state.feeds.known_without_recommendations(reader),
         "PostgreSQL's empty answer is remembered"
     );
     let (_, again) = get(env.app(), "/api/feeds?limit=5", Some(&t)).await;
