@@ -167,7 +167,7 @@ step "PostgreSQL and Redis (scripts/services.sh up)"
 # on exit with `services.sh down`; the data stays in PostgreSQL.
 SERVICES_STATE="${FEEDRANK_DATA_DIR:-$ROOT/.data}/services.state"
 before=$(cat "$SERVICES_STATE" 2>/dev/null || true)
-scripts/services.sh up
+FEEDRANK_SKIP_RABBITMQ=1 scripts/services.sh up
 if [[ $(cat "$SERVICES_STATE" 2>/dev/null || true) != "$before" ]]; then
     STOP_SERVICES=1
 fi

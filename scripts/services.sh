@@ -2,8 +2,9 @@
 # scripts/services.sh up|down|status
 #
 # Makes PostgreSQL and Redis answer at DATABASE_URL and REDIS_URL (defaults
-# postgres://postgres@127.0.0.1:5432/feedrank and redis://127.0.0.1:6379/0), the way
-# `make demo` and `make test` need them:
+# postgres://postgres@127.0.0.1:5432/feedrank and redis://127.0.0.1:6379/0), and RabbitMQ on
+# 127.0.0.1:5672 (the Celery broker of the distributed tests, which make their vhosts with
+# rabbitmqctl), the way `make demo` and `make test` need them:
 #   1. a service that already answers is used as it is (this is the fast path, well under 1 s);
 #   2. otherwise, where a Docker engine answers (`docker info`), `docker compose up -d` starts the
 #      postgres/redis services of docker-compose.yml;
@@ -13,7 +14,9 @@
 #          else a project-local cluster in .data/postgres (trust auth on loopback only, so the
 #          password-less default URL works) is created with initdb and started with pg_ctl;
 #        - Redis: redis-server --daemonize with its files in .data/redis (nothing saved to disk:
-#          it only holds a cache).
+#          it only holds a cache);
+#        - RabbitMQ: always from the Debian package (rabbitmq-server -detached): the tests need
+#          its rabbitmqctl on this machine. FEEDRANK_SKIP_RABBITMQ=1 leaves it out (make demo).
 # Then it creates the database named in DATABASE_URL when missing. Idempotent; prints what it did.
 # `down` stops only what this script started; `status` reports and exits 0 when both answer.
 set -euo pipefail
@@ -236,12 +239,33 @@ ensure_redis() {
     say "Redis started, answers at $REDIS_HOST:$REDIS_PORT"
 }
 
+# --- RabbitMQ from the Debian package ----------------------------------------------------------
+
+RABBITMQ_PORT="${RABBITMQ_PORT:-5672}"
+rabbitmq_answers() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$RABBITMQ_PORT" 2>/dev/null; }
+
+ensure_rabbitmq() {
+    [[ "${FEEDRANK_SKIP_RABBITMQ:-0}" == 1 ]] && return
+    command -v rabbitmqctl >/dev/null || apt_install "RabbitMQ (rabbitmq-server, with rabbitmqctl)" rabbitmq-server
+    if rabbitmq_answers; then
+        say "RabbitMQ answers at 127.0.0.1:$RABBITMQ_PORT"
+        return
+    fi
+    say "starting rabbitmq-server (detached)"
+    rabbitmq-server -detached >/dev/null 2>&1 || die "rabbitmq-server -detached failed (see /var/log/rabbitmq/)"
+    record rabbitmq local
+    wait_for rabbitmq rabbitmq_answers || die "RabbitMQ does not answer at 127.0.0.1:$RABBITMQ_PORT after ${WAIT_SECONDS}s"
+    rabbitmqctl await_startup >/dev/null 2>&1 || die "RabbitMQ started but rabbitmqctl await_startup failed"
+    say "RabbitMQ started, answers at 127.0.0.1:$RABBITMQ_PORT"
+}
+
 # --- commands -----------------------------------------------------------------------------------
 
 cmd_up() {
     ensure_clients
     ensure_postgres
     ensure_redis
+    ensure_rabbitmq
 }
 
 cmd_down() {
@@ -261,6 +285,10 @@ cmd_down() {
                    redis-cli -u "$REDIS_URL" --no-auth-warning shutdown nosave >/dev/null 2>&1 || true ;;
         *) say "Redis was not started by this script: left as it is" ;;
     esac
+    if [[ "$(recorded rabbitmq)" == local ]]; then
+        say "stopping rabbitmq-server"
+        rabbitmqctl stop >/dev/null 2>&1 || true
+    fi
     rm -f "$STATE_FILE"
 }
 
@@ -277,6 +305,10 @@ cmd_status() {
     how="$(recorded redis)"
     if redis_answers; then say "Redis: up at $REDIS_HOST:$REDIS_PORT${how:+ (started by this script: $how)}"
     else say "Redis: DOWN at $REDIS_HOST:$REDIS_PORT"; ok=1; fi
+    if [[ "${FEEDRANK_SKIP_RABBITMQ:-0}" != 1 ]]; then
+        if rabbitmq_answers; then say "RabbitMQ: up at 127.0.0.1:$RABBITMQ_PORT"
+        else say "RabbitMQ: DOWN at 127.0.0.1:$RABBITMQ_PORT"; ok=1; fi
+    fi
     return $ok
 }
 

@@ -66,7 +66,7 @@ fn check_keys(arg: &str, d: &Bound<'_, PyDict>, allowed: &[&str], noun: &str) ->
 pub fn parse_weights(obj: &Bound<'_, PyAny>) -> PyResult<HybridWeights> {
     let w = if let Ok(d) = obj.cast::<PyDict>() {
         let mut w = [0f32; 4];
-        check_keys("weights", &d, &COMPONENTS, "component")?;
+        check_keys("weights", d, &COMPONENTS, "component")?;
         for (slot, name) in w.iter_mut().zip(COMPONENTS) {
             let v = d
                 .get_item(name)?
