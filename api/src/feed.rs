@@ -98,6 +98,9 @@ pub struct Candidate {
     pub reason: Option<Reason>,
     /// `because_you_liked`: the liked post it neighbours.
     pub because_of: Option<Uuid>,
+    /// The parts of `score` (the hybrid's for `personalized`, `fresh.rs`'s for `fresh`): shown
+    /// by the operators' explain endpoint only.
+    pub components: Option<[f32; 4]>,
 }
 
 /// The user's personalized list, as one of [`PERSONALIZED`] answers it.
@@ -270,6 +273,7 @@ pub struct Recommended {
     pub post: Uuid,
     pub score: f32,
     pub reason: Reason,
+    pub components: [f32; 4],
 }
 
 /// A decoded recommendations entry, remembered with a digest of its bytes: the same bytes read
@@ -298,9 +302,59 @@ fn decoded_items(items: &[CachedRecommendation]) -> Vec<Recommended> {
                 post: Uuid::parse_str(&i.post_id).ok()?,
                 score: i.score,
                 reason: i.reason,
+                components: i.components,
             })
         })
         .collect()
+}
+
+/// The personalized list without its excluded posts.
+fn personal_list(personalized: Option<&Personalized>) -> Vec<Candidate> {
+    personalized
+        .map(|p| {
+            p.items
+                .iter()
+                .filter(|c| !p.excluded.contains(&c.post))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// [`feedrank_core::blend::blend`] of the four lists (in [`BlendShares::SOURCES`] order) by
+/// the configuration's shares: every candidate of every list, each post once.
+fn blend_of(
+    personal: &[Candidate],
+    lists: &RequestLists,
+    config: &ScoringConfig,
+) -> ApiResult<Vec<Candidate>> {
+    let by_source: [&[Candidate]; 4] = [
+        personal,
+        &lists.fresh,
+        &lists.because_you_liked,
+        &lists.trending,
+    ];
+    debug_assert_eq!(
+        BlendShares::SOURCES,
+        [
+            Source::Personalized,
+            Source::Fresh,
+            Source::BecauseYouLiked,
+            Source::Trending
+        ]
+    );
+    let ids: Vec<Vec<Uuid>> = by_source
+        .iter()
+        .map(|l| l.iter().map(|c| c.post).collect())
+        .collect();
+    let id_lists: Vec<&[Uuid]> = ids.iter().map(|l| l.as_slice()).collect();
+    let slots =
+        feedrank_core::blend::blend(&id_lists, &config.sources.blend.as_array(), usize::MAX)
+            .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
+    Ok(slots
+        .iter()
+        .map(|s| by_source[s.source][s.index].clone())
+        .collect())
 }
 
 /// A profile as [`FreshQuery`] reads it; `None` when it is malformed.
@@ -476,7 +530,7 @@ impl Feeds {
         user: Uuid,
         req: &FeedRequest,
     ) -> ApiResult<Vec<u8>> {
-        let input = self.input(stores, user, req).await;
+        let input = self.input(stores, user, req, req.offset == 0).await;
         let personalized = self.personalized(&input).await?;
         let (merged, lists) = self.blended(&input, personalized.as_ref()).await?;
         // `metadata.source` as before the blend: where the personalized list came from, or
@@ -543,12 +597,89 @@ impl Feeds {
             .await
     }
 
+    /// For operators: each source's candidates for `user` with their scores and components,
+    /// what was skipped, and the first `limit` posts of the blend (before the author cap). Reads
+    /// what a first page reads, but starts no page sequence and keeps nothing.
+    pub async fn explain(
+        &self,
+        stores: &Stores<'_>,
+        user: Uuid,
+        limit: usize,
+    ) -> ApiResult<serde_json::Value> {
+        use serde_json::json;
+        let req = FeedRequest {
+            limit,
+            offset: 0,
+            refresh: false,
+            seed: None,
+            fallback_only: false,
+        };
+        let input = self.input(stores, user, &req, false).await;
+        let personalized = self.personalized(&input).await?;
+        let user_model = match personalized.as_ref().and_then(|p| p.model_id) {
+            Some(id) => self.models.get(stores.pg, id).await.ok().flatten(),
+            None => None,
+        };
+        let lists = self
+            .request_lists(&input, personalized.as_ref(), user_model.as_deref())
+            .await;
+        let config = user_model
+            .as_ref()
+            .map_or(self.models.default_config(), |m| &m.config);
+        let named = |names: &[&str], c: &Option<[f32; 4]>| {
+            c.map(|c| {
+                names
+                    .iter()
+                    .zip(c)
+                    .map(|(n, v)| (n.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+        };
+        let show = |list: &[Candidate], names: &[&str]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|c| {
+                    json!({
+                        "postId": c.post,
+                        "authorId": c.author,
+                        "score": c.score,
+                        "reason": c.reason.map(Reason::as_str),
+                        "becauseOf": c.because_of,
+                        "components": named(names, &c.components),
+                    })
+                })
+                .collect()
+        };
+        let hybrid = feedrank_core::config::COMPONENTS;
+        let fresh = feedrank_core::fresh::FRESH_COMPONENTS;
+        let personal = personal_list(personalized.as_ref());
+        let merged = blend_of(&personal, &lists, config)?;
+        Ok(json!({
+            "userId": user,
+            "modelId": personalized.as_ref().and_then(|p| p.model_id),
+            "personalizedFrom": personalized.as_ref().map(|p| p.origin),
+            "shares": config.sources.blend,
+            "sources": {
+                "personalized": show(&personal, &hybrid),
+                "fresh": show(&lists.fresh, &fresh),
+                "because_you_liked": show(&lists.because_you_liked, &[]),
+                "trending": show(&lists.trending, &[]),
+            },
+            "skipped": lists.skipped,
+            "blend": merged
+                .iter()
+                .take(limit)
+                .map(|c| json!({"postId": c.post, "source": c.source.as_str()}))
+                .collect::<Vec<_>>(),
+        }))
+    }
+
     /// The request's common input: the Redis read and the page sequence's start.
     async fn input<'a>(
         &'a self,
         stores: &'a Stores<'a>,
         user: Uuid,
         req: &'a FeedRequest,
+        start_session: bool,
     ) -> SourceInput<'a> {
         let now = now_ms();
         let user_key = user.to_string();
@@ -559,7 +690,7 @@ impl Feeds {
             .redis
             .read_feed(
                 &user_key,
-                (req.offset == 0).then_some(now),
+                start_session.then_some(now),
                 seen_since,
                 stores.metrics,
             )
@@ -623,34 +754,7 @@ impl Feeds {
         let config = user_model
             .as_ref()
             .map_or(self.models.default_config(), |m| &m.config);
-        let personal: Vec<Candidate> = personalized
-            .map(|p| {
-                p.items
-                    .iter()
-                    .filter(|c| !p.excluded.contains(&c.post))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let by_source: [&[Candidate]; 4] = [
-            &personal,
-            &lists.fresh,
-            &lists.because_you_liked,
-            &lists.trending,
-        ];
-        debug_assert_eq!(BlendShares::SOURCES[1], Source::Fresh);
-        let ids: Vec<Vec<Uuid>> = by_source
-            .iter()
-            .map(|l| l.iter().map(|c| c.post).collect())
-            .collect();
-        let id_lists: Vec<&[Uuid]> = ids.iter().map(|l| l.as_slice()).collect();
-        let slots =
-            feedrank_core::blend::blend(&id_lists, &config.sources.blend.as_array(), usize::MAX)
-                .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
-        let merged = slots
-            .iter()
-            .map(|s| by_source[s.source][s.index].clone())
-            .collect();
+        let merged = blend_of(&personal_list(personalized), &lists, config)?;
         Ok((merged, lists))
     }
 
@@ -754,6 +858,7 @@ impl Feeds {
                 score: None,
                 reason: None,
                 because_of: None,
+                components: None,
             })
         };
         let after_ms = personalized.map_or(snap.model.snapshot_ms, |p| {
@@ -778,6 +883,7 @@ impl Feeds {
                     score: Some(s.score),
                     reason: Some(s.reason(&weights)),
                     because_of: None,
+                    components: Some(s.components),
                 }
             })
             .collect())
@@ -855,6 +961,7 @@ impl Feeds {
                     score: Some(score),
                     reason: Some(Reason::BecauseYouLiked),
                     because_of: Some(*liked),
+                    components: None,
                 };
                 if likes.contains(&post) || !allowed(&c) || !placed.insert(post) {
                     continue;
@@ -958,6 +1065,7 @@ impl Feeds {
                             score: Some(score),
                             reason: Some(Reason::Trending),
                             because_of: None,
+                            components: None,
                         })
                     })
                     .collect();
@@ -1172,6 +1280,7 @@ impl Feeds {
                     score: Some(i.score),
                     reason: Some(i.reason),
                     because_of: None,
+                    components: Some(i.components),
                 })
             })
             .collect();
@@ -1201,6 +1310,7 @@ impl Feeds {
                         score: None,
                         reason: None,
                         because_of: None,
+                        components: None,
                     })
                     .collect();
                 let index = candidates

@@ -180,6 +180,18 @@ async fn a_new_post_on_a_topic_the_user_engages_with_reaches_their_first_page() 
         page["metadata"]["source"], "cache",
         "written back by the first request"
     );
+    // Observable: per-source serve counts, first-served age, the delay to eligibility.
+    let text = env.state.metrics.render(&env.state.pool_gauge());
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    assert!(value("feedrank_feed_posts_served_total{source=\"fresh\"}") >= 1.0);
+    assert!(value("feedrank_feed_first_served_age_seconds_count{source=\"fresh\"}") >= 1.0);
+    assert!(value("feedrank_fresh_eligibility_delay_seconds_count") >= 11.0);
 
     // Deleted: never served stale from the pool.
     env.db
@@ -441,4 +453,52 @@ async fn without_a_model_or_with_an_older_one_the_feed_is_served_without_those_s
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(ids(&page).len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_is_refused_without_the_operator_token_and_closed_by_default() {
+    let env = TestEnv::with(|c| c.admin_token = Some("operator-secret".into())).await;
+    let alice = env.user("alice").await;
+    let posts = spread_posts(&env, "author", 5, 2).await;
+    run_with_model(&env, alice, &posts, None).await;
+    let path = format!("/api/feeds/explain?userId={alice}");
+    let with = |token: Option<&str>, bearer: Option<String>| {
+        let mut b = axum::http::Request::get(&path);
+        if let Some(t) = token {
+            b = b.header("x-admin-token", t);
+        }
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    // No token, a wrong one, or a user's own token: refused.
+    for req in [
+        with(None, None),
+        with(Some("operator-secre"), None),
+        with(None, Some(env.token(alice))),
+    ] {
+        let (s, b) = send(env.app(), req).await;
+        assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let (s, b) = send(env.app(), with(Some("operator-secret"), None)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["userId"], alice.to_string());
+    assert_eq!(b["sources"]["personalized"].as_array().unwrap().len(), 10);
+    let first = &b["sources"]["personalized"][0];
+    assert_eq!(
+        first["components"]["collaborative"].as_f64().unwrap(),
+        0.9f32 as f64
+    );
+    assert_eq!(b["blend"][0]["source"], "personalized");
+    // Missing user id: 400 naming it.
+    let mut req = axum::http::Request::get("/api/feeds/explain");
+    req = req.header("x-admin-token", "operator-secret");
+    let (s, b) = send(env.app(), req.body(axum::body::Body::empty()).unwrap()).await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(b["field"], "userId");
+    // Without FEEDRANK_ADMIN_TOKEN the route does not exist, whatever the header says.
+    let closed = feedrank_api::router(env.other_state(|c| c.admin_token = None));
+    let (s, b) = send(closed, with(Some("operator-secret"), None)).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
 }
