@@ -547,7 +547,6 @@ impl Feeds {
         let bodies = personalized.as_ref().map_or(&no_bodies, |p| &p.bodies);
         let need = req.offset + req.limit;
         let cap = self.author_diversity_cap;
-        let pool = self.fallback_pool(stores.pg).await?;
         let blended_order = diversify_prefix(
             (0..merged.len() as u32).collect(),
             |&i| merged[i as usize].author,
@@ -558,19 +557,25 @@ impl Feeds {
         // The first `need` posts of the blend re-ranked alone are those of the blend with the
         // fallback after it (the cap only ever passes a post over to a later place), so the
         // fallback is read only when the page reaches past the blend.
-        let (order, total, seed) = if blended_order.len() >= need {
-            let in_pool = merged
-                .iter()
-                .filter(|c| pool.index.contains_key(&c.post))
-                .count();
-            let total = merged.len() + pool.candidates.len() - in_pool;
-            (Arc::new(blended_order), total, None)
+        let (order, total, seed, pool) = if blended_order.len() >= need {
+            // (the fallback's size only counts in `total`: a page served from the blend does not
+            // fail when PostgreSQL cannot give the pool)
+            let pool = self.fallback_pool(stores.pg).await.ok();
+            let rest = pool.as_ref().map_or(0, |pool| {
+                let in_pool = merged
+                    .iter()
+                    .filter(|c| pool.index.contains_key(&c.post))
+                    .count();
+                pool.candidates.len() - in_pool
+            });
+            (Arc::new(blended_order), merged.len() + rest, None, pool)
         } else {
+            let pool = self.fallback_pool(stores.pg).await?;
             let (order, seed) = self
                 .with_fallback(&input, &merged, &pool, personal_excluded)
                 .await?;
             let total = order.len();
-            (order, total, Some(seed))
+            (order, total, Some(seed), Some(pool))
         };
         stores.metrics.feed_served(origin);
         let blended_len = merged.len();
@@ -579,7 +584,10 @@ impl Feeds {
             if i < blended_len {
                 &merged[i]
             } else {
-                &pool.candidates[i - blended_len]
+                &pool
+                    .as_ref()
+                    .expect("positions past the blend come with the pool")
+                    .candidates[i - blended_len]
             }
         };
         let start = req.offset.min(order.len());

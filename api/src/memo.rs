@@ -160,7 +160,8 @@ impl<T> Refreshed<T> {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The value, reloaded by `load` (given the previous value) when it is too old.
+    /// The value, reloaded by `load` (given the previous value) when it is too old; when the
+    /// reload fails, the previous value if there is one, else the error.
     pub async fn get<E, F, Fut>(&self, load: F) -> Result<Arc<T>, E>
     where
         F: FnOnce(Option<Arc<T>>) -> Fut,
@@ -184,7 +185,13 @@ impl<T> Refreshed<T> {
         if let Some(v) = young(&again) {
             return Ok(v);
         }
-        let value = Arc::new(load(again.map(|(_, v)| v)).await?);
+        let previous = again.map(|(_, v)| v);
+        let value = match load(previous.clone()).await {
+            Ok(v) => Arc::new(v),
+            // A failed reload keeps serving the previous value (the next caller tries again).
+            Err(_) if previous.is_some() => return Ok(previous.expect("checked")),
+            Err(e) => return Err(e),
+        };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), value.clone()));
         drop(guard);
@@ -195,6 +202,25 @@ impl<T> Refreshed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn refreshed_reloads_when_stale_and_keeps_the_old_value_when_a_reload_fails() {
+        let r: Refreshed<u32> = Refreshed::new(Duration::from_secs(3600));
+        let first = r.get(|_| async { Ok::<_, ()>(1) }).await.unwrap();
+        assert_eq!(*first, 1);
+        let cached = r.get(|_| async { Ok::<_, ()>(2) }).await.unwrap();
+        assert_eq!(*cached, 1, "young: not reloaded");
+        r.mark_stale();
+        let kept = r.get(|_| async { Err::<u32, ()>(()) }).await.unwrap();
+        assert_eq!(*kept, 1, "a failed reload serves the previous value");
+        let next = r
+            .get(|prev| async move { Ok::<_, ()>(*prev.unwrap() + 10) })
+            .await
+            .unwrap();
+        assert_eq!(*next, 11, "the reload is given the previous value");
+        r.forget();
+        assert!(r.get(|_| async { Err::<u32, ()>(()) }).await.is_err());
+    }
 
     #[test]
     fn stays_within_its_capacity() {

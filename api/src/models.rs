@@ -32,7 +32,8 @@ pub struct ServingModel {
 }
 
 pub struct Models {
-    by_id: TtlCache<i64, Arc<ServingModel>>,
+    /// `None`: the model is gone or unreadable (remembered too: models never change once written).
+    by_id: TtlCache<i64, Option<Arc<ServingModel>>>,
     /// The newest model's id (`None`: there is none) and when that was asked.
     latest: RwLock<Option<(Instant, u64, Option<i64>)>>,
     /// Bumped when a run lands: the remembered newest model is then asked again.
@@ -66,9 +67,10 @@ impl Models {
     /// feed reports as the sources that need it being skipped.
     pub async fn get(&self, pg: &Pool, id: i64) -> ApiResult<Option<Arc<ServingModel>>> {
         if let Some(m) = self.by_id.get(&id) {
-            return Ok(Some(m));
+            return Ok(m);
         }
         let Some(stored) = db::model(pg, id).await? else {
+            self.by_id.insert(id, None);
             return Ok(None);
         };
         let config = match ScoringConfig::from_json(&stored.config) {
@@ -82,6 +84,7 @@ impl Models {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(model = id, error = %e, "unreadable model TF-IDF; its sources are skipped");
+                self.by_id.insert(id, None);
                 return Ok(None);
             }
         };
@@ -91,7 +94,7 @@ impl Models {
             config,
             tfidf,
         });
-        self.by_id.insert(id, model.clone());
+        self.by_id.insert(id, Some(model.clone()));
         Ok(Some(model))
     }
 

@@ -534,6 +534,17 @@ async fn with_redis_unreachable_the_feed_is_served_from_postgres() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["metadata"]["source"], "db");
     assert_eq!(ids(&b), posts);
+    // The sources that need Redis are skipped, and the page says so.
+    assert_eq!(
+        b["metadata"]["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "trending")
+            .map(|s| s["reason"].clone()),
+        Some(json!("redis unavailable")),
+        "{b}"
+    );
     let (s, b) = get(no_redis.clone(), "/api/feeds", Some(&env.token(bob))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["metadata"]["source"], "fallback");
