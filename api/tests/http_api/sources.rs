@@ -29,17 +29,22 @@ async fn post_at(env: &TestEnv, author: Uuid, content: &str, age_secs: f64) -> U
 
 /// A serving model fitted on `docs`, its snapshot taken `age_secs` ago.
 async fn serving_model(env: &TestEnv, docs: &[&str], age_secs: f64) -> (i64, TfidfModel) {
+    serving_model_with(env, docs, age_secs, &ScoringConfig::default()).await
+}
+
+async fn serving_model_with(
+    env: &TestEnv,
+    docs: &[&str],
+    age_secs: f64,
+    config: &ScoringConfig,
+) -> (i64, TfidfModel) {
     let (model, _) = TfidfModel::fit_transform(docs, TfidfParams::default()).unwrap();
     let id: i64 = env
         .db
         .query_one(
             "INSERT INTO recommendation_models (snapshot_at, config, tfidf)
              VALUES (now() - make_interval(secs => $1), $2::text::jsonb, $3) RETURNING id",
-            &[
-                &age_secs,
-                &ScoringConfig::default().to_json(),
-                &model.to_json(),
-            ],
+            &[&age_secs, &config.to_json(), &model.to_json()],
         )
         .await
         .unwrap()
@@ -501,4 +506,59 @@ async fn explain_is_refused_without_the_operator_token_and_closed_by_default() {
     let closed = feedrank_api::router(env.other_state(|c| c.admin_token = None));
     let (s, b) = send(closed, with(Some("operator-secret"), None)).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_posts_keeps_the_fresh_pool_bounded_to_the_newest() {
+    let env = TestEnv::with(|c| c.admin_token = Some("op".into())).await;
+    env.wait_for_the_listener().await;
+    let (alice, bob) = (env.user("alice").await, env.user("bob").await);
+    let mut config = ScoringConfig::default();
+    config.sources.fresh.pool_size = 5;
+    let (model, _) =
+        serving_model_with(&env, &["apple banana", "cherry date"], 3600.0, &config).await;
+    run_with_model(&env, bob, &[], Some(model)).await;
+    let newest: Vec<Uuid> = env
+        .db
+        .query(
+            "INSERT INTO posts (user_id, content, created_at, updated_at)
+             SELECT $1, 'apple ' || g, now() - make_interval(secs => g), now() - make_interval(secs => g)
+             FROM generate_series(1, 50) g ORDER BY g RETURNING id",
+            &[&bob],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .take(5)
+        .map(|r| r.get(0))
+        .collect();
+    let explain = || async {
+        let req = axum::http::Request::get(format!("/api/feeds/explain?userId={alice}"))
+            .header("x-admin-token", "op")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        send(env.app(), req).await
+    };
+    let start = Instant::now();
+    loop {
+        let (s, b) = explain().await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let fresh: Vec<Uuid> = b["sources"]["fresh"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Uuid::parse_str(p["postId"].as_str().unwrap()).unwrap())
+            .collect();
+        assert!(
+            fresh.len() <= 5,
+            "the pool holds at most pool_size posts: {b}"
+        );
+        if fresh.len() == 5 {
+            // the newest five, newest first (no profile: recency decides)
+            assert_eq!(fresh, newest, "{b}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
