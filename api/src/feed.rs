@@ -68,6 +68,9 @@ const SESSIONS_TTL: Duration = Duration::from_secs(crate::redis_store::FEED_SESS
 const FRESH_RELOAD: Duration = Duration::from_secs(1);
 /// The trending list is the same for every user: computed at most this often.
 const TRENDING_RELOAD: Duration = Duration::from_secs(1);
+/// Users' fresh rankings kept (each for one pool snapshot, so about a second).
+const FRESH_RANKED_CAPACITY: usize = 10_000;
+const FRESH_RANKED_TTL: Duration = Duration::from_secs(10);
 /// Posts remembered as served once (for the first-served age metric).
 const SERVED_CAPACITY: usize = 100_000;
 const SERVED_TTL: Duration = Duration::from_secs(86_400);
@@ -426,6 +429,8 @@ pub struct Feeds {
     trending: Refreshed<TrendingList>,
     /// Stored neighbours, by (model, post).
     neighbors: TtlCache<(i64, Uuid), Arc<Neighbors>>,
+    /// Each user's fresh ranking of one pool snapshot, by (user, snapshot, list build time).
+    fresh_ranked: TtlCache<(Uuid, u64, i64), Arc<Vec<Candidate>>>,
     /// Posts served once already (first-served age metric).
     served: TtlCache<Uuid, ()>,
     /// Users PostgreSQL had no current recommendations for, with the value of
@@ -455,6 +460,7 @@ impl Feeds {
             trending: Refreshed::new(TRENDING_RELOAD),
             neighbors: TtlCache::new(NEIGHBORS_CAPACITY, NEIGHBORS_TTL),
             served: TtlCache::new(SERVED_CAPACITY, SERVED_TTL),
+            fresh_ranked: TtlCache::new(FRESH_RANKED_CAPACITY, FRESH_RANKED_TTL),
             without_recommendations: TtlCache::new(
                 NO_RECOMMENDATIONS_CAPACITY,
                 NO_RECOMMENDATIONS_TTL,
@@ -857,43 +863,53 @@ impl Feeds {
                 }
             }
         };
-        let weights = *snap.pool.weights();
-        let exclude = |post: &feedrank_core::fresh::PoolPost| {
-            !allowed(&Candidate {
-                post: Uuid::from_u128(post.id),
-                author: Uuid::from_u128(post.author.unwrap_or(0)),
-                source: Source::Fresh,
-                score: None,
-                reason: None,
-                because_of: None,
-                components: None,
-            })
-        };
         let after_ms = personalized.map_or(snap.model.snapshot_ms, |p| {
             p.built_ms.min(snap.model.snapshot_ms)
         });
-        let top = snap.pool.topk(&FreshQuery {
-            profile: &profile,
-            authors: &authors,
-            after_ms,
-            before_ms: input.as_of,
-            exclude: &exclude,
-            n: snap.model.config.sources.fresh.candidates,
-        });
-        Ok(top
+        let n = snap.model.config.sources.fresh.candidates;
+        // The ranking of one pool snapshot for one user is memoized (a snapshot lives about a
+        // second; a user's requests within it rank once): the best 2n of the user's own
+        // exclusions (their own posts), of which the request drops what it must (seen, hidden).
+        let key = (input.user, snap.generation, after_ms);
+        let ranked = match self.fresh_ranked.get(&key) {
+            Some(r) => r,
+            None => {
+                let weights = *snap.pool.weights();
+                let own = input.user.as_u128();
+                let exclude = |post: &feedrank_core::fresh::PoolPost| post.author == Some(own);
+                let top = snap.pool.topk(&FreshQuery {
+                    profile: &profile,
+                    authors: &authors,
+                    after_ms,
+                    before_ms: i64::MAX,
+                    exclude: &exclude,
+                    n: 2 * n,
+                });
+                let r: Arc<Vec<Candidate>> = Arc::new(
+                    top.iter()
+                        .map(|s| {
+                            let p = snap.pool.post(s.post);
+                            Candidate {
+                                post: Uuid::from_u128(p.id),
+                                author: Uuid::from_u128(p.author.unwrap_or(0)),
+                                source: Source::Fresh,
+                                score: Some(s.score),
+                                reason: Some(s.reason(&weights)),
+                                because_of: None,
+                                components: Some(s.components),
+                            }
+                        })
+                        .collect(),
+                );
+                self.fresh_ranked.insert(key, r.clone());
+                r
+            }
+        };
+        Ok(ranked
             .iter()
-            .map(|s| {
-                let p = snap.pool.post(s.post);
-                Candidate {
-                    post: Uuid::from_u128(p.id),
-                    author: Uuid::from_u128(p.author.unwrap_or(0)),
-                    source: Source::Fresh,
-                    score: Some(s.score),
-                    reason: Some(s.reason(&weights)),
-                    because_of: None,
-                    components: Some(s.components),
-                }
-            })
+            .filter(|c| allowed(c))
+            .take(n)
+            .cloned()
             .collect())
     }
 

@@ -5,6 +5,7 @@
 //! one (less a margin, for transactions that commit late) and the posts PostgreSQL said changed,
 //! and rebuilds the `FreshPool` index with the live engagement of the trending counters.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -22,8 +23,12 @@ use crate::redis_store::RedisStore;
 /// commits late can store an earlier `created_at`).
 const LATE_COMMIT_MARGIN_MS: i64 = 10_000;
 
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// One snapshot of the pool.
 pub struct FreshSnapshot {
+    /// Distinguishes snapshots (the key of the users' memoized rankings).
+    pub generation: u64,
     pub model: Arc<ServingModel>,
     pub pool: FreshPool,
     /// The posts the snapshot was built from, by id (the next reload starts from them).
@@ -106,6 +111,7 @@ pub async fn reload(
     )
     .map_err(|e| crate::error::ApiError::Internal(format!("fresh pool: {e}")))?;
     Ok(FreshSnapshot {
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         model,
         pool,
         posts,
