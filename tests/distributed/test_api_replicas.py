@@ -25,11 +25,17 @@ loaded machine. The observed delays are printed (``pytest -s``) and summarized i
 
 - **Tracking** through the balancer, spread over all replicas: every event stored exactly once,
   whether it is retried against another replica afterwards or sent to all three at once.
+- **A replica killed** (SIGKILL) while feed requests go through the balancer from
+  ``LOAD_CLIENTS`` threads: at most the requests in flight on it fail (at most one per client;
+  HAProxy retries a connection refused or an empty response on another replica, and its health
+  checks take the dead one out), and every request after the kill is answered by the others.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +57,7 @@ N_REPLICAS = 3
 N_POSTS = 60
 TOP = 12
 N_EVENTS = 30
+LOAD_CLIENTS = 4
 COLUMNS = ("user_id", "post_id", "score", "reason")
 LOG = logging.getLogger("test_api_replicas")
 
@@ -167,6 +174,9 @@ def test_runs_edits_and_deletions_reach_every_replica_and_tracking_is_stored_onc
 
             # 4. tracking through the balancer: N events over all replicas, then retries
             assert_tracked_once(group, url, tracker, posts[2:])
+
+            # 5. a replica killed under load
+            assert_kill_costs_at_most_in_flight(group, balancer_user)
         except BaseException:
             print(group.logs())
             raise
@@ -208,3 +218,39 @@ def assert_tracked_once(group: Replicas, url: str, user: str, posts: list[str]) 
             "SELECT event_id, count(*) FROM user_interactions WHERE user_id = %s GROUP BY event_id", (user,)
         ).fetchall()
     assert sorted(rows) == sorted((e, 1) for e, _ in events), rows
+
+
+def assert_kill_costs_at_most_in_flight(group: Replicas, user: str) -> None:
+    """Feed requests through the balancer from LOAD_CLIENTS threads; the last replica killed
+    after a second of it, the load going on two more."""
+    victim = group.names[-1]
+    answers: list[tuple[int, str]] = []  # in the order they completed: (status, 0 for an error; replica)
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    r = session.get(group.balancer + "/api/feeds", params={"limit": 20}, headers=bearer(user),
+                                    timeout=10)
+                    answers.append((r.status_code, r.headers.get("X-Replica", "")))
+                except requests.RequestException:
+                    answers.append((0, ""))
+
+    threads = [threading.Thread(target=client) for _ in range(LOAD_CLIENTS)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    before = len(answers)
+    group.servers[-1].proc.kill()
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    failed = [a for a in answers if a[0] != 200]
+    print(f"\nreplica killed: {before} requests before, {len(answers) - before} after, {len(failed)} failed")
+    assert {r for _, r in answers[:before]} == set(group.names), "the load reached every replica first"
+    # each client had at most one request in flight on it when it died
+    assert len(failed) <= LOAD_CLIENTS, failed
+    last = answers[-20:]
+    assert len(answers) - before > 20 and all(a[0] == 200 and a[1] != victim for a in last), last
