@@ -20,7 +20,7 @@ help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
 	@echo "make test   the whole test suite (starts the services it needs)"
 	@echo "make test-fast  the core's cargo tests and the Python tests that need no service (< 3 min)"
-	@echo "make test-distributed  the pipeline on Celery workers in network namespaces, S3, Kubernetes loading (root)"
+	@echo "make test-distributed  the pipeline on Celery workers in network namespaces, S3, Kubernetes loading, API replicas, Redis Cluster (root)"
 	@echo "make bench  kernel benchmarks against scikit-learn, implicit and numpy"
 	@echo "make fuzz / fuzz-api / soak   hostile input and load (docs/reliability.md)"
 
@@ -94,15 +94,21 @@ py-test: develop services api reliability-tools distributed-tools
 	@$(PY) -m pytest -q tests
 
 # socat bridges the distributed tests' network namespaces to the services (tests/distributed/
-# cluster.py); ip and unshare come with every Debian system, moto's S3 server with requirements-dev.
+# cluster.py); HAProxy balances the API replicas (tests/distributed/replicas.py); ip and unshare
+# come with every Debian system, moto's S3 server with requirements-dev, redis-server (the Redis
+# Cluster nodes) with the services.
 distributed-tools:
 	@command -v socat >/dev/null || { echo "==> installing socat (apt-get)"; \
 	  apt-get install -y socat >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y socat >/dev/null; }; }
+	@command -v haproxy >/dev/null || { echo "==> installing haproxy (apt-get)"; \
+	  apt-get install -y haproxy >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y haproxy >/dev/null; }; } \
+	  || { echo "haproxy could not be installed (apt-get install haproxy): the API replicas test needs it" >&2; exit 1; }
 
-# The pipeline past one machine (tests/distributed, about 5 minutes; part of `make test` too):
-# the IO manager on moto's S3 server, the sharded graph on two Celery workers each in its own
-# network namespace (a worker killed mid-write), the Kubernetes executor loaded. Needs root (ip
-# netns) and RabbitMQ on 127.0.0.1:5672; a missing one fails the tests, never skips them.
+# Past one machine (tests/distributed, about 5 minutes; part of `make test` too): the IO manager
+# on moto's S3 server, the sharded graph on two Celery workers each in its own network namespace
+# (a worker killed mid-write), the Kubernetes executor loaded; the API as three replicas behind
+# HAProxy, and the API and the pipeline on a three-node Redis Cluster. Needs root (ip netns) and
+# RabbitMQ on 127.0.0.1:5672; a missing one fails the tests, never skips them.
 test-distributed: develop services api distributed-tools
 	@echo "==> pytest tests/distributed"
 	@$(PY) -m pytest -q tests/distributed

@@ -17,12 +17,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import feedrank
 import polars as pl
 import psycopg
 import redis
+import redis.cluster
 from feedrank.config import load_config
 from psycopg import sql
 from pydantic import Field, PrivateAttr
@@ -71,7 +73,8 @@ class PostgresResource(dg.ConfigurableResource):
 
 class RedisResource(dg.ConfigurableResource):
     """Redis, by URL, with the key prefix of this installation (empty in production; tests set
-    one so that they never touch real keys).
+    one so that they never touch real keys). A URL naming several nodes, comma-separated
+    (``redis://a:7000,redis://b:7000``), is a Redis Cluster, as for the API (REDIS_URL).
 
     ``key_prefix`` unset: the ``REDIS_KEY_PREFIX`` environment variable when a run starts (the
     variable the API reads too), else empty.
@@ -85,8 +88,13 @@ class RedisResource(dg.ConfigurableResource):
             return self.key_prefix
         return os.environ.get("REDIS_KEY_PREFIX", "")
 
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+    def client(self) -> redis.Redis | redis.cluster.RedisCluster:
+        nodes = [u.strip() for u in self.redis_url.split(",")]
+        if len(nodes) == 1:
+            return redis.Redis.from_url(self.redis_url)
+        # the others are learned from these; a non-transactional pipeline is split per node
+        startup = [redis.cluster.ClusterNode(u.hostname or "127.0.0.1", u.port or 6379) for u in map(urlsplit, nodes)]
+        return redis.cluster.RedisCluster(startup_nodes=startup)
 
 
 class AlertNotifier(dg.ConfigurableResource):

@@ -15,7 +15,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub struct Config {
     /// `DATABASE_URL`.
     pub database_url: String,
-    /// `REDIS_URL`.
+    /// `REDIS_URL`: one `redis://` URL, or the nodes of a Redis Cluster separated by commas.
     pub redis_url: String,
     /// `REDIS_KEY_PREFIX` (default empty): prepended to every Redis key (tests set one).
     pub redis_key_prefix: String,

@@ -1,16 +1,22 @@
 //! The API's Redis: the recommendations entry (format owned by `feedrank_core::cache`), and three
 //! small per-user keys the API keeps itself:
 //!
-//! - `{prefix}feed_session:{user}`: when the user's current page sequence began (unix ms), set by
-//!   a request at offset 0 and read by the next pages, so that posts seen while paging do not
+//! - `{prefix}feed_session:{<user>}`: when the user's current page sequence began (unix ms), set
+//!   by a request at offset 0 and read by the next pages, so that posts seen while paging do not
 //!   shift later pages;
-//! - `{prefix}seen:{user}`: sorted set, post id -> unix ms of the user's latest interaction with
+//! - `{prefix}seen:{<user>}`: sorted set, post id -> unix ms of the user's latest interaction with
 //!   it, the last few days (the cached path's "seen after the recommendations were built");
-//! - `{prefix}hidden:{user}`: set of post ids the user hid;
-//! - `{prefix}liked:{user}`: sorted set, post id -> unix ms of the user's latest like or share,
+//! - `{prefix}hidden:{<user>}`: set of post ids the user hid;
+//! - `{prefix}liked:{<user>}`: sorted set, post id -> unix ms of the user's latest like or share,
 //!   the last few days (the because_you_liked source's input);
-//! - `{prefix}trending:{bucket_minutes}:{bucket}`: sorted set, post id -> weighted interactions
-//!   counted in one time bucket (`trending.rs`), expiring after the trending window.
+//! - `{prefix}trending:{feedrank_trending}:{bucket_minutes}:{bucket}`: sorted set, post id ->
+//!   weighted interactions counted in one time bucket (`trending.rs`), expiring after the
+//!   trending window. They share one hash tag, so that their union (and its scratch key) is
+//!   computed on one node of a cluster.
+//!
+//! The braces around the user id are a Redis Cluster hash tag (`feedrank_core::cache::user_key`):
+//! a user's keys share a slot, so each pipeline below, which names one user's keys only, goes to
+//! one node. `REDIS_URL` naming several nodes, comma-separated, means a cluster.
 //!
 //! Redis is an accelerator, never a dependency: every call has a timeout, a failure opens a short
 //! circuit (no calls for a second, one warning), and callers treat failures as cache misses.
@@ -19,7 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use feedrank_core::cache::{self, CachedFeed};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -35,8 +44,43 @@ pub const FEED_SESSION_TTL_SECS: u64 = 3600;
 /// How long Redis is skipped after a failure.
 const CIRCUIT_OPEN_MS: u64 = 1000;
 
+/// One Redis server, or a Redis Cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipe, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipe, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    manager: ConnectionManager,
+    manager: Connection,
     prefix: String,
     down_until_ms: AtomicU64,
     /// Set by the first failure of an outage, cleared by the first success after it (one log
@@ -101,17 +145,29 @@ pub struct Mirrored {
 
 impl RedisStore {
     /// Builds the client without connecting: the first command connects, so the API starts (and
-    /// serves from PostgreSQL) while Redis is down.
+    /// serves from PostgreSQL) while Redis is down. `url`: one `redis://` URL, or several
+    /// separated by commas (nodes of a Redis Cluster, from which it learns the others).
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<RedisStore> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
+        let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        let manager = if nodes.len() > 1 {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()?;
+            Connection::Cluster(client.get_pending_async_connection_with_config(Default::default()))
+        } else {
+            let client = redis::Client::open(url)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(100));
+            Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+        };
         Ok(RedisStore {
-            manager: ConnectionManager::new_lazy_with_config(client, config)?,
+            manager,
             prefix: prefix.to_string(),
             down_until_ms: AtomicU64::new(0),
             outage: AtomicBool::new(false),
@@ -126,16 +182,16 @@ impl RedisStore {
         cache::recommendations_key(&self.prefix, user)
     }
     fn session_key(&self, user: &str) -> String {
-        format!("{}feed_session:{user}", self.prefix)
+        cache::user_key(&self.prefix, "feed_session", user)
     }
     fn seen_key(&self, user: &str) -> String {
-        format!("{}seen:{user}", self.prefix)
+        cache::user_key(&self.prefix, "seen", user)
     }
     fn hidden_key(&self, user: &str) -> String {
-        format!("{}hidden:{user}", self.prefix)
+        cache::user_key(&self.prefix, "hidden", user)
     }
     fn liked_key(&self, user: &str) -> String {
-        format!("{}liked:{user}", self.prefix)
+        cache::user_key(&self.prefix, "liked", user)
     }
 
     /// False while the circuit is open after a failure.
@@ -349,7 +405,12 @@ impl RedisStore {
         read: impl FnOnce(&mut redis::Pipeline, &str),
         metrics: &Metrics,
     ) -> Option<T> {
-        let scratch = format!("{}scratch:{}", self.prefix, uuid::Uuid::new_v4().simple());
+        // (the trending keys' hash tag: a cluster computes the union on their node)
+        let scratch = format!(
+            "{}trending:{{feedrank_trending}}:scratch:{}",
+            self.prefix,
+            uuid::Uuid::new_v4().simple()
+        );
         let mut pipe = redis::pipe();
         let mut union = redis::cmd("ZUNIONSTORE");
         union.arg(&scratch).arg(keys.len());

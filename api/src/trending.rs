@@ -22,7 +22,11 @@ fn width_ms(s: &TrendingSettings) -> i64 {
 }
 
 fn key(prefix: &str, s: &TrendingSettings, bucket: i64) -> String {
-    format!("{prefix}trending:{}:{bucket}", s.bucket_minutes)
+    // one hash tag for every bucket: their union runs on one node of a cluster
+    format!(
+        "{prefix}trending:{{feedrank_trending}}:{}:{bucket}",
+        s.bucket_minutes
+    )
 }
 
 /// The keys of the buckets read at `now_ms`, each with its weight: decayed by age (`decayed`),
@@ -133,8 +137,8 @@ mod tests {
         let now = 7 * 600_000 + 123; // inside bucket 7
         let keys = window_keys("p:", &s, now, true);
         assert_eq!(keys.len(), 6);
-        assert_eq!(keys[0].0, "p:trending:10:7");
-        assert_eq!(keys[5].0, "p:trending:10:2");
+        assert_eq!(keys[0].0, "p:trending:{feedrank_trending}:10:7");
+        assert_eq!(keys[5].0, "p:trending:{feedrank_trending}:10:2");
         assert_eq!(keys[0].1, 1.0);
         // three buckets = 30 minutes = one half-life
         assert!((keys[3].1 - 0.5).abs() < 1e-12, "{}", keys[3].1);

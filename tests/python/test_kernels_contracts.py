@@ -62,8 +62,8 @@ def test_reasons_pick_the_strongest_weighted_component():
 
 
 def test_recommendations_key():
-    assert feedrank.recommendations_key("", "u1") == "recommendations:u1"
-    assert feedrank.recommendations_key("t:", "u1") == "t:recommendations:u1"
+    assert feedrank.recommendations_key("", "u1") == "recommendations:{u1}"
+    assert feedrank.recommendations_key("t:", "u1") == "t:recommendations:{u1}"
 
 
 def test_cache_entry_round_trip_and_shape():

@@ -801,7 +801,11 @@ async fn the_seen_filter_holds_when_the_cached_entry_is_older_than_the_last_one_
     // Seen ten minutes ago: before that entry was built, after the older one below.
     let mut r = env.redis().await;
     let _: i64 = redis::cmd("ZADD")
-        .arg(format!("{}seen:{alice}", env.prefix))
+        .arg(feedrank_core::cache::user_key(
+            &env.prefix,
+            "seen",
+            &alice.to_string(),
+        ))
         .arg((now - 600) * 1000)
         .arg(posts[0].to_string())
         .query_async(&mut r)

@@ -1,7 +1,8 @@
 //! The Redis entry of a user's recommendations: written by the pipeline, read by the API.
 //!
-//! Key: `{prefix}recommendations:{user_id}` (the prefix is empty in production; tests set one so
-//! that they never touch real keys). Value: compact JSON,
+//! Key: `{prefix}recommendations:{<user_id>}`, braces included (the prefix is empty in production;
+//! tests set one so that they never touch real keys; see [`user_key`] for the braces). Value:
+//! compact JSON,
 //!
 //! ```json
 //! {"v":2,"run_id":42,"model_id":7,"generated_at":1764201600,
@@ -35,7 +36,17 @@ pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// The Redis key of a user's recommendations.
 pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
-    format!("{prefix}recommendations:{user_id}")
+    user_key(prefix, "recommendations", user_id)
+}
+
+/// The Redis key of one of a user's entries (`kind`: `recommendations`, or the API's own
+/// `seen`, `hidden`, ...): `{prefix}{kind}:{<user_id>}`. The braces are a Redis Cluster hash tag:
+/// only the user id is hashed, so all of a user's keys are in one slot and the API reads them in
+/// one pipeline from one node. (So the prefix must not contain `{`.) Keys of the previous format,
+/// without braces, are no longer read: a pipeline run rewrites every user's entry, and until then
+/// a miss is served from PostgreSQL and written back.
+pub fn user_key(prefix: &str, kind: &str, user_id: &str) -> String {
+    format!("{prefix}{kind}:{{{user_id}}}")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,7 +292,11 @@ mod tests {
 
     #[test]
     fn key_format() {
-        assert_eq!(recommendations_key("", "abc"), "recommendations:abc");
-        assert_eq!(recommendations_key("t1:", "abc"), "t1:recommendations:abc");
+        assert_eq!(recommendations_key("", "abc"), "recommendations:{abc}");
+        assert_eq!(
+            recommendations_key("t1:", "abc"),
+            "t1:recommendations:{abc}"
+        );
+        assert_eq!(user_key("t1:", "seen", "abc"), "t1:seen:{abc}");
     }
 }

@@ -139,10 +139,11 @@ pub fn reasons(
         .collect())
 }
 
-/// The Redis key of a user's recommendations: `{prefix}recommendations:{user_id}`.
+/// The Redis key of a user's recommendations: `{prefix}recommendations:{<user_id>}` (the braces
+/// are a Redis Cluster hash tag: all of a user's keys share a slot).
 ///
 /// >>> feedrank.recommendations_key("", "42")
-/// 'recommendations:42'
+/// 'recommendations:{42}'
 #[pyfunction]
 pub fn recommendations_key(prefix: &str, user_id: &str) -> String {
     cache::recommendations_key(prefix, user_id)
