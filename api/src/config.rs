@@ -53,6 +53,9 @@ pub struct Config {
     pub body_limit: usize,
     /// `FEEDRANK_DEMO` (default off): serve `/demo/users` with development tokens.
     pub demo: bool,
+    /// `FEEDRANK_ADMIN_TOKEN` (default unset): the operators' token of `GET /api/feeds/explain`
+    /// (header `X-Admin-Token`); unset or empty, the route answers 404.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -131,6 +134,7 @@ impl Config {
             request_timeout: Duration::from_millis(num("REQUEST_TIMEOUT_MS", 10_000, 1)?),
             body_limit: num("BODY_LIMIT_BYTES", 256 * 1024, 1024)? as usize,
             demo,
+            admin_token: get("FEEDRANK_ADMIN_TOKEN").filter(|t| !t.is_empty()),
         })
     }
 }
@@ -157,6 +161,12 @@ mod tests {
         assert_eq!(c.max_offset, 10_000);
         assert_eq!(c.redis_key_prefix, "");
         assert!(c.nextauth_secret.is_none());
+        assert!(
+            c.admin_token.is_none(),
+            "the operators' route is closed by default"
+        );
+        let c = cfg(&[SECRET, ("FEEDRANK_ADMIN_TOKEN", "")]).unwrap();
+        assert!(c.admin_token.is_none(), "an empty token opens nothing");
     }
 
     #[test]

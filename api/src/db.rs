@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use feedrank_core::cache::CachedRecommendation;
+use feedrank_core::cache::{CachedProfile, CachedRecommendation};
 use feedrank_core::config::{HybridWeights, InteractionType, Reason};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use crate::memo::IdMap;
 use crate::response::{FeedPost, FeedUser};
 
 /// A pool that never waits longer than `timeout` for a connection (or to open one), so that a
@@ -77,6 +78,8 @@ pub async fn posts_by_ids(pool: &Pool, ids: &[Uuid]) -> ApiResult<Vec<FeedPost>>
             },
             score: None,
             reason: None,
+            source: None,
+            because_of: None,
         })
         .collect())
 }
@@ -91,6 +94,8 @@ pub struct CurrentRecommendations {
     /// The run's `cache_ttl_seconds` (in `recommendation_runs.config`, as the pipeline resolved
     /// it), when it has a usable one.
     pub cache_ttl_seconds: Option<u64>,
+    /// The run's serving model (`recommendation_runs.model_id`), if it has one.
+    pub model_id: Option<i64>,
     /// By descending score.
     pub items: Vec<CachedRecommendation>,
 }
@@ -105,7 +110,7 @@ pub async fn current_recommendations(
         .prepare_cached(
             "SELECT r.post_id, r.score, r.collaborative_score, r.content_score, r.recency_score,
                     r.engagement_score, r.reason, r.run_id, r.generated_at, r.expires_at,
-                    rr.config->>'cache_ttl_seconds'
+                    rr.config->>'cache_ttl_seconds', rr.model_id
              FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
              WHERE r.user_id = $1 AND r.run_id = current_recommendation_run($1)
                AND r.expires_at > now()
@@ -154,6 +159,7 @@ pub async fn current_recommendations(
         generated_at,
         expires_at: expires_at.expect("rows is not empty"),
         cache_ttl_seconds,
+        model_id: first.get(11),
         items,
     }))
 }
@@ -162,6 +168,8 @@ pub async fn current_recommendations(
 pub struct InteractionMark {
     pub post_id: Uuid,
     pub hide: bool,
+    /// A like or a share (the because_you_liked source's signal).
+    pub like: bool,
     pub at_ms: i64,
 }
 
@@ -175,7 +183,8 @@ pub async fn interaction_marks(
     let stmt = client
         .prepare_cached(
             "SELECT post_id, interaction_type = 'hide',
-                    floor(extract(epoch FROM created_at) * 1000)::bigint
+                    floor(extract(epoch FROM created_at) * 1000)::bigint,
+                    interaction_type IN ('like', 'share')
              FROM user_interactions
              WHERE user_id = $1
                AND (interaction_type = 'hide' OR created_at >= to_timestamp($2::bigint / 1000.0))
@@ -190,6 +199,7 @@ pub async fn interaction_marks(
             post_id: r.get(0),
             hide: r.get(1),
             at_ms: r.get(2),
+            like: r.get(3),
         })
         .collect())
 }
@@ -202,6 +212,162 @@ pub async fn recent_posts(pool: &Pool, n: usize) -> ApiResult<Vec<(Uuid, Uuid)>>
         .await?;
     let rows = client.query(&stmt, &[&(n as i64)]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A serving model as stored (migration V7): its snapshot time, `ScoringConfig` JSON and fitted
+/// TF-IDF JSON.
+pub struct StoredModel {
+    pub id: i64,
+    pub snapshot_ms: i64,
+    pub config: String,
+    pub tfidf: String,
+}
+
+/// The newest model that a complete run names (the one the request-time pools are built on).
+pub async fn latest_model_id(pool: &Pool) -> ApiResult<Option<i64>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT max(model_id) FROM recommendation_runs
+             WHERE status = 'complete' AND model_id IS NOT NULL",
+        )
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+pub async fn model(pool: &Pool, id: i64) -> ApiResult<Option<StoredModel>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT floor(extract(epoch FROM snapshot_at) * 1000)::bigint, config::text, tfidf
+             FROM recommendation_models WHERE id = $1",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&id]).await?.map(|r| StoredModel {
+        id,
+        snapshot_ms: r.get(0),
+        config: r.get(1),
+        tfidf: r.get(2),
+    }))
+}
+
+/// A user's stored profile in a model (`user_profiles`), as the cache entry carries it.
+pub async fn user_profile(
+    pool: &Pool,
+    model_id: i64,
+    user: Uuid,
+) -> ApiResult<Option<CachedProfile>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT terms, weights, authors, author_weights FROM user_profiles
+             WHERE model_id = $1 AND user_id = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&model_id, &user])
+        .await?
+        .map(|r| CachedProfile {
+            terms: r
+                .get::<_, Vec<i32>>(0)
+                .into_iter()
+                .map(|t| t as u32)
+                .collect(),
+            weights: r.get(1),
+            authors: r
+                .get::<_, Vec<Uuid>>(2)
+                .iter()
+                .map(Uuid::to_string)
+                .collect(),
+            author_weights: r.get(3),
+        }))
+}
+
+/// A post created recently, as the fresh pool needs it.
+pub struct NewPost {
+    pub id: Uuid,
+    pub author: Uuid,
+    pub content: String,
+    pub created_ms: i64,
+}
+
+/// Posts created after `after_ms` (or the listed `ids`), oldest first, at most `limit`.
+pub async fn new_posts(
+    pool: &Pool,
+    after_ms: i64,
+    ids: &[Uuid],
+    limit: usize,
+) -> ApiResult<Vec<NewPost>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "(SELECT id, user_id, content, floor(extract(epoch FROM created_at) * 1000)::bigint AS ms
+              FROM posts WHERE created_at > to_timestamp($1::bigint / 1000.0)
+              ORDER BY created_at DESC, id DESC LIMIT $2)
+             UNION
+             SELECT id, user_id, content, floor(extract(epoch FROM created_at) * 1000)::bigint
+             FROM posts WHERE id = ANY($3)",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&after_ms, &(limit as i64), &ids])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| NewPost {
+            id: r.get(0),
+            author: r.get(1),
+            content: r.get(2),
+            created_ms: r.get(3),
+        })
+        .collect())
+}
+
+/// The posts `user` liked or shared since `since_ms`, most recent first, each once, at most
+/// `limit`.
+pub async fn recent_likes(
+    pool: &Pool,
+    user: Uuid,
+    since_ms: i64,
+    limit: usize,
+) -> ApiResult<Vec<Uuid>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT post_id FROM user_interactions
+             WHERE user_id = $1 AND interaction_type IN ('like', 'share')
+               AND created_at >= to_timestamp($2::bigint / 1000.0)
+             GROUP BY post_id ORDER BY max(created_at) DESC, post_id LIMIT $3",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&user, &since_ms, &(limit as i64)])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The stored neighbours of `posts` in a model, each post's best first.
+pub async fn post_neighbors(
+    pool: &Pool,
+    model_id: i64,
+    posts: &[Uuid],
+) -> ApiResult<IdMap<Uuid, Vec<(Uuid, f32)>>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT post_id, neighbors, scores FROM post_neighbors
+             WHERE model_id = $1 AND post_id = ANY($2)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&model_id, &posts]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ids: Vec<Uuid> = r.get(1);
+            let scores: Vec<f32> = r.get(2);
+            (r.get(0), ids.into_iter().zip(scores).collect())
+        })
+        .collect())
 }
 
 /// A stored (or already stored) interaction.

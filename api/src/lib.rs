@@ -10,15 +10,18 @@ pub mod db;
 pub mod diversify;
 pub mod error;
 pub mod feed;
+pub mod fresh_pool;
 pub mod http;
 pub mod invalidation;
 pub mod memo;
 pub mod metrics;
 pub mod migrate;
+pub mod models;
 pub mod redis_store;
 pub mod response;
 pub mod server;
 pub mod state;
+pub mod trending;
 
 pub use http::router;
 pub use state::AppState;

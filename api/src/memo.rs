@@ -4,10 +4,13 @@
 //! Sharded `Mutex<HashMap>`s: lookups take one short lock on one shard. When a shard is full, an
 //! insert first drops the expired entries and, if that is not enough, an arbitrary eighth of the
 //! shard: the size bound holds, and the cache does not need an access list.
+//!
+//! [`Refreshed`]: one shared value (a pool, a ranked list) reloaded in the background of the
+//! requests that find it too old.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -114,9 +117,110 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// A value reloaded when older than `max_age` (or when marked stale): one reload at a time,
+/// the other callers keep the previous value meanwhile (when there is one).
+pub struct Refreshed<T> {
+    current: RwLock<Option<(Instant, Arc<T>)>>,
+    reload: tokio::sync::Mutex<()>,
+    max_age: Duration,
+}
+
+impl<T> Refreshed<T> {
+    pub fn new(max_age: Duration) -> Self {
+        Refreshed {
+            current: RwLock::new(None),
+            reload: tokio::sync::Mutex::new(()),
+            max_age,
+        }
+    }
+
+    fn current(&self) -> Option<(Instant, Arc<T>)> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The next caller reloads (the value is still served until then).
+    pub fn mark_stale(&self) {
+        if let Some(c) = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            c.0 = Instant::now()
+                .checked_sub(self.max_age)
+                .unwrap_or(c.0.min(Instant::now()));
+        }
+    }
+
+    /// Drops the value: the next caller loads it from scratch (and waits for it).
+    pub fn forget(&self) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The value, reloaded by `load` (given the previous value) when it is too old; when the
+    /// reload fails, the previous value if there is one, else the error.
+    pub async fn get<E, F, Fut>(&self, load: F) -> Result<Arc<T>, E>
+    where
+        F: FnOnce(Option<Arc<T>>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let young = |c: &Option<(Instant, Arc<T>)>| {
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < self.max_age)
+                .map(|(_, v)| v.clone())
+        };
+        let current = self.current();
+        if let Some(v) = young(&current) {
+            return Ok(v);
+        }
+        let guard = match (&current, self.reload.try_lock()) {
+            (_, Ok(g)) => g,
+            (Some((_, old)), Err(_)) => return Ok(old.clone()),
+            (None, Err(_)) => self.reload.lock().await,
+        };
+        let again = self.current();
+        if let Some(v) = young(&again) {
+            return Ok(v);
+        }
+        let previous = again.map(|(_, v)| v);
+        let value = match load(previous.clone()).await {
+            Ok(v) => Arc::new(v),
+            // A failed reload keeps serving the previous value (the next caller tries again).
+            Err(_) if previous.is_some() => return Ok(previous.expect("checked")),
+            Err(e) => return Err(e),
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), value.clone()));
+        drop(guard);
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn refreshed_reloads_when_stale_and_keeps_the_old_value_when_a_reload_fails() {
+        let r: Refreshed<u32> = Refreshed::new(Duration::from_secs(3600));
+        let first = r.get(|_| async { Ok::<_, ()>(1) }).await.unwrap();
+        assert_eq!(*first, 1);
+        let cached = r.get(|_| async { Ok::<_, ()>(2) }).await.unwrap();
+        assert_eq!(*cached, 1, "young: not reloaded");
+        r.mark_stale();
+        let kept = r.get(|_| async { Err::<u32, ()>(()) }).await.unwrap();
+        assert_eq!(*kept, 1, "a failed reload serves the previous value");
+        let next = r
+            .get(|prev| async move { Ok::<_, ()>(*prev.unwrap() + 10) })
+            .await
+            .unwrap();
+        assert_eq!(*next, 11, "the reload is given the previous value");
+        r.forget();
+        assert!(r.get(|_| async { Err::<u32, ()>(()) }).await.is_err());
+    }
 
     #[test]
     fn stays_within_its_capacity() {

@@ -48,11 +48,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// Upper bounds of the post-age buckets (first served), seconds: a minute to a week.
+const AGE_BUCKETS: [f64; 10] = [
+    60.0, 300.0, 900.0, 3600.0, 10_800.0, 21_600.0, 43_200.0, 86_400.0, 172_800.0, 604_800.0,
+];
+/// Upper bounds of the eligibility-delay buckets, seconds.
+const DELAY_BUCKETS: [f64; 9] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 300.0];
+
+fn age_histogram() -> Histogram {
+    Histogram::new(AGE_BUCKETS)
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
     feed_responses: Family<SourceLabel, Counter>,
+    posts_served: Family<SourceLabel, Counter>,
+    first_served_age: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    fresh_eligibility_delay: Histogram,
     cache_hits: Counter,
     cache_misses: Counter,
     redis_errors: Counter,
@@ -83,6 +97,9 @@ impl Metrics {
             requests: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
             feed_responses: Family::default(),
+            posts_served: Family::default(),
+            first_served_age: Family::new_with_constructor(age_histogram),
+            fresh_eligibility_delay: Histogram::new(DELAY_BUCKETS),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             redis_errors: Counter::default(),
@@ -116,6 +133,21 @@ impl Metrics {
             "feedrank_feed_responses",
             "Feed pages by source",
             m.feed_responses.clone(),
+        );
+        r.register(
+            "feedrank_feed_posts_served",
+            "Posts served in feed pages by candidate source",
+            m.posts_served.clone(),
+        );
+        r.register(
+            "feedrank_feed_first_served_age_seconds",
+            "Age of a post when this process first served it, by candidate source",
+            m.first_served_age.clone(),
+        );
+        r.register(
+            "feedrank_fresh_eligibility_delay_seconds",
+            "Delay from a post's creation to its entry into the fresh pool",
+            m.fresh_eligibility_delay.clone(),
         );
         let plain = [
             (
@@ -194,6 +226,26 @@ impl Metrics {
         self.durations
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// `n` posts of `source` on a served page.
+    pub fn posts_served(&self, source: &'static str, n: u64) {
+        self.posts_served
+            .get_or_create(&SourceLabel { source })
+            .inc_by(n);
+    }
+
+    /// A post served for the first time (by this process), `age_ms` after its creation.
+    pub fn first_served(&self, source: &'static str, age_ms: i64) {
+        self.first_served_age
+            .get_or_create(&SourceLabel { source })
+            .observe(age_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// A post entered the fresh pool `delay_ms` after its creation.
+    pub fn fresh_eligible(&self, delay_ms: i64) {
+        self.fresh_eligibility_delay
+            .observe(delay_ms.max(0) as f64 / 1000.0);
     }
 
     pub fn feed_served(&self, source: &'static str) {

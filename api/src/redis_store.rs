@@ -6,7 +6,13 @@
 //!   shift later pages;
 //! - `{prefix}seen:{<user>}`: sorted set, post id -> unix ms of the user's latest interaction with
 //!   it, the last few days (the cached path's "seen after the recommendations were built");
-//! - `{prefix}hidden:{<user>}`: set of post ids the user hid.
+//! - `{prefix}hidden:{<user>}`: set of post ids the user hid;
+//! - `{prefix}liked:{<user>}`: sorted set, post id -> unix ms of the user's latest like or share,
+//!   the last few days (the because_you_liked source's input);
+//! - `{prefix}trending:{feedrank_trending}:{bucket_minutes}:{bucket}`: sorted set, post id ->
+//!   weighted interactions counted in one time bucket (`trending.rs`), expiring after the
+//!   trending window. They share one hash tag, so that their union (and its scratch key) is
+//!   computed on one node of a cluster.
 //!
 //! The braces around the user id are a Redis Cluster hash tag (`feedrank_core::cache::user_key`):
 //! a user's keys share a slot, so each pipeline below, which names one user's keys only, goes to
@@ -82,6 +88,39 @@ pub struct RedisStore {
     outage: AtomicBool,
 }
 
+/// Adds `entries` (post id -> ms, a later time wins) to the sorted set `key`, dropping what is
+/// older than `cutoff` and, with `keep`, all but the newest `keep` entries.
+fn add_timed(
+    pipe: &mut redis::Pipeline,
+    key: &str,
+    entries: &[&Mirrored],
+    cutoff: i64,
+    keep: Option<isize>,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(key).arg("GT");
+    for m in entries {
+        zadd.arg(m.at_ms).arg(&m.post_id);
+    }
+    pipe.add_command(zadd).ignore();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(cutoff)
+        .ignore();
+    if let Some(keep) = keep {
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(key)
+            .arg(0)
+            .arg(-(keep + 1))
+            .ignore();
+    }
+    pipe.cmd("PEXPIRE").arg(key).arg(SEEN_RETENTION_MS).ignore();
+}
+
 /// What one feed request reads from Redis, in one round trip.
 pub struct FeedRead {
     /// The user's recommendations entry, still encoded (decoding is memoized by the caller).
@@ -91,6 +130,8 @@ pub struct FeedRead {
     /// Post id -> ms of the latest interaction, the last few days.
     pub seen: Vec<(String, i64)>,
     pub hidden: Vec<String>,
+    /// Post id -> ms of the latest like or share, from the same start as `seen`.
+    pub liked: Vec<(String, i64)>,
 }
 
 /// An interaction to mirror into the seen/hidden keys after it is stored in PostgreSQL.
@@ -98,6 +139,8 @@ pub struct Mirrored {
     pub post_id: String,
     pub at_ms: i64,
     pub hide: bool,
+    /// A like or a share.
+    pub like: bool,
 }
 
 impl RedisStore {
@@ -146,6 +189,9 @@ impl RedisStore {
     }
     fn hidden_key(&self, user: &str) -> String {
         cache::user_key(&self.prefix, "hidden", user)
+    }
+    fn liked_key(&self, user: &str) -> String {
+        cache::user_key(&self.prefix, "liked", user)
     }
 
     /// False while the circuit is open after a failure.
@@ -215,35 +261,39 @@ impl RedisStore {
                 pipe.get(self.session_key(user));
             }
         }
-        self.add_seen_read(&mut pipe, user, seen_since_ms);
+        self.add_seen_read(&mut pipe, self.seen_key(user), seen_since_ms);
         pipe.smembers(self.hidden_key(user));
+        self.add_seen_read(&mut pipe, self.liked_key(user), seen_since_ms);
         type Reply = (
             Option<Vec<u8>>,
             Option<i64>,
             Vec<(String, f64)>,
             Vec<String>,
+            Vec<(String, f64)>,
         );
-        let (recs, session, seen, hidden): Reply = self.run("read", &pipe, metrics).await?;
+        let (recs, session, seen, hidden, liked): Reply = self.run("read", &pipe, metrics).await?;
         Some(FeedRead {
             recommendations: recs,
             session_start_ms: session,
             seen: seen.into_iter().map(|(p, s)| (p, s as i64)).collect(),
             hidden,
+            liked: liked.into_iter().map(|(p, s)| (p, s as i64)).collect(),
         })
     }
 
-    fn add_seen_read(&self, pipe: &mut redis::Pipeline, user: &str, since_ms: Option<i64>) {
+    /// Reads a per-user sorted set of post id -> ms (`seen`, `liked`) from `since_ms`.
+    fn add_seen_read(&self, pipe: &mut redis::Pipeline, key: String, since_ms: Option<i64>) {
         match since_ms {
             Some(ms) => pipe
                 .cmd("ZRANGE")
-                .arg(self.seen_key(user))
+                .arg(&key)
                 .arg(ms)
                 .arg("+inf")
                 .arg("BYSCORE")
                 .arg("WITHSCORES"),
             None => pipe
                 .cmd("ZRANGE")
-                .arg(self.seen_key(user))
+                .arg(&key)
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES"),
@@ -258,7 +308,7 @@ impl RedisStore {
         metrics: &Metrics,
     ) -> Option<Vec<(String, i64)>> {
         let mut pipe = redis::pipe();
-        self.add_seen_read(&mut pipe, user, Some(since_ms));
+        self.add_seen_read(&mut pipe, self.seen_key(user), Some(since_ms));
         let (seen,): (Vec<(String, f64)>,) = self.run("read", &pipe, metrics).await?;
         Some(seen.into_iter().map(|(p, s)| (p, s as i64)).collect())
     }
@@ -306,29 +356,15 @@ impl RedisStore {
     fn add_mirrored(&self, pipe: &mut redis::Pipeline, user: &str, interactions: &[Mirrored]) {
         let cutoff = now_ms() - SEEN_RETENTION_MS;
         let recent: Vec<&Mirrored> = interactions.iter().filter(|m| m.at_ms > cutoff).collect();
-        if !recent.is_empty() {
-            let seen = self.seen_key(user);
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&seen).arg("GT");
-            for m in &recent {
-                zadd.arg(m.at_ms).arg(&m.post_id);
-            }
-            pipe.add_command(zadd).ignore();
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&seen)
-                .arg("-inf")
-                .arg(cutoff)
-                .ignore();
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&seen)
-                .arg(0)
-                .arg(-(SEEN_MAX_ENTRIES + 1))
-                .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(&seen)
-                .arg(SEEN_RETENTION_MS)
-                .ignore();
-        }
+        add_timed(
+            pipe,
+            &self.seen_key(user),
+            &recent,
+            cutoff,
+            Some(SEEN_MAX_ENTRIES),
+        );
+        let likes: Vec<&Mirrored> = recent.iter().copied().filter(|m| m.like).collect();
+        add_timed(pipe, &self.liked_key(user), &likes, cutoff, None);
         let hides: Vec<&str> = interactions
             .iter()
             .filter(|m| m.hide)
@@ -339,6 +375,105 @@ impl RedisStore {
             pipe.sadd(&hidden, hides).ignore();
             pipe.expire(&hidden, HIDDEN_TTL_SECS as i64).ignore();
         }
+    }
+
+    /// Adds weighted interactions to one trending bucket (`key`), which expires `ttl_secs`
+    /// after its last write.
+    pub async fn count_engagement(
+        &self,
+        key: &str,
+        ttl_secs: u64,
+        posts: &[(String, f64)],
+        metrics: &Metrics,
+    ) {
+        if posts.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (post, weight) in posts {
+            pipe.zincr(key, post, *weight).ignore();
+        }
+        pipe.expire(key, ttl_secs as i64).ignore();
+        let _: Option<()> = self.run("count", &pipe, metrics).await;
+    }
+
+    /// The union of sorted sets `keys`, each weighted, computed in Redis into a scratch key that
+    /// is dropped after the read. `read` adds the command(s) that read the scratch key.
+    async fn read_union<T: redis::FromRedisValue>(
+        &self,
+        keys: &[(String, f64)],
+        read: impl FnOnce(&mut redis::Pipeline, &str),
+        metrics: &Metrics,
+    ) -> Option<T> {
+        // (the trending keys' hash tag: a cluster computes the union on their node)
+        let scratch = format!(
+            "{}trending:{{feedrank_trending}}:scratch:{}",
+            self.prefix,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut pipe = redis::pipe();
+        let mut union = redis::cmd("ZUNIONSTORE");
+        union.arg(&scratch).arg(keys.len());
+        for (k, _) in keys {
+            union.arg(k);
+        }
+        union.arg("WEIGHTS");
+        for (_, w) in keys {
+            union.arg(*w);
+        }
+        pipe.add_command(union).ignore();
+        read(&mut pipe, &scratch);
+        pipe.del(&scratch).ignore();
+        self.run("union", &pipe, metrics).await
+    }
+
+    /// The `n` members with the largest weighted sum over `keys`, largest first.
+    pub async fn top_of_union(
+        &self,
+        keys: &[(String, f64)],
+        n: usize,
+        metrics: &Metrics,
+    ) -> Option<Vec<(String, f64)>> {
+        if keys.is_empty() || n == 0 {
+            return Some(Vec::new());
+        }
+        let (top,): (Vec<(String, f64)>,) = self
+            .read_union(
+                keys,
+                |pipe, scratch| {
+                    pipe.cmd("ZRANGE")
+                        .arg(scratch)
+                        .arg(0)
+                        .arg(n - 1)
+                        .arg("REV")
+                        .arg("WITHSCORES");
+                },
+                metrics,
+            )
+            .await?;
+        Some(top)
+    }
+
+    /// The weighted sum over `keys` of each of `members` (0 when absent).
+    pub async fn scores_in_union(
+        &self,
+        keys: &[(String, f64)],
+        members: &[String],
+        metrics: &Metrics,
+    ) -> Option<Vec<f64>> {
+        if keys.is_empty() || members.is_empty() {
+            return Some(vec![0.0; members.len()]);
+        }
+        let (scores,): (Vec<Option<f64>>,) = self
+            .read_union(
+                keys,
+                |pipe, scratch| {
+                    pipe.cmd("ZMSCORE").arg(scratch).arg(members);
+                },
+                metrics,
+            )
+            .await?;
+        Some(scores.into_iter().map(|s| s.unwrap_or(0.0)).collect())
     }
 
     /// PING, bypassing the circuit (readiness must say what is true now).

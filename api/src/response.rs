@@ -31,21 +31,48 @@ pub struct FeedPost {
     /// The recommendation score (recommended posts only; absent in the random fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f32>,
-    /// Why the post was recommended: the strongest component of its score, one of
-    /// `similar_users`, `similar_content`, `fresh`, `popular` (recommended posts only).
+    /// Why the post was recommended: the strongest component of its score (`similar_users`,
+    /// `similar_content`, `fresh`, `popular`, `liked_author`) or its source's own reason
+    /// (`because_you_liked`, `trending`); absent for the random fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The candidate source the post came from: `personalized`, `fresh`, `because_you_liked`,
+    /// `trending` or `fallback` (always present in feed pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For `because_you_liked`: the post the user liked or shared that this one neighbours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub because_of: Option<Uuid>,
+}
+
+/// A candidate source left out of a page, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SkippedSource {
+    /// `fresh`, `because_you_liked` or `trending`.
+    pub source: String,
+    /// e.g. `no model for the user's run`, `profile from an older model`, `redis unavailable`.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FeedMetadata {
-    /// Posts available to page through from this source (after the serve-time filters).
+    /// Posts available to page through: the blend of the sources after the serve-time filters,
+    /// then the fallback's posts not already in it (whose seen filter is applied when paging
+    /// reaches them, so this can overstate by those).
     pub total: usize,
     pub offset: usize,
     pub limit: usize,
-    /// `cache`, `db` or `fallback`.
+    /// Where the user's personalized list came from: `cache` (Redis) or `db`; `fallback` when
+    /// the user has none (kept from before the sources were blended).
     pub source: String,
+    /// The candidate sources of this page's posts, in order of first appearance.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The request-time sources skipped for this user, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedSource>,
     /// The random fallback's seed; pass it back as `seed` to get the next page of the same order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,

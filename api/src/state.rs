@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::feed::{Feeds, Stores, SOURCES};
+use crate::feed::{Feeds, Stores, PAGE_ORIGINS};
 use crate::memo::TtlCache;
 use crate::metrics::{Metrics, PoolGauge};
 use crate::redis_store::RedisStore;
@@ -50,7 +50,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             users: TtlCache::new(KNOWN_USER_CAPACITY, KNOWN_USER_TTL),
             feeds: Feeds::new(&cfg),
-            metrics: Metrics::new(SOURCES.iter().map(|s| s.name)),
+            metrics: Metrics::new(PAGE_ORIGINS),
             cfg,
             pg,
             redis,

@@ -2,6 +2,7 @@
 //! (request timeout, metrics, logs). The extractors every handler uses are in `extract`.
 
 pub mod demo;
+pub mod explain;
 pub mod extract;
 pub mod feeds;
 pub mod ops;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.cfg.body_limit;
     Router::new()
         .merge(feeds::router())
+        .merge(explain::router())
         .merge(track::router())
         .merge(ops::router())
         .merge(demo::router())

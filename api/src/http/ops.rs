@@ -10,7 +10,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::ErrorBody;
-use crate::http::{feeds, track};
+use crate::http::{explain, feeds, track};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -124,6 +124,7 @@ impl Modify for Security {
     ),
     paths(
         feeds::get_feed,
+        explain::explain,
         track::track,
         track::track_batch,
         healthz,

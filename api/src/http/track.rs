@@ -24,6 +24,7 @@ use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
 use crate::http::extract::{AuthUser, BodyBytes};
 use crate::redis_store::Mirrored;
 use crate::state::AppState;
+use crate::trending;
 
 /// Largest `metadata` object, in bytes of compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -255,11 +256,30 @@ async fn store(
     Ok(stored)
 }
 
-fn mirrored(ev: &TrackRequest, stored: &db::Stored) -> Mirrored {
-    Mirrored {
-        post_id: stored.post_id.to_string(),
-        at_ms: stored.at_ms,
-        hide: ev.interaction_type == InteractionType::Hide,
+/// What Redis keeps of stored interactions: the user's seen/hidden/liked mirrors, and the
+/// trending counters (new interactions only: a retried event is not counted twice).
+async fn mirror(state: &AppState, user: Uuid, stored: &[(InteractionType, db::Stored)]) {
+    let mirrored: Vec<Mirrored> = stored
+        .iter()
+        .map(|(kind, s)| Mirrored {
+            post_id: s.post_id.to_string(),
+            at_ms: s.at_ms,
+            hide: *kind == InteractionType::Hide,
+            like: matches!(kind, InteractionType::Like | InteractionType::Share),
+        })
+        .collect();
+    state
+        .redis
+        .record_interactions(&user.to_string(), &mirrored, &state.metrics)
+        .await;
+    let counted: Vec<(Uuid, InteractionType, i64)> = stored
+        .iter()
+        .filter(|(_, s)| s.created)
+        .map(|(kind, s)| (s.post_id, *kind, s.at_ms))
+        .collect();
+    if !counted.is_empty() {
+        let config = state.feeds.models.serving_config(&state.pg).await;
+        trending::record(&state.redis, &state.metrics, &config, &counted).await;
     }
 }
 
@@ -289,10 +309,9 @@ pub async fn track(
         let client = state.pg.get().await?;
         let stored = store(&state, &client, user, &ev).await?;
         drop(client);
-        state
-            .redis
-            .record_interactions(&user.to_string(), &[mirrored(&ev, &stored)], &state.metrics)
-            .await;
+        let stored = [(ev.interaction_type, stored)];
+        mirror(&state, user, &stored).await;
+        let [(_, stored)] = stored;
         Ok::<_, ApiError>(stored)
     })
     .await
@@ -346,7 +365,7 @@ pub async fn track_batch(
     }
     let client = state.pg.get().await?;
     let mut results = Vec::with_capacity(events.len());
-    let mut mirror = Vec::new();
+    let mut stored_events = Vec::new();
     for (index, raw) in events.iter().enumerate() {
         let outcome = match parse::<TrackRequest>(raw.get().as_bytes(), &format!("events[{index}]"))
         {
@@ -355,7 +374,6 @@ pub async fn track_batch(
         };
         match outcome {
             Ok((ev, stored)) => {
-                mirror.push(mirrored(&ev, &stored));
                 results.push(TrackBatchResult {
                     index,
                     status: 201,
@@ -363,6 +381,7 @@ pub async fn track_batch(
                     interaction_id: Some(stored.id),
                     error: None,
                 });
+                stored_events.push((ev.interaction_type, stored));
             }
             // The database went away: the events before this one are stored; the client retries
             // the batch (with event ids, nothing is stored twice).
@@ -379,12 +398,9 @@ pub async fn track_batch(
         }
     }
     drop(client);
-    state
-        .redis
-        .record_interactions(&user.to_string(), &mirror, &state.metrics)
-        .await;
+    mirror(&state, user, &stored_events).await;
     Ok(Json(TrackBatchResponse {
-        accepted: mirror.len(),
+        accepted: stored_events.len(),
         results,
     }))
 }

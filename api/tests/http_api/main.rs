@@ -7,4 +7,5 @@ mod auth;
 mod demo;
 mod feeds;
 mod ops;
+mod sources;
 mod track;

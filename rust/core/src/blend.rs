@@ -12,8 +12,9 @@
 //! The API (per request) and the offline evaluation (replaying what the API serves) both call
 //! [`blend`], so what is measured is what is served.
 
-use std::collections::HashSet;
 use std::hash::Hash;
+
+use rustc_hash::FxHashSet;
 
 use crate::{Error, Result};
 
@@ -45,7 +46,9 @@ pub fn blend<K: Eq + Hash + Copy>(
     }
     let total_len: usize = lists.iter().map(|l| l.len()).sum();
     let mut out = Vec::with_capacity(max_len.min(total_len));
-    let mut placed: HashSet<K> = HashSet::with_capacity(max_len.min(total_len));
+    // (Fx, not SipHash: the API blends every feed request, and the keys are post ids)
+    let mut placed: FxHashSet<K> =
+        FxHashSet::with_capacity_and_hasher(max_len.min(total_len), Default::default());
     let mut next = vec![0usize; lists.len()];
     // Credits in f64: a long feed accumulates many small additions.
     let mut credit = vec![0f64; lists.len()];

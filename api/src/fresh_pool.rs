@@ -1,0 +1,120 @@
+//! The fresh source's in-process pool: the posts created after the newest model's snapshot, in
+//! its `sources.fresh` window and at most `pool_size` of them (the newest), each with its TF-IDF
+//! row computed by `feedrank-core`'s TF-IDF under the model's vocabulary and idf (the numbers the
+//! pipeline would give). Reloaded incrementally: a reload reads the posts created since the last
+//! one (less a margin, for transactions that commit late) and the posts PostgreSQL said changed,
+//! and rebuilds the `FreshPool` index with the live engagement of the trending counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use feedrank_core::fresh::{FreshPool, PoolPost, SparseVec};
+use uuid::Uuid;
+
+use crate::db;
+use crate::error::ApiResult;
+use crate::memo::IdMap;
+use crate::metrics::Metrics;
+use crate::models::ServingModel;
+use crate::redis_store::RedisStore;
+
+/// Posts created this long before the newest one read are read again (a transaction that
+/// commits late can store an earlier `created_at`).
+const LATE_COMMIT_MARGIN_MS: i64 = 10_000;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// One snapshot of the pool.
+pub struct FreshSnapshot {
+    /// Distinguishes snapshots (the key of the users' memoized rankings).
+    pub generation: u64,
+    pub model: Arc<ServingModel>,
+    pub pool: FreshPool,
+    /// The posts the snapshot was built from, by id (the next reload starts from them).
+    posts: IdMap<Uuid, PoolPost>,
+    /// The newest `created_at` read (ms).
+    newest_ms: i64,
+}
+
+/// A post's TF-IDF row under `model` (unit length; empty when no term is known).
+pub fn tfidf_row(model: &ServingModel, content: &str) -> SparseVec {
+    let m = model.tfidf.transform(&[content]);
+    let (terms, weights) = m.view().row(0);
+    let pairs = terms
+        .iter()
+        .zip(weights)
+        .map(|(&t, &w)| (t, w as f32))
+        .collect();
+    SparseVec::normalized(pairs).unwrap_or_default()
+}
+
+/// The pool at `now_ms` under `model`, starting from `previous` (when it was built on the same
+/// model) and re-reading the posts in `changed`.
+pub async fn reload(
+    pg: &Pool,
+    redis: &RedisStore,
+    metrics: &Metrics,
+    model: Arc<ServingModel>,
+    previous: Option<&FreshSnapshot>,
+    changed: &[Uuid],
+    now_ms: i64,
+) -> ApiResult<FreshSnapshot> {
+    let settings = model.config.sources.fresh;
+    let oldest = model.snapshot_ms.max(now_ms - settings.window_ms());
+    let (mut posts, newest_ms) = match previous.filter(|p| p.model.id == model.id) {
+        Some(p) => (p.posts.clone(), p.newest_ms),
+        None => (IdMap::default(), oldest),
+    };
+    for id in changed {
+        posts.remove(id);
+    }
+    let read_after = oldest.max(newest_ms - LATE_COMMIT_MARGIN_MS);
+    let rows = db::new_posts(pg, read_after, changed, settings.pool_size).await?;
+    let mut newest = newest_ms;
+    for row in rows {
+        newest = newest.max(row.created_ms);
+        if row.created_ms <= oldest || posts.contains_key(&row.id) {
+            continue;
+        }
+        metrics.fresh_eligible(now_ms - row.created_ms);
+        posts.insert(
+            row.id,
+            PoolPost {
+                id: row.id.as_u128(),
+                author: Some(row.author.as_u128()),
+                created_ms: row.created_ms,
+                tfidf: tfidf_row(&model, &row.content),
+            },
+        );
+    }
+    // Bounded: the window, then the newest `pool_size`.
+    posts.retain(|_, p| p.created_ms > oldest);
+    if posts.len() > settings.pool_size {
+        let mut by_age: Vec<(i64, Uuid)> =
+            posts.iter().map(|(id, p)| (p.created_ms, *id)).collect();
+        by_age.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in &by_age[settings.pool_size..] {
+            posts.remove(id);
+        }
+    }
+    let ids: Vec<Uuid> = posts.keys().copied().collect();
+    let live =
+        crate::trending::engagement(redis, metrics, &model.config.sources.trending, now_ms, &ids)
+            .await;
+    let engagement: IdMap<u128, f32> = ids.iter().map(|i| i.as_u128()).zip(live).collect();
+    let pool = FreshPool::new(
+        posts.values().cloned().collect(),
+        now_ms,
+        |id| engagement.get(&id).copied().unwrap_or(0.0),
+        &model.config,
+    )
+    .map_err(|e| crate::error::ApiError::Internal(format!("fresh pool: {e}")))?;
+    Ok(FreshSnapshot {
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        model,
+        pool,
+        posts,
+        newest_ms: newest,
+    })
+}
