@@ -46,7 +46,7 @@ fn same_token(given: &str, expected: &str) -> bool {
     get,
     path = "/api/feeds/explain",
     tag = "operations",
-    params(ExplainParams, ("X-Admin-Token" = String, Header, description = "FEEDRANK_ADMIN_TOKEN")),
+    params(ExplainParams, ("X-Admin-Token" = Option<String>, Header, description = "FEEDRANK_ADMIN_TOKEN (answered 401 when missing or wrong, 404 when the route is closed)")),
     responses(
         (status = 200, description = "The user's candidates per source", body = Object),
         (status = 400, description = "userId is missing or not a UUID", body = ErrorBody),
