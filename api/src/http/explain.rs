@@ -2,7 +2,7 @@
 //! and components. Closed unless `FEEDRANK_ADMIN_TOKEN` is set (404), and then only with that
 //! token in `X-Admin-Token` (401 otherwise); never with a user's token.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,6 +31,25 @@ pub struct ExplainParams {
     pub user_id: Option<String>,
 }
 
+impl ExplainParams {
+    /// Parsed as pairs, as the feed's parameters are, so that a malformed or repeated parameter
+    /// is a 400 in the API's JSON shape naming it (axum's `Query` answers in plain text).
+    fn parse(raw: Option<&str>) -> ApiResult<ExplainParams> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad("query", format!("malformed query string: {e}")))?;
+        let mut user_id = None;
+        for (k, v) in pairs {
+            if k == "userId" {
+                if user_id.is_some() {
+                    return Err(ApiError::bad("userId", "given more than once"));
+                }
+                user_id = Some(v);
+            }
+        }
+        Ok(ExplainParams { user_id })
+    }
+}
+
 /// Equal tokens, compared through their digests (no early exit on the first differing byte).
 fn same_token(given: &str, expected: &str) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
@@ -57,7 +76,7 @@ fn same_token(given: &str, expected: &str) -> bool {
 pub async fn explain(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(params): Query<ExplainParams>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Some(expected) = state.cfg.admin_token.as_deref() else {
         return Err(ApiError::NotFound {
@@ -74,6 +93,7 @@ pub async fn explain(
             "the {ADMIN_HEADER} header does not hold the operators' token"
         )));
     }
+    let params = ExplainParams::parse(raw.as_deref())?;
     let user = params
         .user_id
         .as_deref()
@@ -91,6 +111,22 @@ pub async fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_or_malformed_user_id_is_a_400_naming_it() {
+        let field = |raw: &str| match ExplainParams::parse(Some(raw)) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("{raw}: expected a 400, got {other:?}"),
+        };
+        assert_eq!(field("userId=a&userId=b"), "userId");
+        assert_eq!(
+            ExplainParams::parse(Some("userId=x&other=1"))
+                .unwrap()
+                .user_id
+                .as_deref(),
+            Some("x")
+        );
+    }
 
     #[test]
     fn tokens_match_only_when_equal() {
