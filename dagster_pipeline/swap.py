@@ -371,6 +371,11 @@ def _remove_unused_models(conn: psycopg.Connection, log: Log) -> int:
     try:
         with conn.transaction():
             lock_timeout(conn)
+            # The delete reads recommendation_runs, then its ON DELETE SET NULL writes it: taken as
+            # a read first, that lock would be upgraded behind a concurrent run's DROP of a run
+            # table (which wants recommendation_runs exclusively while holding user_recommendations):
+            # a deadlock a clean-clone CI run hit. Taking the write lock first orders the two.
+            conn.execute("LOCK TABLE recommendation_runs IN ROW EXCLUSIVE MODE")
             return conn.execute(
                 "DELETE FROM recommendation_models m WHERE NOT EXISTS (SELECT 1 FROM recommendation_runs r "
                 "WHERE r.model_id = m.id AND r.status IN ('complete', 'building')) AND "
