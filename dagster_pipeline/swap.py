@@ -408,7 +408,22 @@ def clean_up(
     dropped (a
     partition's drop is a catalog change, not a delete of its rows), then the runs (rows in the
     default partition go by cascade); then rows past their expiry (runs of another shard layout),
-    then the models no run names."""
+    then the models no run names. Concurrent runs' clean-ups take turns (a session advisory lock):
+    interleaved, one's DROP of a run table and the other's reads and deletes took the same tables'
+    locks in opposite orders and deadlocked."""
+    conn.execute("SELECT pg_advisory_lock(hashtext('feedrank.swap.clean_up'))")
+    conn.commit()
+    try:
+        return _clean_up(conn, shard, run_id, dagster_run_id, log)
+    finally:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(hashtext('feedrank.swap.clean_up'))")
+        conn.commit()
+
+
+def _clean_up(
+    conn: psycopg.Connection, shard: str, run_id: int, dagster_run_id: str, log: Log
+) -> CleanedUp:
     superseded = [
         r[0]
         for r in conn.execute(
