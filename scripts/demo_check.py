@@ -36,6 +36,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import feedrank
+
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL_BUDGET_S = 600
 FIRST_RUN_READY_S = 420
@@ -239,7 +241,9 @@ def check_page(api_port: int, user_id: str | None) -> None:
     if not check("the browser for the page test is there", problem is None, problem or ""):
         return
     env = dict(os.environ, DEMO_URL=f"http://127.0.0.1:{api_port}",
-               SCREENSHOT=str(ROOT / "artifacts" / "demo-page.png"))
+               SCREENSHOT=str(ROOT / "artifacts" / "demo-page.png"),
+               # the core's reasons: the page test's list cannot fall behind the core's
+               FEEDRANK_REASONS=",".join(feedrank.reason_names()))
     if user_id:
         env["DEMO_USER_ID"] = user_id
     r = subprocess.run(["node", "--test", "tests/e2e/demo_page.test.mjs"], cwd=ROOT, env=env,
@@ -247,8 +251,11 @@ def check_page(api_port: int, user_id: str | None) -> None:
     for line in (r.stdout + r.stderr).splitlines():
         print(f"  e2e| {line}", flush=True)
     shot = ROOT / "artifacts" / "demo-page.png"
+    # the assertion's own message in the summary too (the summary is what a CI log's tail shows)
+    why = [ln.strip() for ln in (r.stdout + r.stderr).splitlines()
+           if re.search(r"error:|Error|expected|actual", ln)][:3]
     check("/demo in headless Chromium: pick a user, feed + fallback, like and hide tracked",
-          r.returncode == 0, f"node --test exit {r.returncode}")
+          r.returncode == 0, f"node --test exit {r.returncode}" + "".join(f"; {w}" for w in why))
     check("screenshot saved", shot.exists() and shot.stat().st_size > 10_000, str(shot))
 
 

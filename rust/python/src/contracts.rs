@@ -337,6 +337,16 @@ pub fn collaborative_models(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     PyTuple::new(py, CollaborativeModel::NAMES)
 }
 
+/// The reasons a recommended post can carry (the core's `Reason`): the `reason` field of the
+/// pipeline's rows and of the feed's posts.
+///
+/// >>> feedrank.reason_names()
+/// ('similar_users', 'similar_content', 'fresh', 'popular', 'liked_author', 'because_you_liked', 'trending')
+#[pyfunction]
+pub fn reason_names(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    PyTuple::new(py, Reason::NAMES)
+}
+
 /// The values of the config's `weighting` field (the core's `InteractionWeighting`).
 ///
 /// >>> feedrank.weighting_names()

@@ -29,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(contracts::interaction_types, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::collaborative_models, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::weighting_names, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::reason_names, m)?)?;
     m.add_function(wrap_pyfunction!(sources::source_names, m)?)?;
     // kernels
     m.add_function(wrap_pyfunction!(kernels::shuffle, m)?)?;
