@@ -1,0 +1,347 @@
+//! The `personalized` source: the pipeline's list for the user, from the first place of
+//! [`PERSONALIZED`] that has it (the Redis entry, else the database's current recommendations,
+//! written back to Redis).
+
+use std::future::Future;
+use std::hash::Hasher;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use feedrank_core::cache::{CachedFeed, CachedProfile, CachedRecommendation};
+use feedrank_core::config::{Reason, ScoringConfig, Source};
+use uuid::Uuid;
+
+use super::{CachedPost, Candidate, Exclusions, Feeds, SourceInput};
+use crate::db;
+use crate::error::ApiResult;
+use crate::memo::{IdHasher, IdMap};
+use crate::redis_store::Mirrored;
+
+/// The user's personalized list, as one of [`PERSONALIZED`] answers it.
+pub struct Personalized {
+    /// Where it came from (`metadata.source`, and the metrics label): `cache` or `db`.
+    pub origin: &'static str,
+    pub items: Vec<Candidate>,
+    /// Posts to leave out (hidden, or seen after the list was built).
+    pub excluded: Exclusions,
+    /// Bodies loaded already (the page builder loads the page's other posts).
+    pub bodies: IdMap<Uuid, Arc<CachedPost>>,
+    /// When the list was built (ms).
+    pub built_ms: i64,
+    /// The run's serving model, and the user's profile in it.
+    pub model_id: Option<i64>,
+    pub profile: Option<Arc<CachedProfile>>,
+}
+
+pub(super) type LookupFuture<'a> =
+    Pin<Box<dyn Future<Output = ApiResult<Option<Personalized>>> + Send + 'a>>;
+
+/// A place the personalized list is looked for: its name (`metadata.source`, metrics) and the
+/// function that reads it, or `None` when it has nothing for this request.
+pub struct Lookup {
+    pub name: &'static str,
+    find: for<'a> fn(&'a SourceInput<'a>, &'static str) -> LookupFuture<'a>,
+}
+
+/// Where the personalized list is looked for, in this order.
+pub const PERSONALIZED: [Lookup; 2] = [
+    Lookup {
+        name: "cache",
+        find: |input, name| Box::pin(from_cache(input, name)),
+    },
+    Lookup {
+        name: "db",
+        find: |input, name| Box::pin(from_database(input, name)),
+    },
+];
+
+/// The values of `metadata.source` (and of the `source` label of the feed page counter).
+pub const PAGE_ORIGINS: [&str; 3] = ["cache", "db", "fallback"];
+
+/// One recommended post of an entry, decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Recommended {
+    pub post: Uuid,
+    pub score: f32,
+    pub reason: Reason,
+    pub components: [f32; 4],
+}
+
+/// A decoded recommendations entry, remembered with a digest of its bytes: the same bytes read
+/// again from Redis are not decoded again (decoding is most of the cached path's CPU).
+pub struct DecodedFeed {
+    digest: (u64, usize),
+    pub generated_at: i64,
+    pub model_id: Option<i64>,
+    pub profile: Option<Arc<CachedProfile>>,
+    pub items: Vec<Recommended>,
+}
+
+/// A fast digest (8 bytes a step) with the length: the entry is written by the pipeline, not
+/// by clients, so a non-cryptographic hash is enough to recognize the same bytes again.
+pub(super) fn digest(raw: &[u8]) -> (u64, usize) {
+    let mut h = IdHasher::default();
+    h.write(raw);
+    (h.finish(), raw.len())
+}
+
+pub(super) fn decoded_items(items: &[CachedRecommendation]) -> Vec<Recommended> {
+    items
+        .iter()
+        .filter_map(|i| {
+            Some(Recommended {
+                post: Uuid::parse_str(&i.post_id).ok()?,
+                score: i.score,
+                reason: i.reason,
+                components: i.components,
+            })
+        })
+        .collect()
+}
+
+/// The personalized list without its excluded posts.
+pub(super) fn personal_list(personalized: Option<&Personalized>) -> Vec<Candidate> {
+    personalized
+        .map(|p| {
+            p.items
+                .iter()
+                .filter(|c| !p.excluded.contains(&c.post))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The TTL of an entry written back from the database: the run's `cache_ttl_seconds` (the
+/// pipeline's setting, stored with the run; the default configuration's when the run has none),
+/// never past the rows' expiry (at least a second).
+pub fn write_back_ttl(run_ttl_seconds: Option<u64>, expires_at_ms: i64, now_ms: i64) -> Duration {
+    let configured = run_ttl_seconds.unwrap_or_else(|| ScoringConfig::default().cache_ttl_seconds);
+    let until_expiry = Duration::from_millis((expires_at_ms - now_ms).max(1000) as u64);
+    Duration::from_secs(configured).min(until_expiry)
+}
+
+impl Feeds {
+    /// The user's personalized list from the first place that has it.
+    pub(super) async fn personalized(
+        &self,
+        input: &SourceInput<'_>,
+    ) -> ApiResult<Option<Personalized>> {
+        if input.req.fallback_only {
+            return Ok(None);
+        }
+        for lookup in &PERSONALIZED {
+            if let Some(p) = (lookup.find)(input, lookup.name).await? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The user's Redis entry decoded (memoized); `None` for an entry this build cannot read,
+    /// which is then a cache miss.
+    pub(super) fn decode_entry(&self, user: Uuid, raw: &[u8]) -> Option<Arc<DecodedFeed>> {
+        let d = digest(raw);
+        if let Some(hit) = self.decoded.get(&user) {
+            if hit.digest == d {
+                return Some(hit);
+            }
+        }
+        match feedrank_core::cache::decode(raw) {
+            Ok(feed) => {
+                let decoded = Arc::new(DecodedFeed {
+                    digest: d,
+                    generated_at: feed.generated_at,
+                    model_id: feed.model_id,
+                    profile: feed.profile.map(Arc::new),
+                    items: decoded_items(&feed.items),
+                });
+                self.decoded.insert(user, decoded.clone());
+                Some(decoded)
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "unreadable recommendations entry, treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Recommended posts as candidates, with their bodies (which give their authors); deleted
+    /// posts are left out.
+    pub(super) async fn recommended(
+        &self,
+        pg: &Pool,
+        items: &[Recommended],
+        origin: &'static str,
+        excluded: Exclusions,
+    ) -> ApiResult<Personalized> {
+        let ids: Vec<Uuid> = items.iter().map(|i| i.post).collect();
+        let bodies = self.hydrate(pg, &ids).await?;
+        let items = items
+            .iter()
+            .filter_map(|i| {
+                Some(Candidate {
+                    post: i.post,
+                    author: bodies.get(&i.post)?.author,
+                    source: Source::Personalized,
+                    score: Some(i.score),
+                    reason: Some(i.reason),
+                    because_of: None,
+                    components: Some(i.components),
+                })
+            })
+            .collect();
+        Ok(Personalized {
+            origin,
+            items,
+            excluded,
+            bodies,
+            built_ms: 0,
+            model_id: None,
+            profile: None,
+        })
+    }
+}
+
+/// The pipeline's Redis entry for the user.
+pub(super) async fn from_cache(
+    input: &SourceInput<'_>,
+    name: &'static str,
+) -> ApiResult<Option<Personalized>> {
+    let (feeds, stores) = (input.feeds, input.stores);
+    if input.req.refresh {
+        return Ok(None);
+    }
+    let Some(read) = &input.read else {
+        return Ok(None);
+    };
+    let entry = read
+        .recommendations
+        .as_deref()
+        .and_then(|raw| feeds.decode_entry(input.user, raw));
+    stores.metrics.cache_lookup(entry.is_some());
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    let built_ms = entry.generated_at * 1000;
+    let reread;
+    let seen = match input.seen_since {
+        // An entry older than the one remembered: its seen entries are read again.
+        Some(read_from) if built_ms < read_from => {
+            match stores
+                .redis
+                .read_seen(&input.user_key, built_ms, stores.metrics)
+                .await
+            {
+                Some(seen) => {
+                    reread = seen;
+                    &reread
+                }
+                None => return Ok(None),
+            }
+        }
+        _ => &read.seen,
+    };
+    let excluded = Exclusions::from_redis(&read.hidden, seen, built_ms, input.as_of);
+    let mut p = feeds
+        .recommended(stores.pg, &entry.items, name, excluded)
+        .await?;
+    p.built_ms = built_ms;
+    p.model_id = entry.model_id;
+    p.profile = entry.profile.clone();
+    Ok(Some(p))
+}
+
+/// The user's current recommendations in PostgreSQL (with the run's model and the user's
+/// profile in it), written back to Redis (not asked again for a user it had none for, until
+/// recommendations change).
+pub(super) async fn from_database(
+    input: &SourceInput<'_>,
+    name: &'static str,
+) -> ApiResult<Option<Personalized>> {
+    let (feeds, stores, user) = (input.feeds, input.stores, input.user);
+    let generation = feeds.recommendations_generation.load(Ordering::SeqCst);
+    if !input.req.refresh && feeds.known_without_recommendations(user) {
+        return Ok(None);
+    }
+    let Some(current) = db::current_recommendations(stores.pg, user).await? else {
+        if feeds.is_listening() {
+            // Remembered with the generation read before the query: a change that arrived
+            // during it voids this answer.
+            feeds.without_recommendations.insert(user, generation);
+        }
+        return Ok(None);
+    };
+    let built_ms = current.generated_at * 1000;
+    let marks = db::interaction_marks(stores.pg, user, built_ms).await?;
+    let profile = match current.model_id {
+        Some(m) => db::user_profile(stores.pg, m, user).await?,
+        None => None,
+    };
+    let ttl = write_back_ttl(
+        current.cache_ttl_seconds,
+        current.expires_at.timestamp_millis(),
+        input.now,
+    );
+    let mirrored: Vec<Mirrored> = marks
+        .iter()
+        .map(|m| Mirrored {
+            post_id: m.post_id.to_string(),
+            at_ms: m.at_ms,
+            hide: m.hide,
+            like: m.like,
+        })
+        .collect();
+    let entry = CachedFeed::new(current.run_id, current.generated_at, current.items)
+        .with_model(current.model_id, profile);
+    stores
+        .redis
+        .write_feed(&input.user_key, &entry, ttl, &mirrored, stores.metrics)
+        .await;
+    let excluded = Exclusions::from_marks(&marks, built_ms, input.as_of);
+    let items = decoded_items(&entry.items);
+    let mut p = feeds.recommended(stores.pg, &items, name, excluded).await?;
+    p.built_ms = built_ms;
+    p.model_id = entry.model_id;
+    p.profile = entry.profile.map(Arc::new);
+    Ok(Some(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_back_ttl_is_the_runs_setting_capped_by_the_rows_expiry() {
+        let now = 1_764_201_600_000;
+        let day = 86_400_000;
+        let default = ScoringConfig::default().cache_ttl_seconds;
+        assert_eq!(
+            write_back_ttl(Some(120), now + day, now),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            write_back_ttl(None, now + day, now),
+            Duration::from_secs(default)
+        );
+        assert_eq!(
+            write_back_ttl(Some(7200), now + 90_000, now),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            write_back_ttl(Some(7200), now - 5_000, now),
+            Duration::from_secs(1),
+            "rows about to expire: one second"
+        );
+    }
+
+    #[test]
+    fn the_personalized_list_is_looked_for_in_the_documented_order() {
+        let names: Vec<&str> = PERSONALIZED.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["cache", "db"]);
+        assert_eq!(PAGE_ORIGINS, ["cache", "db", "fallback"]);
+    }
+}
