@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, Mirrored, RedisStore, SEEN_RETENTION_MS};
 use crate::response::{FeedMetadata, FeedPost, SkippedSource};
+use crate::served_log::ServedPost;
 
 /// Seeds are kept within JavaScript's safe integers, so a browser can pass one back unchanged.
 pub const MAX_SEED: u64 = (1 << 53) - 1;
@@ -90,6 +91,18 @@ pub struct FeedRequest {
     pub fallback_only: bool,
 }
 
+/// A built feed page.
+pub struct FeedPage {
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Its posts, in order.
+    pub served: Vec<ServedPost>,
+    /// The recommendation run whose list the page blended, and its serving model; none for a
+    /// page without the user's list (`metadata.source` = `fallback`).
+    pub run_id: Option<i64>,
+    pub model_id: Option<i64>,
+}
+
 /// A post a source proposes, with what the page says about it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -117,6 +130,8 @@ pub struct Personalized {
     pub bodies: IdMap<Uuid, Arc<CachedPost>>,
     /// When the list was built (ms).
     pub built_ms: i64,
+    /// The recommendation run the list is from (the served log records it).
+    pub run_id: Option<i64>,
     /// The run's serving model, and the user's profile in it.
     pub model_id: Option<i64>,
     pub profile: Option<Arc<CachedProfile>>,
@@ -283,6 +298,7 @@ pub struct Recommended {
 /// again from Redis are not decoded again (decoding is most of the cached path's CPU).
 pub struct DecodedFeed {
     digest: (u64, usize),
+    pub run_id: i64,
     pub generated_at: i64,
     pub model_id: Option<i64>,
     pub profile: Option<Arc<CachedProfile>>,
@@ -529,13 +545,15 @@ impl Feeds {
 
     // --- the page -------------------------------------------------------------------------
 
-    /// One feed page for `user`: the JSON body of a [`crate::response::FeedResponse`].
+    /// One feed page for `user`: the JSON body of a [`crate::response::FeedResponse`] (its
+    /// `metadata.requestId` is `request_id`), and what it served.
     pub async fn build(
         &self,
         stores: &Stores<'_>,
         user: Uuid,
         req: &FeedRequest,
-    ) -> ApiResult<Vec<u8>> {
+        request_id: Uuid,
+    ) -> ApiResult<FeedPage> {
         let input = self.input(stores, user, req, req.offset == 0).await;
         let personalized = self.personalized(&input).await?;
         let (merged, lists) = self.blended(&input, personalized.as_ref()).await?;
@@ -599,6 +617,7 @@ impl Feeds {
         let start = req.offset.min(order.len());
         let page = &order[start..need.min(order.len())];
         let metadata = FeedMetadata {
+            request_id,
             total,
             offset: req.offset,
             limit: req.limit,
@@ -607,8 +626,24 @@ impl Feeds {
             skipped: lists.skipped.clone(),
             seed,
         };
-        self.page(stores, page.iter().map(|&i| item(i)), bodies, metadata)
-            .await
+        let mut served = Vec::with_capacity(page.len());
+        let body = self
+            .page(
+                stores,
+                page.iter().map(|&i| item(i)),
+                bodies,
+                metadata,
+                &mut served,
+            )
+            .await?;
+        // The run the page blended: the one whose list `metadata.source` names.
+        let run = personalized.as_ref().filter(|_| origin != "fallback");
+        Ok(FeedPage {
+            body,
+            served,
+            run_id: run.and_then(|p| p.run_id),
+            model_id: run.and_then(|p| p.model_id),
+        })
     }
 
     /// For operators: each source's candidates for `user` with their scores and components,
@@ -1152,13 +1187,15 @@ impl Feeds {
         Ok((order, seed))
     }
 
-    /// The page of `items`, as JSON (`metadata.sources` is filled here).
+    /// The page of `items`, as JSON (`metadata.sources` is filled here); the posts it holds are
+    /// appended to `served`, in order.
     async fn page<'c>(
         &self,
         stores: &Stores<'_>,
         items: impl Iterator<Item = &'c Candidate> + Clone,
         bodies: &IdMap<Uuid, Arc<CachedPost>>,
         mut metadata: FeedMetadata,
+        served: &mut Vec<ServedPost>,
     ) -> ApiResult<Vec<u8>> {
         let mut missing = Vec::with_capacity(metadata.limit);
         for c in items.clone() {
@@ -1206,6 +1243,11 @@ impl Feeds {
                 out.push(b'"');
             }
             out.push(b'}');
+            served.push(ServedPost {
+                post: item.post,
+                source: item.source,
+                reason: item.reason,
+            });
             let s = Source::ALL
                 .iter()
                 .position(|&s| s == item.source)
@@ -1268,6 +1310,7 @@ impl Feeds {
             Ok(feed) => {
                 let decoded = Arc::new(DecodedFeed {
                     digest: d,
+                    run_id: feed.run_id,
                     generated_at: feed.generated_at,
                     model_id: feed.model_id,
                     profile: feed.profile.map(Arc::new),
@@ -1314,6 +1357,7 @@ impl Feeds {
             excluded,
             bodies,
             built_ms: 0,
+            run_id: None,
             model_id: None,
             profile: None,
         })
@@ -1398,6 +1442,7 @@ async fn from_cache(
         .recommended(stores.pg, &entry.items, name, excluded)
         .await?;
     p.built_ms = built_ms;
+    p.run_id = Some(entry.run_id);
     p.model_id = entry.model_id;
     p.profile = entry.profile.clone();
     Ok(Some(p))
@@ -1453,6 +1498,7 @@ async fn from_database(
     let items = decoded_items(&entry.items);
     let mut p = feeds.recommended(stores.pg, &items, name, excluded).await?;
     p.built_ms = built_ms;
+    p.run_id = Some(entry.run_id);
     p.model_id = entry.model_id;
     p.profile = entry.profile.map(Arc::new);
     Ok(Some(p))
