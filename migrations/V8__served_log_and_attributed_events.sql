@@ -83,6 +83,7 @@ CREATE FUNCTION served_pages_maintain(today date, days_ahead integer, retention_
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     day date;
+    part text;
     old text;
 BEGIN
     IF days_ahead < 0 OR retention_days < 1 THEN
@@ -91,10 +92,14 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('served_pages_maintain'));
     FOR day IN SELECT generate_series(today, today + days_ahead, interval '1 day')::date LOOP
-        EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF served_pages FOR VALUES FROM (%L) TO (%L)',
-                       'served_pages_' || to_char(day, 'YYYYMMDD'),
-                       day::timestamp AT TIME ZONE 'UTC',
-                       (day + 1)::timestamp AT TIME ZONE 'UTC');
+        part := 'served_pages_' || to_char(day, 'YYYYMMDD');
+        -- (checked first rather than IF NOT EXISTS, whose notice every hourly call would send)
+        IF to_regclass(part) IS NULL THEN
+            EXECUTE format('CREATE TABLE %I PARTITION OF served_pages FOR VALUES FROM (%L) TO (%L)',
+                           part,
+                           day::timestamp AT TIME ZONE 'UTC',
+                           (day + 1)::timestamp AT TIME ZONE 'UTC');
+        END IF;
     END LOOP;
     FOR old IN
         SELECT c.relname FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid

@@ -229,6 +229,86 @@ async fn shutting_the_writer_down_writes_what_is_queued() {
     assert_eq!(dropped, 5);
 }
 
+/// GET `path` from the server on `port` with `token`, over a plain TCP connection (the tests have
+/// no HTTP client); the body as JSON.
+async fn get_over_tcp(port: u16, path: &str, token: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_writes_the_served_log_when_sigterm_stops_it() {
+    let env = env_with(|_| {}).await;
+    let (alice, run) = recommended_user(&env).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_feedrank-api"))
+        .arg("serve")
+        .env_clear()
+        .env("AUTH_SECRET", SECRET)
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", &env.prefix)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUTHOR_DIVERSITY_CAP", "100")
+        // Nothing would be written for an hour but for the shutdown.
+        .env("SERVED_LOG_FLUSH_MS", "3600000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = get_over_tcp(port, "/api/feeds?limit=5", &env.token(alice)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.count("SELECT count(*) FROM served_pages").await, 0);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        impressions(&env, request_id(&page)).await,
+        expected(&page, 0, Some(run))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_pages_without_waiting_and_counts_their_posts() {
     let env = env_with(|_| {}).await;
