@@ -9,7 +9,8 @@ use chrono::NaiveDate;
 use feedrank_api::config::ServedLogConfig;
 use feedrank_api::metrics::ServedLogDrop;
 use feedrank_api::served_log::{reason_code, source_code};
-use feedrank_core::config::{Reason, Source};
+use feedrank_core::config::{Reason, ScoringConfig, Source};
+use feedrank_core::tfidf::{TfidfModel, TfidfParams};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -123,6 +124,27 @@ async fn recommended_user(env: &TestEnv) -> (Uuid, i64) {
     (alice, run)
 }
 
+/// Gives `run` a serving model (a TF-IDF fitted on two documents, the default configuration);
+/// returns the model's id.
+async fn give_a_model(env: &TestEnv, run: i64) -> i64 {
+    let (tfidf, _) =
+        TfidfModel::fit_transform(&["one two", "two three"], TfidfParams::default()).unwrap();
+    let config = ScoringConfig::default().to_json();
+    let model: i64 = env
+        .db
+        .query_one(
+            "WITH m AS (INSERT INTO recommendation_models (snapshot_at, config, tfidf)
+                        VALUES (now() - interval '1 hour', $1::text::jsonb, $2) RETURNING id)
+             UPDATE recommendation_runs SET model_id = (SELECT id FROM m) WHERE id = $3
+             RETURNING model_id",
+            &[&config, &tfidf.to_json(), &run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    model
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pages_posts_are_logged_with_positions_sources_reasons_run_and_its_request_id() {
     let env = env_with(|c| c.flush_interval = Duration::from_millis(50)).await;
@@ -163,16 +185,16 @@ async fn a_pages_posts_are_logged_with_positions_sources_reasons_run_and_its_req
         rows.iter().map(|r| r.1).collect::<Vec<_>>(),
         [5, 6, 7, 8, 9]
     );
-    let user: Uuid = env
+    let row = env
         .db
         .query_one(
-            "SELECT DISTINCT user_id FROM served_impressions WHERE request_id = $1",
+            "SELECT DISTINCT user_id, model_id FROM served_impressions WHERE request_id = $1",
             &[&second_id],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, alice);
+        .unwrap();
+    assert_eq!(row.get::<_, Uuid>(0), alice);
+    assert_eq!(row.get::<_, Option<i64>>(1), None, "a run without a model");
 
     // A user without recommendations: fallback rows, no run.
     let bob = env.user("bob").await;
@@ -184,6 +206,29 @@ async fn a_pages_posts_are_logged_with_positions_sources_reasons_run_and_its_req
     wait_for_metric(&env.state, "feedrank_served_log_written_total 14\n").await;
     let text = metrics_text(&env.state).await;
     assert!(text.contains("feedrank_served_log_dropped_total{reason=\"queue_full\"} 0\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_version_is_the_runs_serving_model() {
+    let env = env_with(|c| c.flush_interval = Duration::from_millis(50)).await;
+    let (alice, run) = recommended_user(&env).await;
+    let model = give_a_model(&env, run).await;
+    let (s, page) = get(env.app(), "/api/feeds?limit=5", Some(&env.token(alice))).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let id = request_id(&page);
+    logged(&env, id).await;
+    let versions: Vec<(Option<i64>, Option<i64>)> = env
+        .db
+        .query(
+            "SELECT DISTINCT run_id, model_id FROM served_impressions WHERE request_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(versions, [(Some(run), Some(model))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
