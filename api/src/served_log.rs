@@ -32,6 +32,8 @@ const RETRY_WAITS: [Duration; WRITE_ATTEMPTS - 1] =
 const PARTITION_DAYS_AHEAD: i32 = 2;
 /// Partitions are prepared again (and old ones dropped) at least this often.
 const PARTITION_CHECK: Duration = Duration::from_secs(3600);
+/// Pages taken from the queue in one wake-up of the writer.
+const RECEIVE_AT_ONCE: usize = 256;
 
 /// One served post, as the page's order gives it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,18 +254,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<ServedPage>, mut stop: oneshot::Receiver<()>) {
         let mut batch = Batch::default();
+        let mut received = Vec::with_capacity(RECEIVE_AT_ONCE);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                page = rx.recv() => match page {
-                    Some(page) => {
-                        batch.push(page, Instant::now());
-                        if batch.is_full(self.cfg.batch_rows) {
-                            self.write(&mut batch).await;
-                        }
+                n = rx.recv_many(&mut received, RECEIVE_AT_ONCE) => {
+                    if n == 0 {
+                        break; // every sender is gone
                     }
-                    None => break,
-                },
+                    let now = Instant::now();
+                    for page in received.drain(..) {
+                        batch.push(page, now);
+                    }
+                    if batch.is_full(self.cfg.batch_rows) {
+                        self.write(&mut batch).await;
+                    }
+                }
                 _ = sleep_until(batch.deadline(self.cfg.flush_interval)) => {
                     self.write(&mut batch).await;
                 }
