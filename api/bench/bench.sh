@@ -9,7 +9,8 @@
 #      feed from the cache, the random fallback (1,000 other users), tracking (unique event ids);
 #   4. after tracking, the stored row count is compared with the 201 answers counted by wrk.
 #
-# Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT.
+# Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT;
+# the API's own variables pass through (FEEDRANK_SERVED_LOG=0 measures without the served log).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BENCH_DIR=$PWD/api/bench
@@ -118,9 +119,17 @@ run_wrk() { # name script tokens [path]
 
 say "feed from the cache: wrk -t2 -c$CONNS -d$DURATION, 1,000 users, limit=50"
 c0=$(metric 'feedrank_feed_responses_total{source="cache"}')
+w0=$(metric feedrank_served_log_written_total); d0=$(metric 'feedrank_served_log_dropped_total{reason="queue_full"}')
 run_wrk feed_cache feed.lua "$WORK/rec_tokens" | tee "$WORK/r1"
 c1=$(metric 'feedrank_feed_responses_total{source="cache"}')
 echo "    answered from the cache: $((c1 - c0))"
+sleep 2 # the served log's last batch
+w1=$(metric feedrank_served_log_written_total); d1=$(metric 'feedrank_served_log_dropped_total{reason="queue_full"}')
+if [[ ${FEEDRANK_SERVED_LOG:-1} == 0 ]]; then
+    echo "    served log: off (FEEDRANK_SERVED_LOG=0)"
+else
+    echo "    served log: $((w1 - w0)) posts written, $((d1 - d0)) dropped (queue full)"
+fi
 
 say "random fallback over $(psql "$DB" -tAc "SELECT count(*) FROM posts") posts: wrk -t2 -c$CONNS -d$DURATION, 1,000 users without recommendations"
 f0=$(metric 'feedrank_feed_responses_total{source="fallback"}')

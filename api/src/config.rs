@@ -56,6 +56,26 @@ pub struct Config {
     /// `FEEDRANK_ADMIN_TOKEN` (default unset): the operators' token of `GET /api/feeds/explain`
     /// (header `X-Admin-Token`); unset or empty, the route answers 404.
     pub admin_token: Option<String>,
+    /// The served log's settings (`FEEDRANK_SERVED_LOG`, `SERVED_LOG_*`).
+    pub served_log: ServedLogConfig,
+}
+
+/// The served log (served_log.rs): every feed page's posts, written in the background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedLogConfig {
+    /// `FEEDRANK_SERVED_LOG` (default 1): 0/false turns the log off (nothing queued or written).
+    pub enabled: bool,
+    /// `SERVED_LOG_QUEUE_PAGES` (default 8192): feed pages waiting to be written at most; a
+    /// page served while the queue is full is dropped (and counted), never waited for.
+    pub queue_pages: usize,
+    /// `SERVED_LOG_BATCH_ROWS` (default 50000): a batch is written once it holds this many
+    /// served posts...
+    pub batch_rows: usize,
+    /// `SERVED_LOG_FLUSH_MS` (default 1000): ...or once its oldest page waited this long.
+    pub flush_interval: Duration,
+    /// `SERVED_LOG_RETENTION_DAYS` (default 30): daily partitions older than this many days
+    /// before today (UTC) are dropped.
+    pub retention_days: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -105,15 +125,24 @@ impl Config {
                 },
             }
         };
-        let demo = match get("FEEDRANK_DEMO").as_deref() {
-            None | Some("") | Some("0") | Some("false") => false,
-            Some("1") | Some("true") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    var: "FEEDRANK_DEMO",
+        let switch = |var: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match get(var).as_deref() {
+                None | Some("") => Ok(default),
+                Some("0") | Some("false") => Ok(false),
+                Some("1") | Some("true") => Ok(true),
+                Some(other) => Err(ConfigError {
+                    var,
                     message: format!("{other:?} is not 0/1/true/false"),
-                })
+                }),
             }
+        };
+        let demo = switch("FEEDRANK_DEMO", false)?;
+        let served_log = ServedLogConfig {
+            enabled: switch("FEEDRANK_SERVED_LOG", true)?,
+            queue_pages: num("SERVED_LOG_QUEUE_PAGES", 8192, 1)? as usize,
+            batch_rows: num("SERVED_LOG_BATCH_ROWS", 50_000, 1)? as usize,
+            flush_interval: Duration::from_millis(num("SERVED_LOG_FLUSH_MS", 1000, 1)?),
+            retention_days: num("SERVED_LOG_RETENTION_DAYS", 30, 1)?.min(u32::MAX as u64) as u32,
         };
         Ok(Config {
             database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
@@ -135,6 +164,7 @@ impl Config {
             body_limit: num("BODY_LIMIT_BYTES", 256 * 1024, 1024)? as usize,
             demo,
             admin_token: get("FEEDRANK_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+            served_log,
         })
     }
 }
@@ -167,6 +197,10 @@ mod tests {
         );
         let c = cfg(&[SECRET, ("FEEDRANK_ADMIN_TOKEN", "")]).unwrap();
         assert!(c.admin_token.is_none(), "an empty token opens nothing");
+        assert!(c.served_log.enabled, "the served log is on by default");
+        assert_eq!(c.served_log.retention_days, 30);
+        let c = cfg(&[SECRET, ("FEEDRANK_SERVED_LOG", "0")]).unwrap();
+        assert!(!c.served_log.enabled);
     }
 
     #[test]
@@ -187,6 +221,18 @@ mod tests {
         assert_eq!(
             cfg(&[SECRET, ("BIND_ADDR", "nowhere")]).unwrap_err().var,
             "BIND_ADDR"
+        );
+        assert_eq!(
+            cfg(&[SECRET, ("FEEDRANK_SERVED_LOG", "off")])
+                .unwrap_err()
+                .var,
+            "FEEDRANK_SERVED_LOG"
+        );
+        assert_eq!(
+            cfg(&[SECRET, ("SERVED_LOG_QUEUE_PAGES", "0")])
+                .unwrap_err()
+                .var,
+            "SERVED_LOG_QUEUE_PAGES"
         );
     }
 }

@@ -379,20 +379,30 @@ pub struct Stored {
     pub created: bool,
 }
 
+/// An interaction to store.
+pub struct NewInteraction<'a> {
+    pub user: Uuid,
+    pub post: Uuid,
+    pub kind: InteractionType,
+    pub metadata: Option<&'a serde_json::Value>,
+    pub event_id: Option<&'a str>,
+    /// The feed response (`metadata.requestId`) and position the event is attributed to.
+    pub request_id: Option<Uuid>,
+    pub position: Option<i32>,
+}
+
 /// Stores one interaction, idempotently per `(user, event_id)`. Committed (autocommit) before it
 /// returns, so a 2xx is only sent for a durable row.
 pub async fn insert_interaction(
     client: &deadpool_postgres::Client,
-    user: Uuid,
-    post: Uuid,
-    kind: InteractionType,
-    metadata: Option<&serde_json::Value>,
-    event_id: Option<&str>,
+    ev: &NewInteraction<'_>,
 ) -> ApiResult<Stored> {
+    let (user, post, event_id) = (ev.user, ev.post, ev.event_id);
     let insert = client
         .prepare_cached(
-            "INSERT INTO user_interactions (user_id, post_id, interaction_type, metadata, event_id)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO user_interactions
+                (user_id, post_id, interaction_type, metadata, event_id, request_id, position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (user_id, event_id) DO NOTHING
              RETURNING id, floor(extract(epoch FROM created_at) * 1000)::bigint",
         )
@@ -400,7 +410,15 @@ pub async fn insert_interaction(
     let row = client
         .query_opt(
             &insert,
-            &[&user, &post, &kind.as_str(), &metadata, &event_id],
+            &[
+                &user,
+                &post,
+                &ev.kind.as_str(),
+                &ev.metadata,
+                &event_id,
+                &ev.request_id,
+                &ev.position,
+            ],
         )
         .await
         .map_err(|e| match e.as_db_error().map(|d| d.code().clone()) {

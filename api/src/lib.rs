@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod models;
 pub mod redis_store;
 pub mod response;
+pub mod served_log;
 pub mod server;
 pub mod state;
 pub mod trending;

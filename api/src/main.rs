@@ -13,6 +13,10 @@ use feedrank_api::config::{Config, DEFAULT_DATABASE_URL};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Longest wait at shutdown for the served log's queue to be written (a batch's retries take
+/// about 1.2 s plus the pool's timeouts).
+const SERVED_LOG_SHUTDOWN: Duration = Duration::from_secs(15);
+
 const USAGE: &str = "usage:
   feedrank-api [serve]                          run the API (env: DATABASE_URL, REDIS_URL, AUTH_SECRET, NEXTAUTH_SECRET, BIND_ADDR, ...)
   feedrank-api migrate                          apply the schema migrations to DATABASE_URL
@@ -122,6 +126,7 @@ async fn serve() -> ExitCode {
         }
     };
     feedrank_api::invalidation::spawn(&state);
+    let served_log_writer = state.served_log.start_writer(state.pg.clone());
     let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => {
@@ -139,6 +144,14 @@ async fn serve() -> ExitCode {
         shutdown_signal(),
     )
     .await;
+    // The in-flight requests are done: what they queued for the served log is written now.
+    if let Some(writer) = served_log_writer {
+        if !writer.shutdown(SERVED_LOG_SHUTDOWN).await {
+            tracing::warn!(
+                "the served log was not written within {SERVED_LOG_SHUTDOWN:?}; its queue is lost"
+            );
+        }
+    }
     tracing::info!("feedrank-api stopped");
     ExitCode::SUCCESS
 }

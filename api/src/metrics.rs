@@ -37,6 +37,84 @@ struct SourceLabel {
     source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    reason: &'static str,
+}
+
+/// Why served-log rows were dropped (the `reason` label of `feedrank_served_log_dropped_total`).
+#[derive(Clone, Copy, Debug)]
+pub enum ServedLogDrop {
+    /// The queue was full (or the writer had stopped): the page was not queued.
+    QueueFull,
+    /// The batch could not be written after its retries (PostgreSQL down or refusing).
+    WriteFailed,
+}
+
+impl ServedLogDrop {
+    /// In declaration order: `why as usize` indexes arrays of them.
+    const ALL: [ServedLogDrop; 2] = [ServedLogDrop::QueueFull, ServedLogDrop::WriteFailed];
+
+    fn label(self) -> &'static str {
+        match self {
+            ServedLogDrop::QueueFull => "queue_full",
+            ServedLogDrop::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// The served log's counters, shared (cheap clones of the same counters) by the request path
+/// and the writer task.
+#[derive(Clone)]
+pub struct ServedLogMetrics {
+    dropped: Family<DropLabel, Counter>,
+    /// The family's series, held so that a drop on the request path is one atomic add.
+    dropped_by_reason: [Counter; ServedLogDrop::ALL.len()],
+    written: Counter,
+    write_failures: Counter,
+    flush_duration: Histogram,
+}
+
+impl ServedLogMetrics {
+    fn new() -> ServedLogMetrics {
+        let dropped = Family::<DropLabel, Counter>::default();
+        let dropped_by_reason = ServedLogDrop::ALL.map(|why| {
+            dropped
+                .get_or_create(&DropLabel {
+                    reason: why.label(),
+                })
+                .clone()
+        });
+        ServedLogMetrics {
+            dropped,
+            dropped_by_reason,
+            written: Counter::default(),
+            write_failures: Counter::default(),
+            flush_duration: latency_histogram(),
+        }
+    }
+
+    /// `posts` served posts left out of the log.
+    pub fn dropped(&self, why: ServedLogDrop, posts: u64) {
+        self.dropped_by_reason[why as usize].inc_by(posts);
+    }
+
+    /// A batch of `posts` written in `elapsed` (retries included).
+    pub fn written(&self, posts: u64, elapsed: Duration) {
+        self.written.inc_by(posts);
+        self.flush_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn write_failed(&self) {
+        self.write_failures.inc();
+    }
+
+    /// Served posts dropped so far, for `why`.
+    pub fn dropped_total(&self, why: ServedLogDrop) -> u64 {
+        self.dropped_by_reason[why as usize].get()
+    }
+}
+
 /// A metric without labels, as registered.
 enum Plain<'a> {
     Counter(&'a Counter),
@@ -78,6 +156,7 @@ pub struct Metrics {
     pool_available: Gauge,
     pool_in_use: Gauge,
     pool_waiting: Gauge,
+    pub served_log: ServedLogMetrics,
 }
 
 /// The database pool's state at scrape time.
@@ -111,6 +190,7 @@ impl Metrics {
             pool_available: Gauge::default(),
             pool_in_use: Gauge::default(),
             pool_waiting: Gauge::default(),
+            served_log: ServedLogMetrics::new(),
         };
         for source in feed_sources {
             drop(m.feed_responses.get_or_create(&SourceLabel { source }));
@@ -176,6 +256,16 @@ impl Metrics {
                 Plain::Counter(&m.events_duplicate),
             ),
             (
+                "feedrank_served_log_written",
+                "Served posts written to the served log",
+                Plain::Counter(&m.served_log.written),
+            ),
+            (
+                "feedrank_served_log_write_failures",
+                "Failed attempts to write a served-log batch",
+                Plain::Counter(&m.served_log.write_failures),
+            ),
+            (
                 "feedrank_cache_hit_ratio",
                 "Cache hits / (hits + misses) since start",
                 Plain::Ratio(&m.cache_hit_ratio),
@@ -206,6 +296,16 @@ impl Metrics {
                 Plain::Gauge(&m.pool_waiting),
             ),
         ];
+        r.register(
+            "feedrank_served_log_dropped",
+            "Served posts left out of the served log, by reason",
+            m.served_log.dropped.clone(),
+        );
+        r.register(
+            "feedrank_served_log_flush_duration_seconds",
+            "Time to write one served-log batch, retries included",
+            m.served_log.flush_duration.clone(),
+        );
         for (name, help, metric) in plain {
             match metric {
                 Plain::Counter(c) => r.register(name, help, c.clone()),
@@ -354,6 +454,10 @@ mod tests {
             ("feedrank_db_pool_available", "gauge"),
             ("feedrank_db_pool_in_use", "gauge"),
             ("feedrank_db_pool_waiting", "gauge"),
+            ("feedrank_served_log_dropped_total", "counter"),
+            ("feedrank_served_log_written_total", "counter"),
+            ("feedrank_served_log_write_failures_total", "counter"),
+            ("feedrank_served_log_flush_duration_seconds", "histogram"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -369,5 +473,6 @@ mod tests {
         assert!(text.contains("feedrank_feed_responses_total{source=\"db\"} 0\n"));
         assert!(text.contains("feedrank_cache_hit_ratio 0"));
         assert!(text.contains("feedrank_db_pool_max_size 4\n"));
+        assert!(text.contains("feedrank_served_log_dropped_total{reason=\"queue_full\"} 0\n"));
     }
 }

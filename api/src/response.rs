@@ -58,6 +58,9 @@ pub struct SkippedSource {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FeedMetadata {
+    /// This response's id (a UUID): the served log records the page under it; tracked events
+    /// name it (`requestId`) to be attributed to the page.
+    pub request_id: Uuid,
     /// Posts available to page through: the blend of the sources after the serve-time filters,
     /// then the fallback's posts not already in it (whose seen filter is applied when paging
     /// reaches them, so this can overstate by those).

@@ -1,5 +1,5 @@
 //! The state every handler shares: configuration, the database pool, Redis, the authenticator,
-//! the known users, the feed (with its caches) and the metrics.
+//! the known users, the feed (with its caches), the metrics and the served log's queue.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::feed::{Feeds, Stores, PAGE_ORIGINS};
 use crate::memo::TtlCache;
 use crate::metrics::{Metrics, PoolGauge};
 use crate::redis_store::RedisStore;
+use crate::served_log::ServedLog;
 
 /// How long a user id, once found in `users`, is trusted without asking the database again.
 const KNOWN_USER_TTL: Duration = Duration::from_secs(300);
@@ -30,6 +31,8 @@ pub struct Inner {
     pub users: TtlCache<Uuid, ()>,
     pub feeds: Feeds,
     pub metrics: Metrics,
+    /// The served log's queue (its writer is started by `ServedLog::start_writer`).
+    pub served_log: ServedLog,
 }
 
 impl Deref for AppState {
@@ -47,10 +50,12 @@ impl AppState {
         let redis = RedisStore::new(&cfg.redis_url, &cfg.redis_key_prefix, cfg.redis_timeout)
             .map_err(|e| format!("REDIS_URL: {e}"))?;
         let auth = Authenticator::new(&cfg.auth_secret, cfg.nextauth_secret.as_deref());
+        let metrics = Metrics::new(PAGE_ORIGINS);
         Ok(AppState(Arc::new(Inner {
             users: TtlCache::new(KNOWN_USER_CAPACITY, KNOWN_USER_TTL),
             feeds: Feeds::new(&cfg),
-            metrics: Metrics::new(PAGE_ORIGINS),
+            served_log: ServedLog::new(&cfg.served_log, metrics.served_log.clone()),
+            metrics,
             cfg,
             pg,
             redis,

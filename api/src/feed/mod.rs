@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, RedisStore, SEEN_RETENTION_MS};
 use crate::response::{FeedMetadata, SkippedSource};
+use crate::served_log::ServedPost;
 
 mod because_you_liked;
 mod fallback;
@@ -98,6 +99,18 @@ pub struct FeedRequest {
     pub seed: Option<u64>,
     /// Skip the recommendations and answer with the random fallback (the demo page compares).
     pub fallback_only: bool,
+}
+
+/// A built feed page.
+pub struct FeedPage {
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Its posts, in order.
+    pub served: Vec<ServedPost>,
+    /// The recommendation run whose list the page blended, and its serving model; none for a
+    /// page without the user's list (`metadata.source` = `fallback`).
+    pub run_id: Option<i64>,
+    pub model_id: Option<i64>,
 }
 
 /// A post a source proposes, with what the page says about it.
@@ -365,13 +378,15 @@ impl Feeds {
 
     // --- the page -------------------------------------------------------------------------
 
-    /// One feed page for `user`: the JSON body of a [`crate::response::FeedResponse`].
+    /// One feed page for `user`: the JSON body of a [`crate::response::FeedResponse`] (its
+    /// `metadata.requestId` is `request_id`), and what it served.
     pub async fn build(
         &self,
         stores: &Stores<'_>,
         user: Uuid,
         req: &FeedRequest,
-    ) -> ApiResult<Vec<u8>> {
+        request_id: Uuid,
+    ) -> ApiResult<FeedPage> {
         let input = self.input(stores, user, req, req.offset == 0).await;
         let personalized = self.personalized(&input).await?;
         let (merged, lists) = self.blended(&input, personalized.as_ref()).await?;
@@ -435,6 +450,7 @@ impl Feeds {
         let start = req.offset.min(order.len());
         let page = &order[start..need.min(order.len())];
         let metadata = FeedMetadata {
+            request_id,
             total,
             offset: req.offset,
             limit: req.limit,
@@ -443,8 +459,24 @@ impl Feeds {
             skipped: lists.skipped.clone(),
             seed,
         };
-        self.page(stores, page.iter().map(|&i| item(i)), bodies, metadata)
-            .await
+        let mut served = Vec::with_capacity(page.len());
+        let body = self
+            .page(
+                stores,
+                page.iter().map(|&i| item(i)),
+                bodies,
+                metadata,
+                &mut served,
+            )
+            .await?;
+        // The run the page blended: the one whose list `metadata.source` names.
+        let run = personalized.as_ref().filter(|_| origin != "fallback");
+        Ok(FeedPage {
+            body,
+            served,
+            run_id: run.and_then(|p| p.run_id),
+            model_id: run.and_then(|p| p.model_id),
+        })
     }
 
     /// For operators: each source's candidates for `user` with their scores and components,

@@ -13,6 +13,7 @@ use crate::db;
 use crate::error::ApiResult;
 use crate::memo::IdMap;
 use crate::response::{FeedMetadata, FeedPost};
+use crate::served_log::ServedPost;
 
 /// A post as the feed shows it, serialized once: the JSON object without its closing brace, so
 /// that a page is assembled by concatenation (with `score`, `reason` and `source` appended)
@@ -38,13 +39,15 @@ impl CachedPost {
 }
 
 impl Feeds {
-    /// The page of `items`, as JSON (`metadata.sources` is filled here).
+    /// The page of `items`, as JSON (`metadata.sources` is filled here); the posts it holds are
+    /// appended to `served`, in order.
     pub(super) async fn page<'c>(
         &self,
         stores: &Stores<'_>,
         items: impl Iterator<Item = &'c Candidate> + Clone,
         bodies: &IdMap<Uuid, Arc<CachedPost>>,
         mut metadata: FeedMetadata,
+        served: &mut Vec<ServedPost>,
     ) -> ApiResult<Vec<u8>> {
         let mut missing = Vec::with_capacity(metadata.limit);
         for c in items.clone() {
@@ -92,6 +95,11 @@ impl Feeds {
                 out.push(b'"');
             }
             out.push(b'}');
+            served.push(ServedPost {
+                post: item.post,
+                source: item.source,
+                reason: item.reason,
+            });
             let s = Source::ALL
                 .iter()
                 .position(|&s| s == item.source)

@@ -31,6 +31,8 @@ pub struct Personalized {
     pub bodies: IdMap<Uuid, Arc<CachedPost>>,
     /// When the list was built (ms).
     pub built_ms: i64,
+    /// The recommendation run the list is from (the served log records it).
+    pub run_id: Option<i64>,
     /// The run's serving model, and the user's profile in it.
     pub model_id: Option<i64>,
     pub profile: Option<Arc<CachedProfile>>,
@@ -74,6 +76,7 @@ pub struct Recommended {
 /// again from Redis are not decoded again (decoding is most of the cached path's CPU).
 pub struct DecodedFeed {
     digest: (u64, usize),
+    pub run_id: i64,
     pub generated_at: i64,
     pub model_id: Option<i64>,
     pub profile: Option<Arc<CachedProfile>>,
@@ -154,6 +157,7 @@ impl Feeds {
             Ok(feed) => {
                 let decoded = Arc::new(DecodedFeed {
                     digest: d,
+                    run_id: feed.run_id,
                     generated_at: feed.generated_at,
                     model_id: feed.model_id,
                     profile: feed.profile.map(Arc::new),
@@ -200,6 +204,7 @@ impl Feeds {
             excluded,
             bodies,
             built_ms: 0,
+            run_id: None,
             model_id: None,
             profile: None,
         })
@@ -250,6 +255,7 @@ pub(super) async fn from_cache(
         .recommended(stores.pg, &entry.items, name, excluded)
         .await?;
     p.built_ms = built_ms;
+    p.run_id = Some(entry.run_id);
     p.model_id = entry.model_id;
     p.profile = entry.profile.clone();
     Ok(Some(p))
@@ -305,6 +311,7 @@ pub(super) async fn from_database(
     let items = decoded_items(&entry.items);
     let mut p = feeds.recommended(stores.pg, &items, name, excluded).await?;
     p.built_ms = built_ms;
+    p.run_id = Some(entry.run_id);
     p.model_id = entry.model_id;
     p.profile = entry.profile.map(Arc::new);
     Ok(Some(p))

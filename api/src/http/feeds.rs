@@ -5,13 +5,16 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use chrono::Utc;
 use serde::Deserialize;
 use utoipa::IntoParams;
+use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
 use crate::feed::{FeedRequest, MAX_SEED};
 use crate::http::extract::AuthUser;
 use crate::response::FeedResponse;
+use crate::served_log::ServedPage;
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -148,10 +151,24 @@ pub async fn get_feed(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
+    let request_id = Uuid::new_v4();
     // The body is assembled from pre-serialized posts (see feed::CachedPost); its shape is
     // FeedResponse, which the tests check by deserializing every answer into it.
-    let body = state.feeds.build(&state.stores(), user, &req).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let page = state
+        .feeds
+        .build(&state.stores(), user, &req, request_id)
+        .await?;
+    // Queued, never waited for (served_log.rs).
+    state.served_log.record(ServedPage {
+        request_id,
+        user,
+        first_position: req.offset,
+        posts: page.served,
+        run_id: page.run_id,
+        model_id: page.model_id,
+        served_at: Utc::now(),
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], page.body).into_response())
 }
 
 #[cfg(test)]

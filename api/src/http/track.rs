@@ -55,6 +55,15 @@ pub struct TrackRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub event_id: Option<EventId>,
+    /// The `metadata.requestId` of the feed response the post was shown in: attributes the
+    /// event to that page. Stored as given (the served log may lag behind or have dropped it).
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+    /// The post's position in that feed, 0-based across pages (the page's offset plus its index
+    /// in the page).
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 2147483647)]
+    pub position: Option<Position>,
 }
 
 /// The OpenAPI schema of the core's [`InteractionType`] (named `InteractionType`): a string
@@ -128,6 +137,24 @@ impl<'de> Deserialize<'de> for EventId {
             )));
         }
         Ok(EventId(s))
+    }
+}
+
+/// An event's `position`: an integer in 0..=2^31-1 (PostgreSQL's `integer`).
+#[derive(Debug, Clone, Copy)]
+pub struct Position(i32);
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Read wider than the column, so that -1 is told it is negative, not of a wrong type.
+        let v = i64::deserialize(d)?;
+        i32::try_from(v)
+            .ok()
+            .filter(|p| *p >= 0)
+            .map(Position)
+            .ok_or_else(|| {
+                D::Error::custom(format!("must be an integer in 0..={}, got {v}", i32::MAX))
+            })
     }
 }
 
@@ -245,11 +272,15 @@ async fn store(
     let metadata = ev.metadata.clone().map(|m| Value::Object(m.0));
     let stored = db::insert_interaction(
         client,
-        user,
-        ev.post_id,
-        ev.interaction_type,
-        metadata.as_ref(),
-        ev.event_id.as_ref().map(|e| e.0.as_str()),
+        &db::NewInteraction {
+            user,
+            post: ev.post_id,
+            kind: ev.interaction_type,
+            metadata: metadata.as_ref(),
+            event_id: ev.event_id.as_ref().map(|e| e.0.as_str()),
+            request_id: ev.request_id,
+            position: ev.position.map(|p| p.0),
+        },
     )
     .await?;
     state.metrics.event(stored.created);
@@ -488,6 +519,42 @@ mod tests {
         )
         .unwrap();
         assert!(ok.metadata.is_none() && ok.event_id.is_none());
+    }
+
+    #[test]
+    fn request_ids_and_positions_are_checked_by_name() {
+        let event =
+            |extra: &str| format!(r#"{{"postId": "{POST}", "interactionType": "click"{extra}}}"#);
+        let ok = parse::<TrackRequest>(
+            event(&format!(r#", "requestId": "{POST}", "position": 0"#)).as_bytes(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(ok.request_id, Some(Uuid::parse_str(POST).unwrap()));
+        assert_eq!(ok.position.map(|p| p.0), Some(0));
+        let max = format!(r#", "position": {}"#, i32::MAX);
+        assert!(parse::<TrackRequest>(event(&max).as_bytes(), "").is_ok());
+        let none = parse::<TrackRequest>(
+            event(r#", "requestId": null, "position": null"#).as_bytes(),
+            "",
+        )
+        .unwrap();
+        assert!(none.request_id.is_none() && none.position.is_none());
+        assert_eq!(
+            refused(&event(r#", "requestId": "not-a-uuid""#), "").0,
+            "requestId"
+        );
+        assert_eq!(
+            refused(&event(r#", "requestId": 7"#), "events[2]").0,
+            "events[2].requestId"
+        );
+        let (field, message) = refused(&event(r#", "position": -1"#), "");
+        assert_eq!(field, "position");
+        assert!(message.contains("0..=2147483647, got -1"), "{message}");
+        let over = format!(r#", "position": {}"#, i32::MAX as i64 + 1);
+        assert_eq!(refused(&event(&over), "").0, "position");
+        assert_eq!(refused(&event(r#", "position": 1.5"#), "").0, "position");
+        assert_eq!(refused(&event(r#", "position": "3""#), "").0, "position");
     }
 
     #[test]

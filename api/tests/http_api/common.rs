@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use feedrank_api::config::Config;
+use feedrank_api::served_log::ServedLogWriter;
 use feedrank_api::AppState;
 use feedrank_core::cache::{CachedFeed, CachedRecommendation};
 use feedrank_core::config::Reason;
@@ -47,6 +48,8 @@ pub struct TestEnv {
     pub cfg: Config,
     pub state: AppState,
     pub db: tokio_postgres::Client,
+    /// The state's served-log writer (none when the log is off).
+    pub served_log_writer: Option<ServedLogWriter>,
 }
 
 impl TestEnv {
@@ -93,6 +96,7 @@ impl TestEnv {
         tweak(&mut cfg);
         let state = AppState::new(cfg.clone()).unwrap();
         feedrank_api::invalidation::spawn(&state);
+        let served_log_writer = state.served_log.start_writer(state.pg.clone());
         let db = pg_connect(&db_url).await;
         TestEnv {
             db_name,
@@ -101,6 +105,7 @@ impl TestEnv {
             cfg,
             state,
             db,
+            served_log_writer,
         }
     }
 

@@ -7,5 +7,6 @@ mod auth;
 mod demo;
 mod feeds;
 mod ops;
+mod served_log;
 mod sources;
 mod track;
