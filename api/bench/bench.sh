@@ -7,7 +7,11 @@
 #      measures serving, not the pipeline), warmed into Redis through the API itself;
 #   3. the release API on 127.0.0.1:$BENCH_PORT with its own Redis key prefix, then wrk:
 #      feed from the cache, the random fallback (1,000 other users), tracking (unique event ids);
-#   4. after tracking, the stored row count is compared with the 201 answers counted by wrk.
+#   4. after tracking, the stored row count is compared with the 201 answers counted by wrk;
+#   5. every source on: 1,000 more users whose run names a serving model (built once by the
+#      pipeline's own assets, api/bench/serving_model.py), 10,000 posts newer than their lists and
+#      3 likes each since them, so a page blends personalized, fresh, because_you_liked and
+#      trending (the counters the tracking phase left).
 #
 # Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT;
 # the API's own variables pass through (FEEDRANK_SERVED_LOG=0 measures without the served log).
@@ -72,7 +76,8 @@ BEGIN
                  AND completed_at > now() - interval '1 day') THEN
     DELETE FROM recommendation_runs WHERE shard = 'bench-api';
     CREATE TEMP TABLE cand AS
-      SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts ORDER BY created_at DESC LIMIT 50000) p;
+      SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts WHERE content NOT LIKE 'bench-fresh %'
+                                                  ORDER BY created_at DESC LIMIT 50000) p;
     WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at)
                  VALUES ('building', 'bench-api', now()) RETURNING id)
     INSERT INTO user_recommendations (run_id, user_id, post_id, score, collaborative_score, content_score,
@@ -88,6 +93,65 @@ END $$;
 SQL
 psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
                  WHERE rr.shard = 'bench-api' GROUP BY user_id ORDER BY user_id" >"$WORK/rec_users"
+
+# --- 2b. every source on ------------------------------------------------------------------------
+# A serving model (the fitted TF-IDF, users' profiles, posts' neighbours) from the pipeline's own
+# assets, built once and kept; a run for the next 1,000 users that names it (kept a day, like the
+# first); 10,000 posts newer than those lists (copies of existing texts, made again every run) and
+# 3 likes per user since the lists (event ids bench-*: deleted by the next run, above).
+model=$(psql "$DB" -tAc "SELECT max(id) FROM recommendation_models")
+if [[ -z $model ]]; then
+    say "building a serving model with the pipeline's assets (once; a few minutes)"
+    model=$(DATABASE_URL=$DB PYTHONPATH=$PWD .venv/bin/python -W ignore api/bench/serving_model.py 2>"$WORK/model.log" | tail -1) ||
+        { tail -20 "$WORK/model.log"; echo "bench-api: the serving model could not be built"; exit 1; }
+fi
+psql "$DB" -q -v ON_ERROR_STOP=1 -v model="$model" <<'SQL'
+SELECT set_config('bench.model', :'model', false);
+CREATE TEMP TABLE bench_source_users AS
+  SELECT u.id, row_number() OVER (ORDER BY u.id) AS rn
+  FROM users u JOIN user_profiles p ON p.user_id = u.id AND p.model_id = :model
+  ORDER BY u.id OFFSET 1000 LIMIT 1000;
+DO $$
+DECLARE m bigint := current_setting('bench.model')::bigint;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM recommendation_runs WHERE shard = 'bench-api-sources' AND status = 'complete'
+                 AND model_id = m AND completed_at > now() - interval '1 day') THEN
+    DELETE FROM recommendation_runs WHERE shard = 'bench-api-sources';
+    CREATE TEMP TABLE cand2 AS
+      SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts WHERE content NOT LIKE 'bench-fresh %'
+                                                  ORDER BY created_at DESC LIMIT 50000) p;
+    WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at, model_id)
+                 VALUES ('building', 'bench-api-sources', now(), m) RETURNING id)
+    INSERT INTO user_recommendations (run_id, user_id, post_id, score, collaborative_score, content_score,
+                                      recency_score, engagement_score, reason, expires_at)
+    SELECT run.id, u.id, c.id, random(), random(), random(), random(), random(),
+           (ARRAY['similar_users', 'similar_content', 'fresh', 'popular'])[1 + (g % 4)], now() + interval '2 days'
+    FROM run CROSS JOIN bench_source_users u CROSS JOIN generate_series(1, 200) g
+    JOIN cand2 c ON c.rn = 1 + abs(hashtext(u.id::text || ':' || g::text)) % 50000
+    ON CONFLICT DO NOTHING;
+    UPDATE recommendation_runs SET status = 'complete' WHERE shard = 'bench-api-sources';
+  END IF;
+END $$;
+-- fresh posts: created after the model's snapshot and the lists, within the last 30 minutes
+DELETE FROM posts WHERE content LIKE 'bench-fresh %';
+INSERT INTO posts (user_id, content, created_at)
+SELECT s.user_id, 'bench-fresh ' || s.content,
+       now() - random() * least(interval '30 minutes', now() - greatest(m.snapshot_at, r.generated_at))
+FROM (SELECT user_id, content FROM posts TABLESAMPLE SYSTEM (3) LIMIT 10000) s
+CROSS JOIN (SELECT snapshot_at FROM recommendation_models WHERE id = :model) m
+CROSS JOIN (SELECT max(generated_at) AS generated_at FROM user_recommendations ur
+            JOIN recommendation_runs rr ON rr.id = ur.run_id WHERE rr.shard = 'bench-api-sources') r;
+-- likes since the lists, of posts the model has neighbours for
+CREATE TEMP TABLE liked AS
+  SELECT post_id, row_number() OVER () AS rn
+  FROM (SELECT post_id FROM post_neighbors TABLESAMPLE SYSTEM (1) WHERE model_id = :model LIMIT 3000) n;
+INSERT INTO user_interactions (user_id, post_id, interaction_type, event_id, created_at)
+SELECT u.id, l.post_id, 'like', 'bench-like-' || u.id || '-' || g, now()
+FROM bench_source_users u CROSS JOIN generate_series(1, 3) g
+JOIN liked l ON l.rn = 1 + ((u.rn - 1) * 3 + g - 1) % (SELECT count(*) FROM liked);
+SQL
+psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
+                 WHERE rr.shard = 'bench-api-sources' GROUP BY user_id ORDER BY user_id" >"$WORK/source_users"
 psql "$DB" -tAc "SELECT id FROM users u WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_id = u.id)
                  ORDER BY id LIMIT 1000" >"$WORK/fallback_users"
 psql "$DB" -tAc "SELECT id FROM posts TABLESAMPLE SYSTEM (2) LIMIT 10000" >"$WORK/posts"
@@ -96,6 +160,7 @@ say "$(wc -l <"$WORK/rec_users") users with recommendations, $(wc -l <"$WORK/fal
 # --- 3. the API ---------------------------------------------------------------------------------
 AUTH_SECRET=$SECRET "$API" token --user $(tr '\n' ' ' <"$WORK/rec_users" | sed 's/ / --user /g; s/ --user $//') >"$WORK/rec_tokens"
 AUTH_SECRET=$SECRET "$API" token --user $(tr '\n' ' ' <"$WORK/fallback_users" | sed 's/ / --user /g; s/ --user $//') >"$WORK/fallback_tokens"
+AUTH_SECRET=$SECRET "$API" token --user $(tr '\n' ' ' <"$WORK/source_users" | sed 's/ / --user /g; s/ --user $//') >"$WORK/source_tokens"
 AUTH_SECRET=$SECRET DATABASE_URL=$DB REDIS_KEY_PREFIX=$PREFIX BIND_ADDR=127.0.0.1:$PORT \
     RUST_LOG=${RUST_LOG:-warn} "$API" serve >"$WORK/api.log" 2>&1 &
 API_PID=$!
@@ -107,7 +172,8 @@ curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$WORK/api.log"; ec
 URL="http://127.0.0.1:$PORT"
 
 say "warming the cache through the API (each user's first feed comes from the database)"
-xargs -P 4 -I{} curl -sf -o /dev/null -H "Authorization: Bearer {}" "$URL/api/feeds?limit=50" <"$WORK/rec_tokens"
+cat "$WORK/rec_tokens" "$WORK/source_tokens" |
+    xargs -P 4 -I{} curl -sf -o /dev/null -H "Authorization: Bearer {}" "$URL/api/feeds?limit=50"
 sample=$(curl -sf -H "Authorization: Bearer $(head -1 "$WORK/rec_tokens")" "$URL/api/feeds?limit=50")
 python3 -c 'import json,sys; m=json.loads(sys.argv[1])["metadata"]; print("    sample page: source=%s total=%s limit=%s" % (m["source"], m["total"], m["limit"]))' "$sample"
 metric() { curl -sf "$URL/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
@@ -152,9 +218,21 @@ if (( accepted != rows || created > rows || rows - created > CONNS )); then
     echo "bench-api: MISMATCH between accepted events and stored rows"; exit 1
 fi
 
+say "every source on: wrk -t2 -c$CONNS -d$DURATION, 1,000 users whose run has a serving model (model $model), limit=50"
+served() { local v; v=$(metric "feedrank_feed_posts_served_total{source=\"$1\"}"); echo "${v:-0}"; }
+names=(personalized fresh because_you_liked trending fallback)
+declare -A p0
+for n in "${names[@]}"; do p0[$n]=$(served "$n"); done
+run_wrk feed_sources feed.lua "$WORK/source_tokens" | tee "$WORK/r4"
+line="    posts served by source:"
+for n in "${names[@]}"; do line+=" $n $(( $(served "$n") - ${p0[$n]} ))"; done
+echo "$line"
+sample=$(curl -sf -H "Authorization: Bearer $(head -1 "$WORK/source_tokens")" "$URL/api/feeds?limit=50")
+python3 -c 'import json,sys; m=json.loads(sys.argv[1])["metadata"]; print("    sample page: sources=%s skipped=%s" % (m["sources"], m.get("skipped", [])))' "$sample"
+
 say "summary"
 printf '| %-14s | %9s | %8s | %8s | %8s |\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms"
 printf '|%s|\n' "----------------|-----------|----------|----------|----------"
-cat "$WORK/r1" "$WORK/r2" "$WORK/r3" | awk '/^RESULT/ {
+cat "$WORK/r1" "$WORK/r2" "$WORK/r3" "$WORK/r4" | awk '/^RESULT/ {
     for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     printf "| %-14s | %9s | %8s | %8s | %8s |\n", $2, v["rps"], v["p50"], v["p95"], v["p99"] }'

@@ -27,7 +27,10 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// One snapshot of the pool.
 pub struct FreshSnapshot {
-    /// Distinguishes snapshots (the key of the users' memoized rankings).
+    /// Distinguishes the snapshots' sets of posts (the key of the users' memoized rankings): a
+    /// reload that added or dropped no post keeps it, so a ranking lives until a post comes or
+    /// goes (or its memo's TTL ends: the engagement and recency parts it used are refreshed
+    /// every reload).
     pub generation: u64,
     pub model: Arc<ServingModel>,
     pub pool: FreshPool,
@@ -62,12 +65,14 @@ pub async fn reload(
 ) -> ApiResult<FreshSnapshot> {
     let settings = model.config.sources.fresh;
     let oldest = model.snapshot_ms.max(now_ms - settings.window_ms());
-    let (mut posts, newest_ms) = match previous.filter(|p| p.model.id == model.id) {
+    let same_model = previous.filter(|p| p.model.id == model.id);
+    let (mut posts, newest_ms) = match same_model {
         Some(p) => (p.posts.clone(), p.newest_ms),
         None => (IdMap::default(), oldest),
     };
+    let mut set_changed = same_model.is_none();
     for id in changed {
-        posts.remove(id);
+        set_changed |= posts.remove(id).is_some();
     }
     let read_after = oldest.max(newest_ms - LATE_COMMIT_MARGIN_MS);
     let rows = db::new_posts(pg, read_after, changed, settings.pool_size).await?;
@@ -78,6 +83,7 @@ pub async fn reload(
             continue;
         }
         metrics.fresh_eligible(now_ms - row.created_ms);
+        set_changed = true;
         posts.insert(
             row.id,
             PoolPost {
@@ -89,8 +95,11 @@ pub async fn reload(
         );
     }
     // Bounded: the window, then the newest `pool_size`.
+    let before = posts.len();
     posts.retain(|_, p| p.created_ms > oldest);
+    set_changed |= posts.len() != before;
     if posts.len() > settings.pool_size {
+        set_changed = true;
         let mut by_age: Vec<(i64, Uuid)> =
             posts.iter().map(|(id, p)| (p.created_ms, *id)).collect();
         by_age.sort_unstable_by(|a, b| b.cmp(a));
@@ -111,7 +120,10 @@ pub async fn reload(
     )
     .map_err(|e| crate::error::ApiError::Internal(format!("fresh pool: {e}")))?;
     Ok(FreshSnapshot {
-        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        generation: match same_model {
+            Some(p) if !set_changed => p.generation,
+            _ => GENERATION.fetch_add(1, Ordering::Relaxed),
+        },
         model,
         pool,
         posts,

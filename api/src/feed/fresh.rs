@@ -67,9 +67,9 @@ impl Feeds {
             p.built_ms.min(snap.model.snapshot_ms)
         });
         let n = snap.model.config.sources.fresh.candidates;
-        // The ranking of one pool snapshot for one user is memoized (a snapshot lives about a
-        // second; a user's requests within it rank once): the best 2n of the user's own
-        // exclusions (their own posts), of which the request drops what it must (seen, hidden).
+        // The ranking of one set of pool posts for one user is memoized (until a post comes or
+        // goes, at most FRESH_RANKED_TTL): the best 2n of the user's own exclusions (their own
+        // posts), of which the request drops what it must (seen, hidden).
         let key = (input.user, snap.generation, after_ms);
         let ranked = match self.fresh_ranked.get(&key) {
             Some(r) => r,

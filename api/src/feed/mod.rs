@@ -81,7 +81,9 @@ const SESSIONS_TTL: Duration = Duration::from_secs(crate::redis_store::FEED_SESS
 const FRESH_RELOAD: Duration = Duration::from_secs(1);
 /// The trending list is the same for every user: computed at most this often.
 const TRENDING_RELOAD: Duration = Duration::from_secs(1);
-/// Users' fresh rankings kept (each for one pool snapshot, so about a second).
+/// Users' fresh rankings kept, each for one set of pool posts (a new or dropped post starts a
+/// new one) and at most `FRESH_RANKED_TTL`: the engagement and recency parts of a ranking are
+/// at most that old.
 const FRESH_RANKED_CAPACITY: usize = 10_000;
 const FRESH_RANKED_TTL: Duration = Duration::from_secs(10);
 /// Posts remembered as served once (for the first-served age metric).
