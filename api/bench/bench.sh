@@ -68,70 +68,52 @@ psql "$DB" -qc "DELETE FROM user_interactions WHERE event_id LIKE 'bench-%'"
 say "data: $(psql "$DB" -tAc "SELECT count(*) FROM users") users, $(psql "$DB" -tAc "SELECT count(*) FROM posts") posts, $(psql "$DB" -tAc "SELECT count(*) FROM user_interactions") interactions"
 
 # --- 2. recommendations for 1,000 users ---------------------------------------------------------
-psql "$DB" -q <<'SQL'
-CREATE TEMP TABLE bench_users AS SELECT id FROM users ORDER BY id LIMIT 1000;
-DO $$
+# bench_run SHARD USERS MODEL: a complete run of SHARD for the users the query USERS selects, 200
+# posts each with random scores (written by SQL: this measures serving, not the pipeline), naming
+# the serving model MODEL (or NULL); kept a day, then written again. Prints its users.
+bench_run() {
+    psql "$DB" -q -v ON_ERROR_STOP=1 <<SQL
+CREATE TEMP TABLE run_users AS $2;
+DO \$\$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM recommendation_runs WHERE shard = 'bench-api' AND status = 'complete'
-                 AND completed_at > now() - interval '1 day') THEN
-    DELETE FROM recommendation_runs WHERE shard = 'bench-api';
+  IF NOT EXISTS (SELECT 1 FROM recommendation_runs WHERE shard = '$1' AND status = 'complete'
+                 AND model_id IS NOT DISTINCT FROM $3 AND completed_at > now() - interval '1 day') THEN
+    DELETE FROM recommendation_runs WHERE shard = '$1';
     CREATE TEMP TABLE cand AS
       SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts WHERE content NOT LIKE 'bench-fresh %'
                                                   ORDER BY created_at DESC LIMIT 50000) p;
-    WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at)
-                 VALUES ('building', 'bench-api', now()) RETURNING id)
+    WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at, model_id)
+                 VALUES ('building', '$1', now(), $3) RETURNING id)
     INSERT INTO user_recommendations (run_id, user_id, post_id, score, collaborative_score, content_score,
                                       recency_score, engagement_score, reason, expires_at)
     SELECT run.id, u.id, c.id, random(), random(), random(), random(), random(),
            (ARRAY['similar_users', 'similar_content', 'fresh', 'popular'])[1 + (g % 4)], now() + interval '2 days'
-    FROM run CROSS JOIN bench_users u CROSS JOIN generate_series(1, 200) g
+    FROM run CROSS JOIN run_users u CROSS JOIN generate_series(1, 200) g
     JOIN cand c ON c.rn = 1 + abs(hashtext(u.id::text || ':' || g::text)) % 50000
     ON CONFLICT DO NOTHING;
-    UPDATE recommendation_runs SET status = 'complete' WHERE shard = 'bench-api';
+    UPDATE recommendation_runs SET status = 'complete' WHERE shard = '$1';
   END IF;
-END $$;
+END \$\$;
 SQL
-psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
-                 WHERE rr.shard = 'bench-api' GROUP BY user_id ORDER BY user_id" >"$WORK/rec_users"
+    psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
+                     WHERE rr.shard = '$1' GROUP BY user_id ORDER BY user_id"
+}
+bench_run bench-api "SELECT id FROM users ORDER BY id LIMIT 1000" NULL >"$WORK/rec_users"
 
 # --- 2b. every source on ------------------------------------------------------------------------
 # A serving model (the fitted TF-IDF, users' profiles, posts' neighbours) from the pipeline's own
-# assets, built once and kept; a run for the next 1,000 users that names it (kept a day, like the
-# first); 10,000 posts newer than those lists (copies of existing texts, made again every run) and
-# 3 likes per user since the lists (event ids bench-*: deleted by the next run, above).
+# assets, built once and kept; a run for the next 1,000 users (with a profile) that names it;
+# 10,000 posts newer than those lists (copies of existing texts, made again every run) and 3 likes
+# per user since the lists (event ids bench-*: deleted by the next run, above).
 model=$(psql "$DB" -tAc "SELECT max(id) FROM recommendation_models")
 if [[ -z $model ]]; then
     say "building a serving model with the pipeline's assets (once; a few minutes)"
     model=$(DATABASE_URL=$DB PYTHONPATH=$PWD .venv/bin/python -W ignore api/bench/serving_model.py 2>"$WORK/model.log" | tail -1) ||
         { tail -20 "$WORK/model.log"; echo "bench-api: the serving model could not be built"; exit 1; }
 fi
+bench_run bench-api-sources "SELECT u.id FROM users u JOIN user_profiles p ON p.user_id = u.id AND p.model_id = $model
+                             ORDER BY u.id OFFSET 1000 LIMIT 1000" "$model" >"$WORK/source_users"
 psql "$DB" -q -v ON_ERROR_STOP=1 -v model="$model" <<'SQL'
-SELECT set_config('bench.model', :'model', false);
-CREATE TEMP TABLE bench_source_users AS
-  SELECT u.id, row_number() OVER (ORDER BY u.id) AS rn
-  FROM users u JOIN user_profiles p ON p.user_id = u.id AND p.model_id = :model
-  ORDER BY u.id OFFSET 1000 LIMIT 1000;
-DO $$
-DECLARE m bigint := current_setting('bench.model')::bigint;
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM recommendation_runs WHERE shard = 'bench-api-sources' AND status = 'complete'
-                 AND model_id = m AND completed_at > now() - interval '1 day') THEN
-    DELETE FROM recommendation_runs WHERE shard = 'bench-api-sources';
-    CREATE TEMP TABLE cand2 AS
-      SELECT id, row_number() OVER () AS rn FROM (SELECT id FROM posts WHERE content NOT LIKE 'bench-fresh %'
-                                                  ORDER BY created_at DESC LIMIT 50000) p;
-    WITH run AS (INSERT INTO recommendation_runs (status, shard, completed_at, model_id)
-                 VALUES ('building', 'bench-api-sources', now(), m) RETURNING id)
-    INSERT INTO user_recommendations (run_id, user_id, post_id, score, collaborative_score, content_score,
-                                      recency_score, engagement_score, reason, expires_at)
-    SELECT run.id, u.id, c.id, random(), random(), random(), random(), random(),
-           (ARRAY['similar_users', 'similar_content', 'fresh', 'popular'])[1 + (g % 4)], now() + interval '2 days'
-    FROM run CROSS JOIN bench_source_users u CROSS JOIN generate_series(1, 200) g
-    JOIN cand2 c ON c.rn = 1 + abs(hashtext(u.id::text || ':' || g::text)) % 50000
-    ON CONFLICT DO NOTHING;
-    UPDATE recommendation_runs SET status = 'complete' WHERE shard = 'bench-api-sources';
-  END IF;
-END $$;
 -- fresh posts: created after the model's snapshot and the lists, within the last 30 minutes
 DELETE FROM posts WHERE content LIKE 'bench-fresh %';
 INSERT INTO posts (user_id, content, created_at)
@@ -145,13 +127,15 @@ CROSS JOIN (SELECT max(generated_at) AS generated_at FROM user_recommendations u
 CREATE TEMP TABLE liked AS
   SELECT post_id, row_number() OVER () AS rn
   FROM (SELECT post_id FROM post_neighbors TABLESAMPLE SYSTEM (1) WHERE model_id = :model LIMIT 3000) n;
+CREATE TEMP TABLE likers AS
+  SELECT ur.user_id AS id, dense_rank() OVER (ORDER BY ur.user_id) AS rn
+  FROM (SELECT DISTINCT r.user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
+        WHERE rr.shard = 'bench-api-sources') ur;
 INSERT INTO user_interactions (user_id, post_id, interaction_type, event_id, created_at)
 SELECT u.id, l.post_id, 'like', 'bench-like-' || u.id || '-' || g, now()
-FROM bench_source_users u CROSS JOIN generate_series(1, 3) g
+FROM likers u CROSS JOIN generate_series(1, 3) g
 JOIN liked l ON l.rn = 1 + ((u.rn - 1) * 3 + g - 1) % (SELECT count(*) FROM liked);
 SQL
-psql "$DB" -tAc "SELECT user_id FROM user_recommendations r JOIN recommendation_runs rr ON rr.id = r.run_id
-                 WHERE rr.shard = 'bench-api-sources' GROUP BY user_id ORDER BY user_id" >"$WORK/source_users"
 psql "$DB" -tAc "SELECT id FROM users u WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_id = u.id)
                  ORDER BY id LIMIT 1000" >"$WORK/fallback_users"
 psql "$DB" -tAc "SELECT id FROM posts TABLESAMPLE SYSTEM (2) LIMIT 10000" >"$WORK/posts"
