@@ -207,7 +207,33 @@ served() { local v; v=$(metric "feedrank_feed_posts_served_total{source=\"$1\"}"
 names=(personalized fresh because_you_liked trending fallback)
 declare -A p0
 for n in "${names[@]}"; do p0[$n]=$(served "$n"); done
+# Meanwhile new posts are published (10 a second, each committed at once): the delay from a post's
+# creation to its entry into the fresh pool is read off the API's histogram.
+delays() { curl -sf "$URL/metrics" | grep '^feedrank_fresh_eligibility_delay_seconds_bucket'; }
+delays >"$WORK/delay0"
+secs=${DURATION%s}
+psql "$DB" -q -c "DO \$\$ BEGIN FOR i IN 1..$((secs * 10)) LOOP
+    INSERT INTO posts (user_id, content, created_at)
+    SELECT user_id, 'bench-fresh ' || content, clock_timestamp() FROM posts TABLESAMPLE SYSTEM (0.1) LIMIT 1;
+    COMMIT; PERFORM pg_sleep(0.1); END LOOP; END \$\$" &
+publisher=$!
 run_wrk feed_sources feed.lua "$WORK/source_tokens" | tee "$WORK/r4"
+wait "$publisher"
+sleep 2 # the last posts' reload
+delays >"$WORK/delay1"
+python3 - "$WORK/delay0" "$WORK/delay1" <<'PY'
+import re, sys
+def read(path):
+    return {m.group(1): float(m.group(2)) for m in
+            (re.search(r'le="([^"]+)"\} (\S+)', line) for line in open(path)) if m}
+before, after = read(sys.argv[1]), read(sys.argv[2])
+new = {le: after[le] - before.get(le, 0.0) for le in after}
+total = new.get("+Inf", 0.0)
+if total == 0:
+    print("    new posts entering the fresh pool: none measured"); sys.exit()
+p95 = next(le for le in sorted(new, key=lambda x: float(x)) if new[le] >= 0.95 * total)
+print(f"    new posts entering the fresh pool: {int(total)}, creation to eligibility p95 <= {p95} s")
+PY
 line="    posts served by source:"
 for n in "${names[@]}"; do line+=" $n $(( $(served "$n") - ${p0[$n]} ))"; done
 echo "$line"

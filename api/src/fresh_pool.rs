@@ -27,17 +27,29 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// One snapshot of the pool.
 pub struct FreshSnapshot {
-    /// Distinguishes the snapshots' sets of posts (the key of the users' memoized rankings): a
-    /// reload that added or dropped no post keeps it, so a ranking lives until a post comes or
-    /// goes (or its memo's TTL ends: the engagement and recency parts it used are refreshed
-    /// every reload).
+    /// Distinguishes the snapshots' sets of posts (users' memoized rankings are up to date with
+    /// one): a reload that added or dropped no post keeps it.
     pub generation: u64,
+    /// How many reloads on this model took in an edited or deleted post: a memoized ranking
+    /// made at the same count can be brought up to date by ranking the newer posts alone.
+    pub edits: u64,
     pub model: Arc<ServingModel>,
     pub pool: FreshPool,
     /// The posts the snapshot was built from, by id (the next reload starts from them).
     posts: IdMap<Uuid, PoolPost>,
     /// The newest `created_at` read (ms).
     newest_ms: i64,
+}
+
+impl FreshSnapshot {
+    /// The creation time of the pool's newest post (ms; `i64::MIN` when it is empty).
+    pub fn newest_created_ms(&self) -> i64 {
+        if self.pool.is_empty() {
+            i64::MIN
+        } else {
+            self.pool.post(0).created_ms
+        }
+    }
 }
 
 /// A post's TF-IDF row under `model` (unit length; empty when no term is known).
@@ -71,9 +83,11 @@ pub async fn reload(
         None => (IdMap::default(), oldest),
     };
     let mut set_changed = same_model.is_none();
+    let mut edited = false;
     for id in changed {
-        set_changed |= posts.remove(id).is_some();
+        edited |= posts.remove(id).is_some();
     }
+    set_changed |= edited;
     let read_after = oldest.max(newest_ms - LATE_COMMIT_MARGIN_MS);
     let rows = db::new_posts(pg, read_after, changed, settings.pool_size).await?;
     let mut newest = newest_ms;
@@ -120,6 +134,7 @@ pub async fn reload(
     )
     .map_err(|e| crate::error::ApiError::Internal(format!("fresh pool: {e}")))?;
     Ok(FreshSnapshot {
+        edits: same_model.map_or(0, |p| p.edits + u64::from(edited)),
         generation: match same_model {
             Some(p) if !set_changed => p.generation,
             _ => GENERATION.fetch_add(1, Ordering::Relaxed),

@@ -61,7 +61,7 @@ pub struct ServedPage {
 
 /// The code of `source` in `served_pages.source_codes` (the table `served_sources` of V8).
 /// Codes are never reused: a new source gets the next one, in a migration too.
-pub fn source_code(source: Source) -> i16 {
+pub fn source_code(source: Source) -> u8 {
     match source {
         Source::Personalized => 1,
         Source::Fresh => 2,
@@ -72,7 +72,7 @@ pub fn source_code(source: Source) -> i16 {
 }
 
 /// The code of `reason` in `served_pages.reason_codes` (the table `served_reasons` of V8).
-pub fn reason_code(reason: Reason) -> i16 {
+pub fn reason_code(reason: Reason) -> u8 {
     match reason {
         Reason::SimilarUsers => 1,
         Reason::SimilarContent => 2,
@@ -82,6 +82,20 @@ pub fn reason_code(reason: Reason) -> i16 {
         Reason::BecauseYouLiked => 6,
         Reason::Trending => 7,
     }
+}
+
+/// A page's posts as `served_pages` packs them: the ids (16 bytes each), the source codes and the
+/// reason codes (a byte each; reason 0: none).
+pub fn packed(posts: &[ServedPost]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut ids = Vec::with_capacity(16 * posts.len());
+    let mut sources = Vec::with_capacity(posts.len());
+    let mut reasons = Vec::with_capacity(posts.len());
+    for p in posts {
+        ids.extend_from_slice(p.post.as_bytes());
+        sources.push(source_code(p.source));
+        reasons.push(p.reason.map_or(0, reason_code));
+    }
+    (ids, sources, reasons)
 }
 
 /// The request path's end of the log.
@@ -349,9 +363,9 @@ impl Writer {
                 Type::UUID,
                 Type::UUID,
                 Type::INT4,
-                Type::UUID_ARRAY,
-                Type::INT2_ARRAY,
-                Type::INT2_ARRAY,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::BYTEA,
                 Type::INT8,
                 Type::INT8,
                 Type::TIMESTAMPTZ,
@@ -360,13 +374,7 @@ impl Writer {
         let mut writer = std::pin::pin!(writer);
         for page in pages {
             let first_position = i32::try_from(page.first_position).unwrap_or(i32::MAX);
-            let post_ids: Vec<Uuid> = page.posts.iter().map(|p| p.post).collect();
-            let sources: Vec<i16> = page.posts.iter().map(|p| source_code(p.source)).collect();
-            let reasons: Vec<Option<i16>> = page
-                .posts
-                .iter()
-                .map(|p| p.reason.map(reason_code))
-                .collect();
+            let (post_ids, sources, reasons) = packed(&page.posts);
             let row: [&(dyn ToSql + Sync); 9] = [
                 &page.request_id,
                 &page.user,
@@ -466,10 +474,35 @@ mod tests {
 
     #[test]
     fn every_source_and_reason_has_its_own_code() {
-        let sources: HashSet<i16> = Source::ALL.into_iter().map(source_code).collect();
+        let sources: HashSet<u8> = Source::ALL.into_iter().map(source_code).collect();
         assert_eq!(sources.len(), Source::ALL.len());
-        let reasons: HashSet<i16> = Reason::ALL.into_iter().map(reason_code).collect();
+        let reasons: HashSet<u8> = Reason::ALL.into_iter().map(reason_code).collect();
         assert_eq!(reasons.len(), Reason::ALL.len());
+        assert!(!reasons.contains(&0), "0 is a post without a reason");
+    }
+
+    #[test]
+    fn a_pages_posts_pack_into_ids_sources_and_reasons() {
+        let posts = [
+            ServedPost {
+                post: Uuid::from_u128(7),
+                source: Source::Fresh,
+                reason: Some(Reason::Fresh),
+            },
+            ServedPost {
+                post: Uuid::from_u128(9),
+                source: Source::Fallback,
+                reason: None,
+            },
+        ];
+        let (ids, sources, reasons) = packed(&posts);
+        assert_eq!(&ids[..16], Uuid::from_u128(7).as_bytes());
+        assert_eq!(&ids[16..], Uuid::from_u128(9).as_bytes());
+        assert_eq!(
+            sources,
+            [source_code(Source::Fresh), source_code(Source::Fallback)]
+        );
+        assert_eq!(reasons, [reason_code(Reason::Fresh), 0]);
     }
 
     fn settings(queue_pages: usize) -> ServedLogConfig {

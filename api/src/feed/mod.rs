@@ -63,6 +63,7 @@ pub use personalized::{write_back_ttl, Lookup, Personalized, PAGE_ORIGINS, PERSO
 
 use because_you_liked::Neighbors;
 use fallback::PoolSnapshot;
+use fresh::FreshRanking;
 use personalized::{personal_list, DecodedFeed};
 use trending::TrendingList;
 
@@ -81,9 +82,8 @@ const SESSIONS_TTL: Duration = Duration::from_secs(crate::redis_store::FEED_SESS
 const FRESH_RELOAD: Duration = Duration::from_secs(1);
 /// The trending list is the same for every user: computed at most this often.
 const TRENDING_RELOAD: Duration = Duration::from_secs(1);
-/// Users' fresh rankings kept, each for one set of pool posts (a new or dropped post starts a
-/// new one) and at most `FRESH_RANKED_TTL`: the engagement and recency parts of a ranking are
-/// at most that old.
+/// Users' fresh rankings kept (see `fresh::FreshRanking`); a ranking is redone in full at least
+/// every `FRESH_RANKED_TTL`: the engagement and recency parts it uses are at most that old.
 const FRESH_RANKED_CAPACITY: usize = 10_000;
 const FRESH_RANKED_TTL: Duration = Duration::from_secs(10);
 /// Posts remembered as served once (for the first-served age metric).
@@ -280,8 +280,8 @@ pub struct Feeds {
     trending: Refreshed<TrendingList>,
     /// Stored neighbours, by (model, post).
     neighbors: TtlCache<(i64, Uuid), Arc<Neighbors>>,
-    /// Each user's fresh ranking of one pool snapshot, by (user, snapshot, list build time).
-    fresh_ranked: TtlCache<(Uuid, u64, i64), Arc<Vec<Candidate>>>,
+    /// Each user's fresh ranking, by (user, list build time).
+    fresh_ranked: TtlCache<(Uuid, i64), Arc<FreshRanking>>,
     /// Posts served once already (first-served age metric).
     served: TtlCache<Uuid, ()>,
     /// Users PostgreSQL had no current recommendations for, with the value of

@@ -485,12 +485,12 @@ async fn the_logs_source_and_reason_codes_are_the_migrations() {
     // (code, name) by code, as the served log's writer has them.
     fn coded<T: Copy>(
         all: &[T],
-        code: fn(T) -> i16,
+        code: fn(T) -> u8,
         name: fn(T) -> &'static str,
     ) -> Vec<(i16, String)> {
         let mut rows: Vec<(i16, String)> = all
             .iter()
-            .map(|&v| (code(v), name(v).to_string()))
+            .map(|&v| (i16::from(code(v)), name(v).to_string()))
             .collect();
         rows.sort();
         rows

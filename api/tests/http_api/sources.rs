@@ -82,6 +82,23 @@ async fn spread_posts(env: &TestEnv, name: &str, authors: usize, per_author: usi
         .collect()
 }
 
+/// The user's first page (limit 20) once it holds `post`, asked every 200 ms for at most 60 s.
+async fn first_page_with(env: &TestEnv, token: &str, post: Uuid) -> Value {
+    let start = Instant::now();
+    loop {
+        let (s, page) = get(env.app(), "/api/feeds?limit=20", Some(token)).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        if ids(&page).contains(&post) {
+            return page;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{post} never reached the first page: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn sources_of(page: &Value) -> Vec<String> {
     page["posts"]
         .as_array()
@@ -147,19 +164,7 @@ async fn a_new_post_on_a_topic_the_user_engages_with_reaches_their_first_page() 
         post_at(&env, pundit, &format!("football goal news {i}"), 1.0).await;
     }
     let new_post = post_at(&env, chef, "a quick garlic pasta recipe for tonight", 0.0).await;
-    let start = Instant::now();
-    let page = loop {
-        let (s, page) = get(env.app(), "/api/feeds?limit=20", Some(&t)).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        if ids(&page).contains(&new_post) {
-            break page;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the new post never reached the first page: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let page = first_page_with(&env, &t, new_post).await;
     let served = page["posts"]
         .as_array()
         .unwrap()
@@ -197,6 +202,28 @@ async fn a_new_post_on_a_topic_the_user_engages_with_reaches_their_first_page() 
     assert!(value("feedrank_feed_posts_served_total{source=\"fresh\"}") >= 1.0);
     assert!(value("feedrank_feed_first_served_age_seconds_count{source=\"fresh\"}") >= 1.0);
     assert!(value("feedrank_fresh_eligibility_delay_seconds_count") >= 11.0);
+
+    // A later post on the topic, once the user's fresh ranking is memoized with the first one in
+    // it: ranked on its own and merged in, it reaches the page and leads the fresh slots.
+    let later = post_at(
+        &env,
+        chef,
+        "garlic pasta recipe with more garlic and pasta",
+        0.0,
+    )
+    .await;
+    let page = first_page_with(&env, &t, later).await;
+    let fresh: Vec<String> = page["posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["source"] == "fresh")
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        fresh[..2].contains(&later.to_string()) && fresh[..2].contains(&new_post.to_string()),
+        "the two cooking posts lead the fresh slots: {page}"
+    );
 
     // Deleted: never served stale from the pool.
     env.db

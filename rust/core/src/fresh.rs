@@ -269,11 +269,15 @@ impl FreshPool {
             let p = &self.posts[i as usize];
             p.created_ms > q.after_ms && p.created_ms <= q.before_ms && !(q.exclude)(p)
         };
+        // Positions are newest first and postings ascend by position: only the first `newer`
+        // positions are created after `after_ms`, so a list is read only that far (a query for
+        // the posts that came since a memoized ranking reads a few entries per term).
+        let newer = self.posts.partition_point(|p| p.created_ms > q.after_ms) as u32;
         // The user-dependent parts of every post that shares a term or an author with the user.
         let mut touched: FxHashMap<u32, [f32; 2]> = FxHashMap::default();
         for (&t, &w) in q.profile.terms.iter().zip(&q.profile.weights) {
             if let Some(list) = self.postings.get(&t) {
-                for &(i, x) in list {
+                for &(i, x) in list.iter().take_while(|e| e.0 < newer) {
                     touched.entry(i).or_insert([0.0; 2])[0] += w * x;
                 }
             }
@@ -283,7 +287,7 @@ impl FreshPool {
                 continue;
             }
             if let Some(list) = self.by_author.get(&a) {
-                for &i in list {
+                for &i in list.iter().take_while(|&&i| i < newer) {
                     let e = touched.entry(i).or_insert([0.0; 2]);
                     e[1] = e[1].max(affinity.min(1.0));
                 }
