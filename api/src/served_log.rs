@@ -56,6 +56,8 @@ pub struct ServedPage {
     /// configuration version).
     pub run_id: Option<i64>,
     pub model_id: Option<i64>,
+    /// The user's experiment arms, `experiment:arm` (experiments::Assignment::labels).
+    pub arms: Vec<String>,
     pub served_at: DateTime<Utc>,
 }
 
@@ -338,7 +340,7 @@ impl Writer {
         let sink = client
             .copy_in(
                 "COPY served_pages (request_id, user_id, first_position, post_ids, source_codes,
-                                    reason_codes, run_id, model_id, served_at)
+                                    reason_codes, run_id, model_id, arms, served_at)
                  FROM STDIN (FORMAT binary)",
             )
             .await
@@ -354,6 +356,7 @@ impl Writer {
                 Type::INT2_ARRAY,
                 Type::INT8,
                 Type::INT8,
+                Type::TEXT_ARRAY,
                 Type::TIMESTAMPTZ,
             ],
         );
@@ -367,7 +370,7 @@ impl Writer {
                 .iter()
                 .map(|p| p.reason.map(reason_code))
                 .collect();
-            let row: [&(dyn ToSql + Sync); 9] = [
+            let row: [&(dyn ToSql + Sync); 10] = [
                 &page.request_id,
                 &page.user,
                 &first_position,
@@ -376,6 +379,7 @@ impl Writer {
                 &reasons,
                 &page.run_id,
                 &page.model_id,
+                &page.arms,
                 &page.served_at,
             ];
             writer
@@ -409,6 +413,7 @@ mod tests {
             ],
             run_id: None,
             model_id: None,
+            arms: Vec::new(),
             served_at: Utc::now(),
         }
     }

@@ -17,7 +17,7 @@
 //! written out below so that no library update can move a user to another arm; experiments with
 //! different salts assign independently (layers).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -283,11 +283,13 @@ impl Experiment {
             .enumerate()
             .map(|(i, a)| parse_arm(i, a))
             .collect::<Result<Vec<_>>>()?;
+        // to the microsecond, as PostgreSQL keeps them: the stored definition and its columns agree
+        let micros = |t: Option<DateTime<Utc>>| t.map(|t| t.trunc_subsecs(6));
         Ok(Experiment {
             name: raw.name,
             salt: raw.salt,
-            starts_at: raw.starts_at,
-            ends_at: raw.ends_at,
+            starts_at: micros(raw.starts_at),
+            ends_at: micros(raw.ends_at),
             arms,
         })
     }
@@ -513,6 +515,15 @@ mod tests {
         assert_eq!(v["arms"][0]["config"], serde_json::json!({"top_k": 50}));
         assert!(v["arms"][2].get("config").is_none());
         let start: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
+        let precise = Experiment::from_json(&with_arms(TWO_ARMS).replace(
+            r#""arms""#,
+            r#""starts_at": "2026-12-01T00:00:00.123456789Z", "arms""#,
+        ))
+        .unwrap();
+        assert_eq!(
+            precise.starts_at.unwrap().to_rfc3339(),
+            "2026-12-01T00:00:00.123456+00:00"
+        );
         assert!(!e.is_running_at(start - chrono::Duration::seconds(1)));
         assert!(e.is_running_at(start));
         assert!(!e.is_running_at(e.ends_at.unwrap()));
