@@ -12,6 +12,7 @@
 //! other experiments' arms are labelled only (`applied: false`). A `config` arm is served the
 //! run's lists as every user is (the pipeline computing each arm's lists is a later step).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,17 +77,27 @@ impl Experiments {
         self.scheduled.mark_stale();
     }
 
-    /// `user`'s arms in the experiments running now. When the experiments cannot be read and
-    /// none were read before, the user is in none (the page is served as without experiments).
+    /// `user`'s arms in the experiments running now. When the experiments cannot be read, those
+    /// read last are kept, or none when there are none yet (the page is served as without
+    /// experiments); either way for [`RELOAD`], so that an outage costs one try per interval,
+    /// not one per request.
     pub async fn assignment(&self, pg: &Pool, user: Uuid) -> Assignment {
-        let scheduled = match self.scheduled.get(|_| load(pg)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "experiments unavailable; serving without them");
-                return Assignment::default();
-            }
-        };
-        assign(&scheduled, user)
+        let scheduled = self
+            .scheduled
+            .get(|previous| async move {
+                Ok::<_, Infallible>(match load(pg).await {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the experiments; keeping the last read");
+                        previous.map(|p| p.as_ref().clone()).unwrap_or_default()
+                    }
+                })
+            })
+            .await;
+        match scheduled {
+            Ok(s) => assign(&s, user),
+            Err(never) => match never {},
+        }
     }
 }
 

@@ -13,9 +13,6 @@ import pytest
 import feedrank
 from feedrank.cli import main
 
-USER = "6f1c2a52-3d4e-4b8f-9a0b-1c2d3e4f5a6b"
-
-
 def experiment(name: str = "fresh_mix", salt: str = "fm-1", **fields) -> dict:
     return {
         "name": name,
@@ -180,16 +177,3 @@ def test_start_after_the_end_fails_and_changes_nothing(cli, fresh_database_url):
     status, _, err = cli("start", "fresh_mix")
     assert status == 2 and "error: ends_at: must be after starts_at" in err
     assert stored(fresh_database_url) == before
-
-
-def test_assign_arm_is_the_cores_and_follows_the_shares():
-    assert feedrank.assign_arm("s1", USER, [0.2, 0.3, 0.5]) == 2
-    assert feedrank.assign_arm("s1", USER, [0.2, 0.3, 0.5]) == feedrank.assign_arm("s1", USER, [0.2, 0.3, 0.5])
-    with pytest.raises(ValueError, match=r"^shares: shares must sum to 1, got 0.9"):
-        feedrank.assign_arm("s1", USER, [0.5, 0.4])
-    with pytest.raises(ValueError, match=r"^shares\[1\]: must be in \(0, 1\], got 0"):
-        feedrank.assign_arm("s1", USER, [1.0, 0.0])
-    counts = [0, 0]
-    for i in range(20_000):
-        counts[feedrank.assign_arm("split", f"00000000-0000-4000-8000-{i:012x}", [0.25, 0.75])] += 1
-    assert abs(counts[0] - 5_000) < 4.5 * (20_000 * 0.25 * 0.75) ** 0.5

@@ -342,8 +342,8 @@ impl Experiment {
 
     /// The arm of `user_id` (see [`assign`]).
     pub fn arm_of(&self, user_id: &str) -> &Arm {
-        let shares: Vec<f64> = self.arms.iter().map(|a| a.share).collect();
-        &self.arms[assign(&self.salt, user_id, &shares)]
+        let point = assignment_point(&self.salt, user_id);
+        &self.arms[cut(point, self.arms.iter().map(|a| a.share))]
     }
 }
 
@@ -386,16 +386,21 @@ pub fn assignment_point(salt: &str, user_id: &str) -> f64 {
 /// [`check_shares`]): the first whose cumulative share exceeds the user's
 /// [`assignment_point`]. Stable across processes, machines and languages.
 pub fn assign(salt: &str, user_id: &str, shares: &[f64]) -> usize {
-    let point = assignment_point(salt, user_id);
+    cut(assignment_point(salt, user_id), shares.iter().copied())
+}
+
+/// The index of the first share whose cumulative sum exceeds `point`.
+fn cut(point: f64, shares: impl ExactSizeIterator<Item = f64>) -> usize {
+    let n = shares.len();
     let mut cumulative = 0.0;
-    for (i, s) in shares.iter().enumerate() {
+    for (i, s) in shares.enumerate() {
         cumulative += s;
         if point < cumulative {
             return i;
         }
     }
     // the shares' sum may round to just below 1
-    shares.len().saturating_sub(1)
+    n.saturating_sub(1)
 }
 
 #[cfg(test)]
