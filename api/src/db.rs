@@ -173,6 +173,27 @@ pub struct InteractionMark {
     pub at_ms: i64,
 }
 
+/// The stored definitions (the core's JSON) of the experiments that have a start and are neither
+/// stopped nor past their end (migration V9), earliest start first: those running and those
+/// scheduled (the caller checks each one's window at every request).
+pub async fn scheduled_experiments(pool: &Pool) -> ApiResult<Vec<String>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT definition::text FROM experiments
+             WHERE starts_at IS NOT NULL AND stopped_at IS NULL
+               AND (ends_at IS NULL OR ends_at > now())
+             ORDER BY starts_at, name",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// The user's hides (any time) and other interactions since `since_ms`, newest first, bounded.
 pub async fn interaction_marks(
     pool: &Pool,

@@ -1,7 +1,8 @@
 //! Forgets what the API remembers when PostgreSQL says it changed: cached post bodies (migration
 //! V3's triggers send `NOTIFY feedrank_post_changed` with a post id, or `*` for everything) and
 //! which users have no recommendations (V5: `feedrank_recommendations_changed` after any new run
-//! or recommendation rows). One dedicated connection LISTENs; when it drops, everything is
+//! or recommendation rows), and the experiments (V9: `feedrank_experiments_changed`). One
+//! dedicated connection LISTENs; when it drops, everything is
 //! forgotten (messages may have been missed meanwhile), nothing is remembered about
 //! recommendations until it is back, and it reconnects. TTLs bound staleness if this lags.
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
+use crate::experiments;
 use crate::state::AppState;
 
 pub const CHANNEL: &str = "feedrank_post_changed";
@@ -36,7 +38,9 @@ pub fn spawn(state: &AppState) {
 }
 
 fn apply(state: &AppState, channel: &str, payload: &str) {
-    if channel == RECOMMENDATIONS_CHANNEL {
+    if channel == experiments::CHANNEL {
+        state.experiments.changed();
+    } else if channel == RECOMMENDATIONS_CHANNEL {
         state.feeds.recommendations_changed();
     } else if payload == "*" {
         state.feeds.all_posts_changed();
@@ -69,11 +73,13 @@ async fn listen(state: &AppState) -> Result<(), tokio_postgres::Error> {
     });
     client
         .batch_execute(&format!(
-            "LISTEN {CHANNEL}; LISTEN {RECOMMENDATIONS_CHANNEL}"
+            "LISTEN {CHANNEL}; LISTEN {RECOMMENDATIONS_CHANNEL}; LISTEN {}",
+            experiments::CHANNEL
         ))
         .await?;
     // Anything cached before LISTEN took effect may be stale: forgotten by `listening`.
     state.feeds.listening(true);
+    state.experiments.changed();
     while let Some((channel, payload)) = rx.recv().await {
         apply(state, &channel, &payload);
     }

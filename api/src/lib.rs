@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod diversify;
 pub mod error;
+pub mod experiments;
 pub mod feed;
 pub mod fresh_pool;
 pub mod http;

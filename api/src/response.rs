@@ -55,6 +55,19 @@ pub struct SkippedSource {
     pub reason: String,
 }
 
+/// A running experiment the user is in, and their arm (assigned by a stable hash of the
+/// experiment's salt and the user id: the same on every request).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExperimentArm {
+    pub experiment: String,
+    pub arm: String,
+    /// Whether this arm shaped the page. A `random` or `sources` arm does unless an
+    /// earlier-started experiment's such arm did (one arm changes a page; docs/api.md); a
+    /// `config` arm's lists are not computed yet, so it labels only.
+    pub applied: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FeedMetadata {
@@ -79,6 +92,10 @@ pub struct FeedMetadata {
     /// The random fallback's seed; pass it back as `seed` to get the next page of the same order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The user's arm in every running experiment, earliest started first (empty when none
+    /// runs).
+    #[serde(default)]
+    pub arms: Vec<ExperimentArm>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

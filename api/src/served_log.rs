@@ -56,6 +56,8 @@ pub struct ServedPage {
     /// configuration version).
     pub run_id: Option<i64>,
     pub model_id: Option<i64>,
+    /// The user's experiment arms, `experiment:arm` (experiments::Assignment::labels).
+    pub arms: Vec<String>,
     pub served_at: DateTime<Utc>,
 }
 
@@ -352,7 +354,7 @@ impl Writer {
         let sink = client
             .copy_in(
                 "COPY served_pages (request_id, user_id, first_position, post_ids, source_codes,
-                                    reason_codes, run_id, model_id, served_at)
+                                    reason_codes, run_id, model_id, arms, served_at)
                  FROM STDIN (FORMAT binary)",
             )
             .await
@@ -368,6 +370,7 @@ impl Writer {
                 Type::BYTEA,
                 Type::INT8,
                 Type::INT8,
+                Type::TEXT_ARRAY,
                 Type::TIMESTAMPTZ,
             ],
         );
@@ -375,7 +378,7 @@ impl Writer {
         for page in pages {
             let first_position = i32::try_from(page.first_position).unwrap_or(i32::MAX);
             let (post_ids, sources, reasons) = packed(&page.posts);
-            let row: [&(dyn ToSql + Sync); 9] = [
+            let row: [&(dyn ToSql + Sync); 10] = [
                 &page.request_id,
                 &page.user,
                 &first_position,
@@ -384,6 +387,7 @@ impl Writer {
                 &reasons,
                 &page.run_id,
                 &page.model_id,
+                &page.arms,
                 &page.served_at,
             ];
             writer
@@ -417,6 +421,7 @@ mod tests {
             ],
             run_id: None,
             model_id: None,
+            arms: Vec::new(),
             served_at: Utc::now(),
         }
     }

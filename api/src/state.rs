@@ -1,5 +1,6 @@
 //! The state every handler shares: configuration, the database pool, Redis, the authenticator,
-//! the known users, the feed (with its caches), the metrics and the served log's queue.
+//! the known users, the feed (with its caches), the running experiments, the metrics and the
+//! served log's queue.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::experiments::Experiments;
 use crate::feed::{Feeds, Stores, PAGE_ORIGINS};
 use crate::memo::TtlCache;
 use crate::metrics::{Metrics, PoolGauge};
@@ -30,6 +32,8 @@ pub struct Inner {
     /// User ids known to exist.
     pub users: TtlCache<Uuid, ()>,
     pub feeds: Feeds,
+    /// The running experiments, and each user's arms in them.
+    pub experiments: Experiments,
     pub metrics: Metrics,
     /// The served log's queue (its writer is started by `ServedLog::start_writer`).
     pub served_log: ServedLog,
@@ -54,6 +58,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             users: TtlCache::new(KNOWN_USER_CAPACITY, KNOWN_USER_TTL),
             feeds: Feeds::new(&cfg),
+            experiments: Experiments::default(),
             served_log: ServedLog::new(&cfg.served_log, metrics.served_log.clone()),
             metrics,
             cfg,

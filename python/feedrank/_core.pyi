@@ -14,6 +14,7 @@ __all__ = [
     "HybridModel",
     "TfidfModel",
     "__version__",
+    "assign_arm",
     "blend",
     "collaborative_models",
     "component_names",
@@ -40,6 +41,7 @@ __all__ = [
     "tokenize",
     "user_profiles",
     "validate_config",
+    "validate_experiment",
     "weight_interactions",
     "weighting_names",
 ]
@@ -58,6 +60,8 @@ _FloatArray = npt.ArrayLike
 # --- shared contracts (rust/core config.rs, cache.rs) ---
 def default_config() -> dict[str, Any]: ...
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]: ...
+def validate_experiment(experiment: dict[str, Any]) -> dict[str, Any]: ...
+def assign_arm(salt: str, user_id: str, shares: Sequence[float]) -> int: ...
 def reasons(components: _FloatArray, weights: _Weights) -> list[str]: ...
 def recommendations_key(prefix: str, user_id: str) -> str: ...
 def encode_cache_entry(

@@ -75,6 +75,14 @@ def _tune(parser: argparse.ArgumentParser) -> Runner:
     return tune.run
 
 
+@subcommand("experiments", "create, list, start and stop A/B experiments (docs/experiments.md)")
+def _experiments(parser: argparse.ArgumentParser) -> Runner:
+    from feedrank import experiments
+
+    experiments.add_arguments(parser)
+    return experiments.run
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 

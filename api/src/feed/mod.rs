@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use feedrank_core::config::{BlendShares, Reason, ScoringConfig, Source};
+use feedrank_core::config::{BlendShares, Reason, Source};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
@@ -47,7 +47,7 @@ use crate::memo::{IdHasher, IdMap, Refreshed, TtlCache};
 use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, RedisStore, SEEN_RETENTION_MS};
-use crate::response::{FeedMetadata, SkippedSource};
+use crate::response::{ExperimentArm, FeedMetadata, SkippedSource};
 use crate::served_log::ServedPost;
 
 mod because_you_liked;
@@ -99,8 +99,13 @@ pub struct FeedRequest {
     pub offset: usize,
     pub refresh: bool,
     pub seed: Option<u64>,
-    /// Skip the recommendations and answer with the random fallback (the demo page compares).
+    /// Skip the recommendations and answer with the random fallback (the demo page compares; a
+    /// `random` experiment arm).
     pub fallback_only: bool,
+    /// The blend's shares instead of the run's (a `sources` experiment arm).
+    pub blend: Option<BlendShares>,
+    /// The user's experiment arms, for `metadata.arms`.
+    pub arms: Vec<ExperimentArm>,
 }
 
 /// A built feed page.
@@ -221,11 +226,11 @@ impl RequestLists {
 }
 
 /// [`feedrank_core::blend::blend`] of the four lists (in [`BlendShares::SOURCES`] order) by
-/// the configuration's shares: every candidate of every list, each post once.
+/// `shares`: every candidate of every list, each post once.
 fn blend_of(
     personal: &[Candidate],
     lists: &RequestLists,
-    config: &ScoringConfig,
+    shares: &BlendShares,
 ) -> ApiResult<Vec<Candidate>> {
     let by_source: [&[Candidate]; 4] = [
         personal,
@@ -247,9 +252,8 @@ fn blend_of(
         .map(|l| l.iter().map(|c| c.post).collect())
         .collect();
     let id_lists: Vec<&[Uuid]> = ids.iter().map(|l| l.as_slice()).collect();
-    let slots =
-        feedrank_core::blend::blend(&id_lists, &config.sources.blend.as_array(), usize::MAX)
-            .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
+    let slots = feedrank_core::blend::blend(&id_lists, &shares.as_array(), usize::MAX)
+        .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
     Ok(slots
         .iter()
         .map(|s| by_source[s.source][s.index].clone())
@@ -460,6 +464,7 @@ impl Feeds {
             sources: Vec::new(),
             skipped: lists.skipped.clone(),
             seed,
+            arms: req.arms.clone(),
         };
         let mut served = Vec::with_capacity(page.len());
         let body = self
@@ -497,6 +502,8 @@ impl Feeds {
             refresh: false,
             seed: None,
             fallback_only: false,
+            blend: None,
+            arms: Vec::new(),
         };
         let input = self.input(stores, user, &req, false).await;
         let personalized = self.personalized(&input).await?;
@@ -536,7 +543,7 @@ impl Feeds {
         let hybrid = feedrank_core::config::COMPONENTS;
         let fresh = feedrank_core::fresh::FRESH_COMPONENTS;
         let personal = personal_list(personalized.as_ref());
-        let merged = blend_of(&personal, &lists, config)?;
+        let merged = blend_of(&personal, &lists, &config.sources.blend)?;
         Ok(json!({
             "userId": user,
             "modelId": personalized.as_ref().and_then(|p| p.model_id),
@@ -622,10 +629,15 @@ impl Feeds {
                 l
             }
         };
-        let config = user_model
-            .as_ref()
-            .map_or(self.models.default_config(), |m| &m.config);
-        let merged = blend_of(&personal_list(personalized), &lists, config)?;
+        // a `sources` experiment arm's shares, else the run's
+        let shares = input.req.blend.unwrap_or(
+            user_model
+                .as_ref()
+                .map_or(self.models.default_config(), |m| &m.config)
+                .sources
+                .blend,
+        );
+        let merged = blend_of(&personal_list(personalized), &lists, &shares)?;
         Ok((merged, lists))
     }
 

@@ -11,6 +11,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
+use crate::experiments::PageChange;
 use crate::feed::{FeedRequest, MAX_SEED};
 use crate::http::extract::AuthUser;
 use crate::response::FeedResponse;
@@ -127,6 +128,8 @@ impl FeedParams {
             refresh,
             seed,
             fallback_only,
+            blend: None,
+            arms: Vec::new(),
         })
     }
 }
@@ -150,7 +153,14 @@ pub async fn get_feed(
     AuthUser(user): AuthUser,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
+    let mut req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
+    let assignment = state.experiments.assignment(&state.pg, user).await;
+    match assignment.change {
+        Some(PageChange::RandomFeed) => req.fallback_only = true,
+        Some(PageChange::Blend(shares)) => req.blend = Some(shares),
+        None => {}
+    }
+    req.arms = assignment.arms.clone();
     let request_id = Uuid::new_v4();
     // The body is assembled from pre-serialized posts (see feed::CachedPost); its shape is
     // FeedResponse, which the tests check by deserializing every answer into it.
@@ -166,6 +176,7 @@ pub async fn get_feed(
         posts: page.served,
         run_id: page.run_id,
         model_id: page.model_id,
+        arms: assignment.labels(),
         served_at: Utc::now(),
     });
     Ok(([(header::CONTENT_TYPE, "application/json")], page.body).into_response())

@@ -110,6 +110,7 @@ macro_rules! named_enum {
         }
     };
 }
+pub(crate) use named_enum;
 
 named_enum! {
     /// Why a post was recommended. The first four are the hybrid's components (in
@@ -322,8 +323,8 @@ impl BlendShares {
             .map(|i| self.as_array()[i])
     }
 
-    /// Finite, >= 0, not all zero.
-    fn validate(&self) -> Result<()> {
+    /// Finite, >= 0, not all zero; errors name `sources.blend.<source>`.
+    pub fn validate(&self) -> Result<()> {
         for (source, share) in Self::SOURCES.iter().zip(self.as_array()) {
             check_non_negative(format!("sources.blend.{}", source.as_str()), share)?;
         }
@@ -535,6 +536,19 @@ impl Default for ScoringConfig {
     }
 }
 
+/// A `T` from any serde source; an error names the field's path (`weights.content`,
+/// `arms[1].share`), or `whole` when it is about the whole value (not an object, ...).
+pub(crate) fn deserialize_named<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    whole: &str,
+    source: D,
+) -> Result<T> {
+    serde_path_to_error::deserialize(source).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { whole.to_string() } else { path };
+        Error::invalid(field, e.into_inner().to_string())
+    })
+}
+
 /// BM25's `k1` (term-frequency saturation): finite and >= 0. `arg` names it as the caller does
 /// (`bm25_k1` in a config, `k1` as a kernel's argument).
 pub fn check_bm25_k1(arg: &'static str, k1: f32) -> Result<()> {
@@ -580,15 +594,7 @@ impl ScoringConfig {
     /// `weights.content: ...`, `top_kk: unknown field ...`; `config: ...` when the whole is
     /// not an object).
     pub fn deserialize_validated<'de, D: serde::Deserializer<'de>>(source: D) -> Result<Self> {
-        let cfg: ScoringConfig = serde_path_to_error::deserialize(source).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "config".to_string()
-            } else {
-                path
-            };
-            Error::invalid(field, e.into_inner().to_string())
-        })?;
+        let cfg: ScoringConfig = deserialize_named("config", source)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -9,7 +9,8 @@
 //! feed). Long kernels take a [`cancel::Cancel`] token.
 //! Contracts (one implementation each, used by the writer and the reader alike):
 //! [`config`] (the scoring configuration, its defaults and checks, the named enums) and
-//! [`cache`] (the Redis entry of a user's recommendations).
+//! [`cache`] (the Redis entry of a user's recommendations), [`experiment`] (an A/B experiment's
+//! definition and the assignment of users to its arms).
 
 pub mod blend;
 pub mod cache;
@@ -17,6 +18,7 @@ pub mod cancel;
 pub mod collaborative;
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod fresh;
 pub mod metrics;
 pub mod profile;

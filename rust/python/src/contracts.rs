@@ -6,6 +6,7 @@ use feedrank_core::config::{
     CollaborativeModel, HybridWeights, InteractionType, InteractionWeighting, Reason,
     ScoringConfig, COMPONENTS,
 };
+use feedrank_core::experiment::{self, Experiment};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pythonize::Depythonizer;
@@ -115,6 +116,46 @@ pub fn validate_config<'py>(
     cfg: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     config_dict(py, &config_from_dict("cfg", cfg)?)
+}
+
+/// Validates an experiment (a dict as its JSON file holds it: `name`, `salt`, optional
+/// `starts_at` / `ends_at` in RFC 3339, `arms` of `name`, `share`, `kind` and the kind's
+/// settings) and returns it normalized: times as RFC 3339 or None, a `sources` arm with all four
+/// shares. A bad field raises ValueError naming it (`arms[1].config.top_kk: unknown field ...`).
+///
+/// >>> e = feedrank.validate_experiment({"name": "fresh_mix", "salt": "fm-1", "arms": [
+/// ...     {"name": "control", "share": 0.5, "kind": "config", "config": {}},
+/// ...     {"name": "fresh_only", "share": 0.5, "kind": "sources", "sources": {"fresh": 1}}]})
+/// >>> e["arms"][1]["sources"], e["starts_at"]
+/// ({'because_you_liked': 0.0, 'fresh': 1.0, 'personalized': 0.0, 'trending': 0.0}, None)
+#[pyfunction]
+pub fn validate_experiment<'py>(
+    py: Python<'py>,
+    experiment: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !experiment.is_instance_of::<PyDict>() {
+        return Err(type_error(
+            "experiment",
+            format!(
+                "expected a dict (an experiment's JSON), got {}",
+                experiment.get_type().name()?
+            ),
+        ));
+    }
+    let e = Experiment::deserialize_validated(&mut Depythonizer::from_object(experiment)).py()?;
+    py.import("json")?.call_method1("loads", (e.to_json(),))
+}
+
+/// The arm index of `user_id` among arms with these traffic `shares` (each in (0, 1], summing to
+/// 1) under `salt`: the API's assignment, stable across processes and languages. `user_id` is
+/// the id as text (for a UUID, `str(uuid)`: lowercase, hyphenated).
+///
+/// >>> feedrank.assign_arm("s1", "6f1c2a52-3d4e-4b8f-9a0b-1c2d3e4f5a6b", [0.2, 0.3, 0.5])
+/// 2
+#[pyfunction]
+pub fn assign_arm(salt: &str, user_id: &str, shares: Vec<f64>) -> PyResult<usize> {
+    experiment::check_shares("shares", |i| format!("shares[{i}]"), &shares).py()?;
+    Ok(experiment::assign(salt, user_id, &shares))
 }
 
 /// The reason (strongest weighted component) of each row of an `n x 4` components array.
