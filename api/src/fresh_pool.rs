@@ -37,19 +37,9 @@ pub struct FreshSnapshot {
     pub pool: FreshPool,
     /// The posts the snapshot was built from, by id (the next reload starts from them).
     posts: IdMap<Uuid, PoolPost>,
-    /// The newest `created_at` read (ms).
-    newest_ms: i64,
-}
-
-impl FreshSnapshot {
-    /// The creation time of the pool's newest post (ms; `i64::MIN` when it is empty).
-    pub fn newest_created_ms(&self) -> i64 {
-        if self.pool.is_empty() {
-            i64::MIN
-        } else {
-            self.pool.post(0).created_ms
-        }
-    }
+    /// The newest `created_at` read (ms): the next reload reads from it, and a memoized ranking
+    /// made on this snapshot ranks only posts newer than it when brought up to date.
+    pub newest_ms: i64,
 }
 
 /// A post's TF-IDF row under `model` (unit length; empty when no term is known).

@@ -95,7 +95,7 @@ impl Feeds {
                     model_id: snap.model.id,
                     generation: snap.generation,
                     edits: snap.edits,
-                    newest_ms: snap.newest_created_ms(),
+                    newest_ms: snap.newest_ms,
                     ranked_at,
                     list,
                 });
