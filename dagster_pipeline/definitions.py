@@ -12,16 +12,18 @@ import dagster as dg
 from dagster_pipeline.assets import build_assets
 from dagster_pipeline.checks import ALL_CHECKS
 from dagster_pipeline.executors import executor_from_env
+from dagster_pipeline.experiments import EXPERIMENT_REPORT, build_experiment_report_asset
 from dagster_pipeline.io_manager import BundleIOManager
 from dagster_pipeline.partitions import shard_count_from_env, user_shards
 from dagster_pipeline.quality import QUALITY_CHECKS, build_quality_asset
 from dagster_pipeline.refresh import REFRESH_ASSET, build_refresh_asset
 from dagster_pipeline.resources import AlertNotifier, PostgresResource, RedisResource, ScoringResource
-from dagster_pipeline.schedules import build_daily_schedule
+from dagster_pipeline.schedules import build_daily_schedule, build_report_schedule
 from dagster_pipeline.sensors import alert_on_run_failure, build_refresh_sensor, refresh_interval_from_env
 
 JOB_NAME = "build_recommendations"
 REFRESH_JOB_NAME = "refresh_active_users"
+REPORT_JOB_NAME = "experiment_reports"
 
 
 def default_resources() -> dict:
@@ -40,7 +42,7 @@ def build_definitions(shard_count: int | None, resources: dict | None = None) ->
     nightly_assets = [*build_assets(shards), build_quality_asset(shards)]
     job = dg.define_asset_job(
         JOB_NAME,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(REFRESH_ASSET),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(REFRESH_ASSET, EXPERIMENT_REPORT),
         description="Snapshot, features, serving model, scores and the swap-in of everyone's "
         "recommendations.",
     )
@@ -49,6 +51,11 @@ def build_definitions(shard_count: int | None, resources: dict | None = None) ->
         selection=dg.AssetSelection.assets(REFRESH_ASSET),
         description="The lists of the users active since their list was built, recomputed.",
     )
+    report_job = dg.define_asset_job(
+        REPORT_JOB_NAME,
+        selection=dg.AssetSelection.assets(EXPERIMENT_REPORT),
+        description="Every experiment's report, cumulative to the end of the day.",
+    )
     refresh_sensor = build_refresh_sensor(
         refresh_job,
         JOB_NAME,
@@ -56,10 +63,10 @@ def build_definitions(shard_count: int | None, resources: dict | None = None) ->
         refresh_interval_from_env(),
     )
     return dg.Definitions(
-        assets=[*nightly_assets, build_refresh_asset(shards)],
+        assets=[*nightly_assets, build_refresh_asset(shards), build_experiment_report_asset()],
         asset_checks=[*ALL_CHECKS, *QUALITY_CHECKS],
-        jobs=[job, refresh_job],
-        schedules=[build_daily_schedule(job, shards)],
+        jobs=[job, refresh_job, report_job],
+        schedules=[build_daily_schedule(job, shards), build_report_schedule(report_job)],
         sensors=[alert_on_run_failure, refresh_sensor],
         resources=resources or default_resources(),
         executor=executor_from_env(),

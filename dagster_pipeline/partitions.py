@@ -8,10 +8,10 @@ across versions and machines (unlike Python's salted ``hash``) and spreads time-
 
 The shard count is fixed when the code location loads (Dagster partitions are static):
 ``FEEDRANK_USER_SHARDS`` unset means no partitions (one run scores every user, and
-``dagster asset materialize --select '*'`` works as is); ``FEEDRANK_USER_SHARDS=N`` partitions
-``recommendation_scores`` and ``user_recommendations`` into N shards. Changing the layout changes
-which users a shard holds; runs of the old layout stay served until their rows expire
-(``expires_after_hours``).
+``dagster asset materialize --select 'not key:experiment_report'`` works as is: every asset but
+the daily experiment reports); ``FEEDRANK_USER_SHARDS=N`` partitions ``recommendation_scores``
+and ``user_recommendations`` into N shards. Changing the layout changes which users a shard holds;
+runs of the old layout stay served until their rows expire (``expires_after_hours``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,16 @@ def parse_shard_key(key: str) -> tuple[int, int]:
 
 def user_shards(count: int) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(shard_keys(count))
+
+
+# The first day of experiment_report's partitions (experiments came in December 2026).
+REPORT_START_DATE = "2026-12-01"
+
+
+def report_days() -> dg.DailyPartitionsDefinition:
+    """experiment_report's partitions: UTC days, complete days only (the schedule reports a day
+    just after it ends; `feedrank experiments report` shows the current one)."""
+    return dg.DailyPartitionsDefinition(start_date=REPORT_START_DATE, timezone="UTC")
 
 
 # The shard key of an unpartitioned run: one shard holding every user.

@@ -42,7 +42,7 @@ def ndcg_dropped(previous: float | None, current: float, tolerance: float = NDCG
     return current < (1.0 - tolerance) * previous
 
 
-def _chart_markdown(png: bytes, title: str) -> str:
+def chart_markdown(png: bytes, title: str) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
@@ -70,7 +70,7 @@ def quality(scoring: ScoringResource, postgres: PostgresResource) -> dg.Material
             "collaborative": dg.MetadataValue.text(str(cfg["collaborative"])),
             "weights": dg.MetadataValue.json(dict(cfg["weights"])),
             "duration_seconds": dg.MetadataValue.float(round(time.perf_counter() - t0, 3)),
-            "chart": dg.MetadataValue.md(_chart_markdown(png, "NDCG@k and Recall@k")),
+            "chart": dg.MetadataValue.md(chart_markdown(png, "NDCG@k and Recall@k")),
         },
     )
 

@@ -234,8 +234,8 @@ def refreshed_recommendations(
 def build_refresh_asset(shards: dg.PartitionsDefinition | None = None) -> dg.AssetsDefinition:
     """Unpartitioned (its user set is found at run time); after ``user_recommendations`` in the
     graph, whose users' lists it replaces one by one; with user shards it gets the single-run
-    backfill policy of the other unpartitioned assets (so ``--select '*'`` over a range of shards
-    stays one run)."""
+    backfill policy of the other unpartitioned assets (so ``--select 'not key:experiment_report'``
+    over a range of shards stays one run)."""
     return dg.asset(
         name=REFRESH_ASSET,
         deps=["user_recommendations"],

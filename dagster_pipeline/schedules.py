@@ -1,4 +1,5 @@
-"""The daily rebuild: 02:00 UTC, the whole graph, every user shard in one run."""
+"""The daily rebuild: 02:00 UTC, the whole graph, every user shard in one run. The experiment
+reports: 00:30 UTC, the day that just ended."""
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -31,3 +32,13 @@ def build_daily_schedule(
         )
 
     return daily_recommendations
+
+
+def build_report_schedule(job) -> dg.ScheduleDefinition:
+    """``experiment_report`` of the day that just ended, at 00:30 UTC (a day's report is
+    cumulative: each experiment from its start to the end of that day)."""
+    return dg.build_schedule_from_partitioned_job(
+        job, name="daily_experiment_reports", hour_of_day=0, minute_of_hour=30,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="The experiment reports of the day that just ended, at 00:30 UTC.",
+    )

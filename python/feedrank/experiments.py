@@ -9,6 +9,9 @@ each user an arm. Every command is one transaction: a command that fails changes
     feedrank experiments start fresh_mix         # starts_at = now (unless already started)
     feedrank experiments list [--json]
     feedrank experiments stop fresh_mix          # stopped_at = now: the API stops labelling
+    feedrank experiments report fresh_mix [--json] [--until 2026-12-24T00:00:00Z]
+
+``report`` only reads (a read-only transaction): feedrank.experiment_report computes it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import feedrank
 from feedrank import db
 from feedrank.cli import CommandError
 
-__all__ = ["add_arguments", "run", "status"]
+__all__ = ["add_arguments", "report_table", "run", "status"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,12 +49,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("name")
     stop = action("stop", "stop an experiment now: its users see the usual feed")
     stop.add_argument("name")
+    report = action("report", "each arm's numbers and lifts over the control, the sample-ratio check")
+    report.add_argument("name")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--until", type=_aware_time, default=None, metavar="ISO",
+                        help="the window's end, RFC 3339 with a time zone (default: now)")
+
+
+def _aware_time(value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"needs a time zone (e.g. {value}Z): {value!r}")
+    return t
 
 
 def run(args: argparse.Namespace) -> int:
-    action = {"create": _create, "list": _list, "start": _start, "stop": _stop}[args.action]
+    action = {"create": _create, "list": _list, "start": _start, "stop": _stop, "report": _report}[args.action]
     # One transaction: committed when the command returns, rolled back when it raises.
     with db.connect(args.database_url) as conn:
+        if args.action == "report":
+            conn.read_only = True
         return action(conn, args)
 
 
@@ -196,3 +216,65 @@ def _list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
         print(f"{r['name']}\t{status(r, now)}\tsalt={r['salt']}\tstarts_at={iso(r['starts_at'])}"
               f"\tends_at={iso(r['ends_at'])}\tarms: {arms}")
     return 0
+
+
+def _report(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    from feedrank import experiment_report
+
+    try:
+        result = experiment_report.report(conn, args.name, until=args.until)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2, allow_nan=False))
+    else:
+        print(report_table(result))
+    return 0
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _interval(values: list[float] | None, spec: str) -> str:
+    return "-" if values is None else f"[{values[0]:{spec}}, {values[1]:{spec}}]"
+
+
+def report_table(result: dict[str, Any]) -> str:
+    """The report as text: one table of the arms, one of the lifts over the control, the
+    sample-ratio line."""
+    window = result["window"]
+    lines = [
+        f"experiment {result['experiment']} (salt {result['salt']}), control: {result['control']}, "
+        f"window {window['from']} .. {window['until']}",
+        "",
+        "arm\tshare\tusers\timpressions\tclicks\tctr\tlikes\tlike_rate\tshares\tshare_rate"
+        "\thides\thide_rate\tengaged_users\tengagement_per_user",
+    ]
+    for a in result["arms"]:
+        lines.append("\t".join([
+            a["arm"], f"{a['share']:.0%}", str(a["users"]), str(a["impressions"]),
+            str(a["clicks"]), f"{a['ctr']:.4f}", str(a["likes"]), f"{a['like_rate']:.4f}",
+            str(a["shares"]), f"{a['share_rate']:.4f}", str(a["hides"]), f"{a['hide_rate']:.4f}",
+            str(a["engaged_users"]), f"{a['engagement_per_user']:.4f}",
+        ]))
+        for source, s in a["sources"].items():
+            lines.append(f"  {source}\t\t\t{s['impressions']}\t{s['clicks']}\t{s['ctr']:.4f}")
+    lines += ["", "arm\tmetric\tcontrol\ttreatment\tabsolute [95% CI]\trelative [95% CI]\tp\tnote"]
+    for lift in result["lifts"]:
+        note = lift["reason"] or ""
+        if lift.get("cuped"):
+            c = lift["cuped"]
+            note = (f"CUPED: {_number(c['absolute'], '+.4f')} {_interval(c['absolute_ci'], '+.4f')}, "
+                    f"p {_number(c['p_value'], '.4g')}, variance -{_number(c['variance_reduction'], '.0%')}")
+        lines.append("\t".join([
+            lift["arm"], lift["metric"], _number(lift["control"], ".4f"), _number(lift["treatment"], ".4f"),
+            f"{_number(lift['absolute'], '+.4f')} {_interval(lift['absolute_ci'], '+.4f')}",
+            f"{_number(lift['relative'], '+.1%')} {_interval(lift['relative_ci'], '+.1%')}",
+            _number(lift["p_value"], ".4g"), note,
+        ]))
+    srm = result["srm"]
+    users = ", ".join(f"{arm} {n}" for arm, n in srm["users"].items())
+    lines += ["", f"sample ratio: {'passed' if srm['passed'] else 'FAILED'} (chi2 {srm['chi2']:.3f}, "
+              f"df {srm['df']}, p {srm['p_value']:.4g}, threshold {srm['threshold']}; users: {users})"]
+    return "\n".join(lines)
