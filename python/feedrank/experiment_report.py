@@ -351,9 +351,15 @@ pages AS MATERIALIZED (
 exposure AS (
     SELECT user_id, arm, sum(length(source_codes))::bigint AS n FROM pages GROUP BY user_id, arm
 ),
+-- pages of one arm mostly repeat a few layouts of sources (the blend's slots): each distinct
+-- layout is unpacked once, not each page (200,000 pages of 50 posts in one layout: 0.14 s
+-- instead of 7 s; pages all laid out differently cost the 7 s)
+layouts AS (
+    SELECT arm, source_codes, count(*) AS pages FROM pages GROUP BY arm, source_codes
+),
 by_source AS (
-    SELECT arm, get_byte(source_codes, i.n) AS code, count(*) AS n
-    FROM pages CROSS JOIN LATERAL generate_series(0, length(source_codes) - 1) AS i (n)
+    SELECT arm, get_byte(source_codes, i.n) AS code, sum(pages)::bigint AS n
+    FROM layouts CROSS JOIN LATERAL generate_series(0, length(source_codes) - 1) AS i (n)
     GROUP BY arm, code
 ),
 events AS (

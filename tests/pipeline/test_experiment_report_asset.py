@@ -86,7 +86,7 @@ def test_the_sample_ratio_check_fails_on_a_broken_split(postgres):
         add_experiment(conn, "balanced", START)
         add_pages(conn, "balanced", 300, 300, START.replace(hour=9))
         add_experiment(conn, "broken", START)
-        add_pages(conn, "broken", 1000, 900, START.replace(hour=10))  # the treatment lost 10%
+        add_pages(conn, "broken", 10000, 9000, START.replace(hour=10))  # the treatment lost 10%
     [check] = materialize_day(postgres).check_results
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert set(check.metadata["failed"].value) == {"broken"}

@@ -201,8 +201,9 @@ def test_the_cli_prints_the_report_as_json_and_as_a_table(conn, logged, fresh_da
     assert "experiment exp (salt exp-1), control: control" in table
     assert "\ncontrol\t50%\t3\t11\t2\t0.1818\t" in table
     assert "sample ratio: passed" in table
-    assert main([*argv[:-1], "2026-11-03T00:00:00"]) == 2  # no time zone
-    assert "needs a time zone" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # argparse's usage error
+        main([*argv[:-1], "2026-11-03T00:00:00"])
+    assert exit.value.code == 2 and "--until: needs a time zone" in capsys.readouterr().err
 
 
 def test_a_broken_split_fails_the_sample_ratio_check(conn):
@@ -211,10 +212,10 @@ def test_a_broken_split_fails_the_sample_ratio_check(conn):
     conn.execute(
         "INSERT INTO served_pages (request_id, user_id, first_position, post_ids, source_codes, reason_codes, arms, served_at) "
         "SELECT gen_random_uuid(), gen_random_uuid(), 0, %s, '\\x01', '\\x00', "
-        "ARRAY[CASE WHEN i <= 1000 THEN 'split:control' ELSE 'split:treat' END], %s "
-        "FROM generate_series(1, 1900) i",
+        "ARRAY[CASE WHEN i <= 10000 THEN 'split:control' ELSE 'split:treat' END], %s "
+        "FROM generate_series(1, 19000) i",
         (log.posts[0].bytes, at(1)),
     )
     srm = report(conn, "split", until=UNTIL)["srm"]
-    assert srm["users"] == {"control": 1000, "treat": 900}
+    assert srm["users"] == {"control": 10000, "treat": 9000}
     assert not srm["passed"] and srm["p_value"] < 0.001
