@@ -9,7 +9,13 @@ import feedrank
 import psycopg
 import pytest
 
-from dagster_pipeline.experiments import experiment_report, experiments_of_day, lift_chart, markdown
+from dagster_pipeline.experiments import (
+    build_experiment_report_asset,
+    experiment_report,
+    experiments_of_day,
+    lift_chart,
+    markdown,
+)
 from dagster_pipeline.resources import PostgresResource
 from feedrank.experiment_report import summarize
 
@@ -90,6 +96,21 @@ def test_the_sample_ratio_check_fails_on_a_broken_split(postgres):
     [check] = materialize_day(postgres).check_results
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert set(check.metadata["failed"].value) == {"broken"}
+
+
+def test_a_run_of_the_partition_records_the_report_and_the_failed_check(postgres):
+    with psycopg.connect(postgres.database_url, autocommit=True) as conn:
+        add_experiment(conn, "broken", START)
+        add_pages(conn, "broken", 10000, 9000, START.replace(hour=10))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([build_experiment_report_asset()], partition_key=DAY, instance=instance,
+                                resources={"postgres": postgres}, raise_on_error=False)
+        [materialization] = result.asset_materializations_for_node("experiment_report")
+        assert materialization.partition == DAY
+        assert materialization.metadata["broken/treat/ctr_relative_lift"].value == pytest.approx(-0.5, abs=0.01)
+        [evaluation] = result.get_asset_check_evaluations()
+        assert evaluation.check_name == "experiment_sample_ratio" and not evaluation.passed
+        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
 
 
 def test_a_day_without_experiments_materializes_an_empty_report(postgres):
