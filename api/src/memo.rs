@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,9 @@ pub struct Refreshed<T> {
     current: RwLock<Option<(Instant, Arc<T>)>>,
     reload: tokio::sync::Mutex<()>,
     max_age: Duration,
+    // Counts mark_stale calls: a reload that a mark overtook may have read the data before the
+    // change, so what it loaded is kept as already stale.
+    marks: AtomicU64,
 }
 
 impl<T> Refreshed<T> {
@@ -139,6 +143,7 @@ impl<T> Refreshed<T> {
             current: RwLock::new(None),
             reload: tokio::sync::Mutex::new(()),
             max_age,
+            marks: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +156,7 @@ impl<T> Refreshed<T> {
 
     /// The next caller reloads (the value is still served until then).
     pub fn mark_stale(&self) {
+        self.marks.fetch_add(1, Ordering::SeqCst);
         if let Some(c) = self
             .current
             .write()
@@ -194,14 +200,20 @@ impl<T> Refreshed<T> {
             return Ok(v);
         }
         let previous = again.map(|(_, v)| v);
+        let marks = self.marks.load(Ordering::SeqCst);
         let value = match load(previous.clone()).await {
             Ok(v) => Arc::new(v),
             // A failed reload keeps serving the previous value (the next caller tries again).
             Err(_) if previous.is_some() => return Ok(previous.expect("checked")),
             Err(e) => return Err(e),
         };
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), value.clone()));
+        let now = Instant::now();
+        let loaded_at = if self.marks.load(Ordering::SeqCst) == marks {
+            now
+        } else {
+            now.checked_sub(self.max_age).unwrap_or(now)
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((loaded_at, value.clone()));
         drop(guard);
         Ok(value)
     }
@@ -228,6 +240,24 @@ mod tests {
         assert_eq!(*next, 11, "the reload is given the previous value");
         r.forget();
         assert!(r.get(|_| async { Err::<u32, ()>(()) }).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_marked_while_reloading_is_read_by_the_next_caller() {
+        let r: Refreshed<u32> = Refreshed::new(Duration::from_secs(3600));
+        // the change is notified while the reload is reading: what it read may predate it
+        let first = r
+            .get(|_| async {
+                r.mark_stale();
+                Ok::<_, ()>(1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*first, 1);
+        let next = r.get(|_| async { Ok::<_, ()>(2) }).await.unwrap();
+        assert_eq!(*next, 2, "the value loaded across a mark is stale at once");
+        let kept = r.get(|_| async { Ok::<_, ()>(3) }).await.unwrap();
+        assert_eq!(*kept, 2, "a reload no mark overtook is young");
     }
 
     #[test]
