@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from psycopg import sql
 
 from dagster_pipeline import serving, swap
+from dagster_pipeline.arms import plan_arms, running_experiments
 from dagster_pipeline.partitions import SHARD_HASH_SQL, WHOLE, parse_shard_key
 from dagster_pipeline.resources import PostgresResource, RedisResource, ScoringResource
 from dagster_pipeline.serving import RunModel, StoredProfiles
@@ -90,7 +91,8 @@ def user_interactions_snapshot(
     scoring: ScoringResource, postgres: PostgresResource
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
     """Users, posts and the interactions of the last lookback_days, read in one consistent
-    snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices."""
+    snapshot (REPEATABLE READ) with COPY into polars; ids mapped to dense indices. With them, the
+    experiments running at the snapshot's time (arms.py), validated by the core."""
     cfg = scoring.scoring_config
     timer = Timer()
     types = list(INTERACTION_TYPES)  # an interaction's type travels as its position here
@@ -99,6 +101,7 @@ def user_interactions_snapshot(
         with conn.cursor() as cur:
             cur.execute("SELECT extract(epoch FROM now())::float8")
             snapshot_at = float(cur.fetchone()[0])
+            experiments = running_experiments(cur, snapshot_at)
             reads = {
                 "users": (
                     sql.SQL("SELECT id, {} FROM users ORDER BY id").format(
@@ -142,6 +145,7 @@ def user_interactions_snapshot(
         "snapshot_at": snapshot_at,
         "lookback_days": int(cfg["lookback_days"]),
         "interaction_types": types,
+        "experiments": experiments,
     }
     return dg.MaterializeResult(
         value=bundle,
@@ -153,6 +157,7 @@ def user_interactions_snapshot(
             "interactions_by_type": dg.MetadataValue.json(per_type),
             "lookback_days": dg.MetadataValue.int(int(cfg["lookback_days"])),
             "snapshot_at": dg.MetadataValue.timestamp(snapshot_at),
+            "experiments_running": dg.MetadataValue.json([e["name"] for e in experiments]),
             **timer.metadata(),
         },
     )
@@ -283,6 +288,8 @@ def user_features(
         "hidden": hidden,
         "history_length": history,
         "snapshot_at": snap["snapshot_at"],
+        # the experiments running at the snapshot: the scoring step applies their config arms
+        "experiments": snap.get("experiments", []),
     }
     return dg.MaterializeResult(
         value=bundle,
@@ -310,13 +317,17 @@ def shard_users(shard_hash: np.ndarray, shard_key: str) -> np.ndarray:
 def validate_scores(
     bundle: dict[str, Any], post_author: np.ndarray, hidden: sp.csr_matrix, weights: dict[str, float]
 ) -> tuple[bool, dict[str, Any]]:
-    """The invariants a shard's scores must hold before anything is written."""
+    """The invariants a shard's scores must hold before anything is written. ``weights`` are the
+    run's; the users of an experiment's arm are held to their arm's (``bundle["configs"]``)."""
     idx = bundle["indices"]
     valid = idx >= 0
+    limits = np.array([float(sum(weights.values()))] + [float(sum(c["weights"].values())) for c in bundle.get("configs", [])[1:]])
+    config_of = bundle.get("config_of")
+    row_limit = limits[np.zeros(idx.shape[0], np.int64) if config_of is None else np.asarray(config_of)]
+    max_score = np.broadcast_to(row_limit[:, None], idx.shape)[valid] + 1e-4
     scores = bundle["scores"][valid]
     comps = bundle["components"][valid]
     users = bundle["user_idx"]
-    max_score = float(sum(weights.values())) + 1e-4
     non_finite = int((~np.isfinite(scores)).sum() + (~np.isfinite(comps)).sum())
     out_of_range = int(((scores < -1e-6) | (scores > max_score)).sum())
     comps_out = int(((comps < -1e-6) | (comps > 1 + 1e-6)).sum())
@@ -357,24 +368,36 @@ def prepare_model(cfg: dict[str, Any], post_features: dict[str, Any], user_featu
 
 
 def score_users(
-    model: feedrank.HybridModel, users: np.ndarray, k: int, batch: int
+    model: feedrank.HybridModel,
+    users: np.ndarray,
+    k: int,
+    batch: int,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The top ``k`` of each of ``users`` (``model.topk`` in batches of ``batch``): post indices
-    (-1 padded), scores, components, and the seconds spent in the kernel."""
+    (-1 padded), scores, components, and the seconds spent in the kernel. With ``out`` (arrays of
+    that form, ``k`` wide) the results go into its ``rows`` instead (one per user)."""
     m = users.size
-    indices = np.full((m, k), -1, np.int32)
-    scores = np.zeros((m, k), np.float32)
-    components = np.zeros((m, k, len(COMPONENTS)), np.float32)
+    if out is None:
+        out = (
+            np.full((m, k), -1, np.int32),
+            np.zeros((m, k), np.float32),
+            np.zeros((m, k, len(COMPONENTS)), np.float32),
+        )
+        rows = None
+    indices, scores, components = out
     kernel_seconds = 0.0
     for start in range(0, m, batch):
         part = users[start : start + batch]
+        at = slice(start, start + part.size) if rows is None else rows[start : start + part.size]
         t = time.perf_counter()
         result = model.topk(part)
         kernel_seconds += time.perf_counter() - t
         got = result["indices"].shape[1]
-        indices[start : start + part.size, :got] = result["indices"]
-        scores[start : start + part.size, :got] = result["scores"]
-        components[start : start + part.size, :got] = result["components"]
+        indices[at, :got] = result["indices"]
+        scores[at, :got] = result["scores"]
+        components[at, :got] = result["components"]
     return indices, scores, components, kernel_seconds
 
 
@@ -385,9 +408,14 @@ def scores_bundle(
     post_features: dict[str, Any],
     user_features: dict[str, Any],
     cfg: dict[str, Any],
+    arms: tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What ``user_recommendations`` writes for a set of users (a shard's, or the refresh's)."""
+    """What ``user_recommendations`` writes for a set of users (a shard's, or the refresh's).
+    ``arms``: the configurations the users were scored with (``cfg`` first), each user's index
+    into them, and the run's record of the experiments (``experiments.ArmPlan``); none: ``cfg``
+    for everyone."""
     indices, scores, components = scored
+    configs, config_of, record = arms if arms is not None else ([cfg], np.zeros(users.size, np.int32), {})
     return {
         "user_idx": users,
         "user_ids": user_features["user_ids"].select(pl.col("user_id").gather(users)),
@@ -396,9 +424,61 @@ def scores_bundle(
         "scores": scores,
         "components": components,
         "config": cfg,
+        "configs": configs,
+        "config_of": config_of,
+        "experiments": record,
         "snapshot_at": user_features["snapshot_at"],
         "shard": shard,
     }
+
+
+def score_user_sets(
+    cfg: dict[str, Any],
+    post_features: dict[str, Any],
+    user_features: dict[str, Any],
+    sets: dict[str, np.ndarray],
+    batch: int,
+    timer: Timer,
+) -> tuple[dict[str, dict[str, Any]], float, dict[str, int]]:
+    """Each set of users (a shard's, or the refresh's) scored and bundled (``scores_bundle``):
+    the users a running experiment's ``config`` arm applies to with that arm's configuration
+    (``arms.plan_arms``, the API's rule), everyone else with ``cfg``. One model at a time,
+    each prepared once for every set, and none for a configuration no user of the sets has: with
+    no ``config`` arm running this is one model, as without experiments. Returns the bundles, the
+    kernel's seconds, and the users of each arm scored with its own configuration."""
+    names = list(sets)
+    everyone = np.concatenate([sets[s] for s in names]) if names else np.zeros(0, np.int64)
+    with timer.step("experiment arms", "rust"):
+        plan = plan_arms(user_features.get("experiments", []), cfg, user_features["user_ids"]["user_id"].gather(everyone))
+    k = plan.top_k
+    bounds = np.cumsum([0] + [sets[s].size for s in names])
+    config_of = {s: plan.config_of[bounds[i] : bounds[i + 1]] for i, s in enumerate(names)}
+    out = {
+        s: (
+            np.full((sets[s].size, k), -1, np.int32),
+            np.zeros((sets[s].size, k), np.float32),
+            np.zeros((sets[s].size, k, len(COMPONENTS)), np.float32),
+        )
+        for s in names
+    }
+    kernel_seconds = 0.0
+    for g, config in enumerate(plan.configs):
+        if not (plan.config_of == g).any():
+            continue
+        step = "prepare model" if g == 0 else f"prepare model ({', '.join(plan.labels[g])})"
+        with timer.step(step, "rust"):
+            model = prepare_model(config, post_features, user_features)
+        for s in names:
+            rows = np.flatnonzero(config_of[s] == g)
+            if rows.size:
+                kernel_seconds += score_users(model, sets[s][rows], k, batch, out[s], rows)[3]
+        del model  # the next configuration's model replaces it: one in memory at a time
+    bundles = {
+        s: scores_bundle(s, sets[s], out[s], post_features, user_features, cfg, (plan.configs, config_of[s], plan.record))
+        for s in names
+    }
+    arm_users = {", ".join(plan.labels[g]): int((plan.config_of == g).sum()) for g in range(1, len(plan.configs))}
+    return bundles, kernel_seconds, arm_users
 
 
 def recommendation_scores(
@@ -409,35 +489,31 @@ def recommendation_scores(
 ):  # returns MaterializeResult(value=bundle): the annotation would declare no output
     """Top top_k posts per user by the hybrid score (feedrank.HybridModel.topk), in batches of
     batch_size users, with each component kept. Users without history get fresh and popular posts;
-    posts without interactions compete through content and recency."""
+    posts without interactions compete through content and recency. The users a running
+    experiment's config arm applies to are scored with the arm's configuration (arms.py)."""
     cfg = scoring.scoring_config
     timer = Timer()
-    k, batch = int(cfg["top_k"]), scoring.batch_size
+    batch = scoring.batch_size
     weights = dict(cfg["weights"])
     hidden = user_features["hidden"]
     history = np.asarray(user_features["history_length"])
     author = np.asarray(post_features["post_author"])
-    # prepared once (weighting, the collaborative model, per-post values), then scored in batches
-    with timer.step("prepare model", "rust"):
-        model = prepare_model(cfg, post_features, user_features)
-    outputs: dict[str, dict[str, Any]] = {}
-    kernel_seconds = 0.0
+    sets = {shard: shard_users(user_features["shard_hash"], shard) for shard in _shards(context)}
+    # each model prepared once (weighting, the collaborative model, per-post values), then scored in batches
+    outputs, kernel_seconds, arm_users = score_user_sets(cfg, post_features, user_features, sets, batch, timer)
+    k = int(next(iter(outputs.values()))["indices"].shape[1])
     all_scores: list[np.ndarray] = []
     per_shard: dict[str, dict[str, int]] = {}
-    for shard in _shards(context):
-        users = shard_users(user_features["shard_hash"], shard)
-        indices, scores, components, seconds = score_users(model, users, k, batch)
-        kernel_seconds += seconds
-        with timer.step("package"):
-            outputs[shard] = scores_bundle(shard, users, (indices, scores, components), post_features, user_features, cfg)
-            valid = indices >= 0
-            all_scores.append(scores[valid])
-            per_shard[shard] = {
-                "users": int(users.size),
-                "cold_start_users": int((history[users] == 0).sum()),
-                "users_without_recommendations": int((~valid.any(axis=1)).sum()),
-                "rows": int(valid.sum()),
-            }
+    for shard, bundle in outputs.items():
+        users, indices = sets[shard], bundle["indices"]
+        valid = indices >= 0
+        all_scores.append(bundle["scores"][valid])
+        per_shard[shard] = {
+            "users": int(users.size),
+            "cold_start_users": int((history[users] == 0).sum()),
+            "users_without_recommendations": int((~valid.any(axis=1)).sum()),
+            "rows": int(valid.sum()),
+        }
     timer.add("topk", "rust", kernel_seconds)
     with timer.step("validate"):
         checks = {s: validate_scores(b, author, hidden, weights) for s, b in outputs.items()}
@@ -460,6 +536,7 @@ def recommendation_scores(
             "rows": dg.MetadataValue.int(totals["rows"]),
             "top_k": dg.MetadataValue.int(k),
             "batch_size": dg.MetadataValue.int(batch),
+            "experiment_arm_users": dg.MetadataValue.json(arm_users),
             "weights": dg.MetadataValue.json(weights),
             "score_distribution": dg.MetadataValue.json(_distribution(flat)),
             "component_means": dg.MetadataValue.json(comp_means),
@@ -548,13 +625,32 @@ WRITE_CHUNK_USERS = 5000
 REDIS_PIPELINE_USERS = 500
 
 
+def _weights_of_users(scores_bundle: dict[str, Any]) -> tuple[list[dict[str, float]], np.ndarray]:
+    """The weights of each configuration the bundle's users were scored with (the run's first),
+    and each user's index into them (a reason is the strongest component under the user's own)."""
+    configs = scores_bundle.get("configs") or [scores_bundle["config"]]
+    config_of = scores_bundle.get("config_of")
+    if config_of is None:
+        config_of = np.zeros(int(np.asarray(scores_bundle["user_idx"]).size), np.int32)
+    return [dict(c["weights"]) for c in configs], np.asarray(config_of)
+
+
 def _rows_frame(scores_bundle: dict[str, Any], lo: int, hi: int, timer: Timer) -> pl.DataFrame:
     """The rows of users ``lo..hi`` of a shard's scores, in ROW_COLUMNS."""
     idx = scores_bundle["indices"][lo:hi]
     valid = (idx >= 0).ravel()
     comps = np.ascontiguousarray(scores_bundle["components"][lo:hi].reshape(-1, len(COMPONENTS))[valid])
+    weights, config_of = _weights_of_users(scores_bundle)
     with timer.step("reasons", "rust"):
-        reasons = feedrank.reasons(comps, dict(scores_bundle["config"]["weights"]))
+        row_config = np.repeat(config_of[lo:hi], idx.shape[1])[valid]
+        if len(weights) == 1 or (row_config == 0).all():
+            reasons = feedrank.reasons(comps, weights[0])
+        else:
+            by_row = np.empty(row_config.size, object)
+            for g in np.unique(row_config):
+                at = row_config == g
+                by_row[at] = feedrank.reasons(np.ascontiguousarray(comps[at]), weights[g])
+            reasons = by_row.tolist()
     with timer.step("rows (polars)"):
         user_rows = np.repeat(np.arange(lo, hi), idx.shape[1])[valid]
         return pl.DataFrame(
@@ -589,8 +685,9 @@ def write_shard(
         postgres,
         shard=bundle["shard"],
         dagster_run_id=context.run.run_id,
-        # the resolved ScoringConfig is the run's record (the API reads cache_ttl_seconds from it)
-        config={**cfg, "snapshot_at": bundle["snapshot_at"]},
+        # the resolved ScoringConfig is the run's record (the API reads cache_ttl_seconds from it),
+        # with the experiments it applied (the API reads whether a config arm shaped a page)
+        config={**cfg, "snapshot_at": bundle["snapshot_at"], **({"experiments": bundle["experiments"]} if bundle.get("experiments") else {})},
         expires_after_hours=int(cfg["expires_after_hours"]),
         users=n_users,
         columns=ROW_COLUMNS,
@@ -631,7 +728,7 @@ def write_cache(
 ) -> int:
     """Each user's list as the shared cache entry (feedrank.encode_cache_entry), with the run's
     model id and the user's stored profile in it (``model``), pipelined."""
-    weights = dict(bundle["config"]["weights"])
+    weights, config_of = _weights_of_users(bundle)
     post_ids = bundle["post_ids"]["post_id"].to_numpy()
     user_ids = bundle["user_ids"]["user_id"].to_list()
     user_idx = np.asarray(bundle["user_idx"])
@@ -655,7 +752,7 @@ def write_cache(
                 ids,
                 scores[row, :n],
                 components[row, :n],
-                weights,
+                weights[config_of[row]],
                 model_id=model_id,
                 profile=profile_of(int(user_idx[row])),
             )

@@ -120,7 +120,9 @@ def _scores_in_range(conn, runs: list[dict[str, Any]], redis: RedisResource) -> 
     )
     bad_total, rows_total = 0, 0
     for run in runs:
-        max_score = float(sum(run["config"]["weights"].values())) + 1e-4
+        # the run's weights, or an experiment arm's that the run applied (larger sums allowed)
+        arm_configs = [c for e in run["config"].get("experiments", {}).values() for c in e["arms"].values()]
+        max_score = max(float(sum(c["weights"].values())) for c in [run["config"], *arm_configs]) + 1e-4
         bad, n = conn.execute(
             sql.SQL(
                 "SELECT count(*) FILTER (WHERE NOT (score BETWEEN 0 AND %s) OR score = 'NaN'::float8 "

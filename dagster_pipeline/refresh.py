@@ -25,6 +25,10 @@ Who is active: a user with an interaction after the snapshot their current list 
 list count from the oldest complete run's snapshot). The snapshot rather than the run's
 ``generated_at``: an interaction between the two is not in the list either.
 
+Experiments: the users a running experiment's ``config`` arm applies to (at the refresh's
+snapshot) are scored with the arm's configuration laid over the base model's, as in the nightly
+run (``assets.score_user_sets``), and the run records the experiments it applied.
+
 How it writes: one recommendation run with ``shard = 'refresh'`` and the base model's id, merged
 into the default partition of ``user_recommendations`` (``swap.merge``; a partition per refresh
 would leave hundreds by the evening). In the transaction that completes it, the refresh
@@ -185,11 +189,10 @@ def refreshed_recommendations(
         users["user_ids"].with_row_index("user_idx"), on="user_id", how="inner", maintain_order="left"
     )  # a user deleted since is not in the snapshot
     idx = found["user_idx"].to_numpy().astype(np.int64)
-    with timer.step("prepare model", "rust"):
-        model = steps.prepare_model(cfg, posts, users)
-    indices, scores, components, kernel = steps.score_users(model, idx, int(cfg["top_k"]), resource.batch_size)
+    # the same rule as the nightly run: a running experiment's config arm scores its users
+    bundles, kernel, arm_users = steps.score_user_sets(cfg, posts, users, {REFRESH_SHARD: idx}, resource.batch_size, timer)
     timer.add("topk", "rust", kernel)
-    bundle = steps.scores_bundle(REFRESH_SHARD, idx, (indices, scores, components), posts, users, cfg)
+    bundle = bundles[REFRESH_SHARD]
     with timer.step("validate"):
         ok, facts = steps.validate_scores(bundle, np.asarray(posts["post_author"]), users["hidden"], dict(cfg["weights"]))
     if not ok:
@@ -217,6 +220,7 @@ def refreshed_recommendations(
         "behind_seconds": dg.MetadataValue.json(_seconds(behind)),
         "list_age_seconds": dg.MetadataValue.json(_seconds(float(snap["snapshot_at"]) - built)),
         "model_id": dg.MetadataValue.int(base.id),
+        "experiment_arm_users": dg.MetadataValue.json(arm_users),
         "rows": dg.MetadataValue.int(result["rows"]),
         "cached_users": dg.MetadataValue.int(result["cached_users"]),
         "runs_removed": dg.MetadataValue.int(result["runs_removed"]),

@@ -194,6 +194,21 @@ pub async fn scheduled_experiments(pool: &Pool) -> ApiResult<Vec<String>> {
         .collect())
 }
 
+/// What run `run_id` recorded of the experiments it applied (`config.experiments`, the pipeline's
+/// record: see `experiments::RunExperiments`); `None` for a run without one.
+pub async fn run_experiments(pool: &Pool, run_id: i64) -> ApiResult<Option<String>> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT (config->'experiments')::text FROM recommendation_runs WHERE id = $1",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&run_id])
+        .await?
+        .and_then(|r| r.get::<_, Option<String>>(0)))
+}
+
 /// The user's hides (any time) and other interactions since `since_ms`, newest first, bounded.
 pub async fn interaction_marks(
     pool: &Pool,

@@ -62,9 +62,10 @@ pub struct SkippedSource {
 pub struct ExperimentArm {
     pub experiment: String,
     pub arm: String,
-    /// Whether this arm shaped the page. A `random` or `sources` arm does unless an
-    /// earlier-started experiment's such arm did (one arm changes a page; docs/api.md); a
-    /// `config` arm's lists are not computed yet, so it labels only.
+    /// Whether this arm shaped the page. One arm at most does: that of the earliest-started
+    /// experiment whose arm changes the feed (docs/api.md). A `random` or `sources` arm is applied
+    /// per request; a `config` arm when the run the page is served from computed the user's list
+    /// with it (the next pipeline run or refresh after the experiment started).
     pub applied: bool,
 }
 

@@ -18,7 +18,19 @@ from typing import Any
 
 import feedrank
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "merge_config"]
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` laid over ``base`` (both partial ScoringConfigs), not validated: a nested dict
+    (``weights``, ``interaction_weights``) is merged key by key, any other value replaced."""
+    merged = dict(base)
+    for name, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
 
 
 def load_config(
@@ -42,10 +54,4 @@ def load_config(
             raise ValueError(f"{path_argument}: {path} is not JSON: {e}") from None
         if not isinstance(base, dict):
             raise ValueError(f"{path_argument}: {path} must hold a JSON object")
-    merged = dict(base)
-    for name, value in (overrides or {}).items():
-        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
-            merged[name] = {**merged[name], **value}
-        else:
-            merged[name] = value
-    return feedrank.validate_config(merged)
+    return feedrank.validate_config(merge_config(base, overrides))

@@ -3,8 +3,11 @@ naming the field) and ``assign_arm`` (the core's assignment, the one the API run
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import feedrank
@@ -67,3 +70,45 @@ def test_validate_experiment_normalizes_and_names_bad_fields():
         feedrank.validate_experiment({"name": "e", "salt": "s", "arms": [arms[0], {**arms[1], "share": 2}]})
     with pytest.raises(TypeError, match=r"^experiment: expected a dict"):
         feedrank.validate_experiment([arms])  # type: ignore[arg-type]
+
+
+# The rule's test vector, shared with the core's tests (rust/core/src/experiment.rs).
+RULE_VECTOR = Path(__file__).resolve().parents[2] / "rust" / "core" / "testdata" / "experiment_rule.json"
+
+
+def reference_applied(experiments: list[dict], user_id: str) -> tuple[list[str], str | None]:
+    """The rule as docs/experiments.md states it, written independently of the core: the
+    experiments earliest start first (then by name); the first whose arm for the user changes the
+    feed (anything but a config arm of {}) applies."""
+    arms, applied = [], None
+    for e in sorted(experiments, key=lambda e: (e["starts_at"], e["name"])):
+        arm = e["arms"][reference_arm(e["salt"], user_id, [a["share"] for a in e["arms"]])]
+        arms.append(arm["name"])
+        if applied is None and (arm["kind"] != "config" or arm["config"]):
+            applied = f"{e['name']}:{arm['name']}"
+    return arms, applied
+
+
+def test_experiment_arms_is_the_cores_rule_on_the_shared_vector():
+    doc = json.loads(RULE_VECTOR.read_text())
+    experiments, cases = doc["experiments"], doc["cases"]
+    table = feedrank.experiment_arms(experiments, [c["user"] for c in cases])
+    assert table["arms"].shape == (len(cases), len(experiments)) and table["applied"].dtype == np.int32
+    order = [next(i for i, e in enumerate(experiments) if e["name"] == n) for n in doc["order"]]
+    for case, row, applied in zip(cases, table["arms"], table["applied"]):
+        got_arms = [experiments[i]["arms"][row[i]]["name"] for i in order]
+        got = None if applied < 0 else f"{experiments[applied]['name']}:{experiments[applied]['arms'][row[applied]]['name']}"
+        assert (got_arms, got) == (case["arms"], case["applied"]), case["user"]
+        assert reference_applied(experiments, case["user"]) == (case["arms"], case["applied"]), case["user"]
+
+
+def test_experiment_arms_names_a_bad_experiment_and_its_field():
+    doc = json.loads(RULE_VECTOR.read_text())
+    bad = json.loads(json.dumps(doc["experiments"]))
+    bad[1]["arms"][1]["config"] = {"lookback_days": 3}
+    with pytest.raises(ValueError, match=r"^experiments\[1\]\.arms\[1\]\.config\.lookback_days: a config arm cannot set"):
+        feedrank.experiment_arms(bad, ["u"])
+    with pytest.raises(TypeError, match=r"^experiments\[0\]: expected a dict"):
+        feedrank.experiment_arms(["x"], ["u"])
+    empty = feedrank.experiment_arms([], ["u", "v"])
+    assert empty["arms"].shape == (2, 0) and empty["applied"].tolist() == [-1, -1]

@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::db;
 use crate::diversify::diversify_prefix;
 use crate::error::{ApiError, ApiResult};
+use crate::experiments::{ConfigArm, RunExperiments};
 use crate::fresh_pool::FreshSnapshot;
 use crate::memo::{IdHasher, IdMap, Refreshed, TtlCache};
 use crate::metrics::Metrics;
@@ -106,6 +107,9 @@ pub struct FeedRequest {
     pub blend: Option<BlendShares>,
     /// The user's experiment arms, for `metadata.arms`.
     pub arms: Vec<ExperimentArm>,
+    /// The `config` arm the rule applies to the user, if it is one: `applied` in `arms` when the
+    /// page's run computed the user's list with it.
+    pub config_arm: Option<ConfigArm>,
 }
 
 /// A built feed page.
@@ -278,6 +282,8 @@ pub struct Feeds {
     sessions: TtlCache<(Uuid, i64), Arc<RequestLists>>,
     /// The serving models.
     pub models: Models,
+    /// What each recommendation run applied of the experiments.
+    pub run_experiments: RunExperiments,
     /// The fresh pool (`None` inside: no model yet), and the posts changed since its last load.
     fresh: Refreshed<Option<FreshSnapshot>>,
     fresh_changed: Mutex<Vec<Uuid>>,
@@ -310,6 +316,7 @@ impl Feeds {
             orders: TtlCache::new(ORDERS_CAPACITY, cfg.fallback_pool_refresh),
             sessions: TtlCache::new(SESSIONS_CAPACITY, SESSIONS_TTL),
             models: Models::default(),
+            run_experiments: RunExperiments::default(),
             fresh: Refreshed::new(FRESH_RELOAD),
             fresh_changed: Mutex::new(Vec::new()),
             trending: Refreshed::new(TRENDING_RELOAD),
@@ -455,6 +462,10 @@ impl Feeds {
         };
         let start = req.offset.min(order.len());
         let page = &order[start..need.min(order.len())];
+        // The run the page blended: the one whose list `metadata.source` names.
+        let run = personalized.as_ref().filter(|_| origin != "fallback");
+        let run_id = run.and_then(|p| p.run_id);
+        let arms = self.arms_of(stores.pg, user, req, run_id).await;
         let metadata = FeedMetadata {
             request_id,
             total,
@@ -464,7 +475,7 @@ impl Feeds {
             sources: Vec::new(),
             skipped: lists.skipped.clone(),
             seed,
-            arms: req.arms.clone(),
+            arms,
         };
         let mut served = Vec::with_capacity(page.len());
         let body = self
@@ -476,36 +487,50 @@ impl Feeds {
                 &mut served,
             )
             .await?;
-        // The run the page blended: the one whose list `metadata.source` names.
-        let run = personalized.as_ref().filter(|_| origin != "fallback");
         Ok(FeedPage {
             body,
             served,
-            run_id: run.and_then(|p| p.run_id),
+            run_id,
             model_id: run.and_then(|p| p.model_id),
         })
     }
 
+    /// `req.arms` as `metadata.arms` says them: the rule's `config` arm applied when `run_id`
+    /// (the run the page is served from) computed the user's list with it.
+    async fn arms_of(
+        &self,
+        pg: &Pool,
+        user: Uuid,
+        req: &FeedRequest,
+        run_id: Option<i64>,
+    ) -> Vec<ExperimentArm> {
+        let mut arms = req.arms.clone();
+        if let (Some(c), Some(run_id)) = (&req.config_arm, run_id) {
+            let computed = self
+                .run_experiments
+                .computed_with(pg, run_id, user, c)
+                .await;
+            if let Some(a) = arms.get_mut(c.index) {
+                a.applied = computed;
+            }
+        }
+        arms
+    }
+
     /// For operators: each source's candidates for `user` with their scores and components,
-    /// what was skipped, and the first `limit` posts of the blend (before the author cap). Reads
-    /// what a first page reads, but starts no page sequence and keeps nothing.
+    /// what was skipped, and the first `limit` posts of the blend (before the author cap), as
+    /// the user is served them: `req` carries the user's experiment arms (a `sources` arm's
+    /// shares, a `random` arm's fallback). Reads what a first page reads, but starts no page
+    /// sequence and keeps nothing.
     pub async fn explain(
         &self,
         stores: &Stores<'_>,
         user: Uuid,
-        limit: usize,
+        req: &FeedRequest,
     ) -> ApiResult<serde_json::Value> {
         use serde_json::json;
-        let req = FeedRequest {
-            limit,
-            offset: 0,
-            refresh: false,
-            seed: None,
-            fallback_only: false,
-            blend: None,
-            arms: Vec::new(),
-        };
-        let input = self.input(stores, user, &req, false).await;
+        let limit = req.limit;
+        let input = self.input(stores, user, req, false).await;
         let personalized = self.personalized(&input).await?;
         let user_model = match personalized.as_ref().and_then(|p| p.model_id) {
             Some(id) => self.models.get(stores.pg, id).await.ok().flatten(),
@@ -543,12 +568,24 @@ impl Feeds {
         let hybrid = feedrank_core::config::COMPONENTS;
         let fresh = feedrank_core::fresh::FRESH_COMPONENTS;
         let personal = personal_list(personalized.as_ref());
-        let merged = blend_of(&personal, &lists, &config.sources.blend)?;
+        // what the page blends by: a `sources` arm's shares, else the run's
+        let shares = req.blend.unwrap_or(config.sources.blend);
+        // a `random` arm's user is served the fallback alone
+        let merged = if req.fallback_only {
+            Vec::new()
+        } else {
+            blend_of(&personal, &lists, &shares)?
+        };
+        let run_id = personalized.as_ref().and_then(|p| p.run_id);
+        let arms = self.arms_of(stores.pg, user, req, run_id).await;
         Ok(json!({
             "userId": user,
             "modelId": personalized.as_ref().and_then(|p| p.model_id),
+            "runId": run_id,
             "personalizedFrom": personalized.as_ref().map(|p| p.origin),
-            "shares": config.sources.blend,
+            "randomFeed": req.fallback_only,
+            "arms": arms,
+            "shares": shares,
             "sources": {
                 "personalized": show(&personal, &hybrid),
                 "fresh": show(&lists.fresh, &fresh),

@@ -12,7 +12,8 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::feeds::MAX_LIMIT;
+use crate::feed::FeedRequest;
+use crate::http::feeds::{with_assignment, MAX_LIMIT};
 use crate::state::AppState;
 
 pub const ADMIN_HEADER: &str = "x-admin-token";
@@ -60,7 +61,8 @@ fn same_token(given: &str, expected: &str) -> bool {
 }
 
 /// Each source's candidates for one user (scores, reasons, components), what was skipped, and
-/// the blend's first 100 posts. Operators only.
+/// the blend's first 100 posts, as the user is served them: the shares the blend uses (an applied
+/// `sources` arm's, else the run's), the user's experiment arms. Operators only.
 #[utoipa::path(
     get,
     path = "/api/feeds/explain",
@@ -101,10 +103,20 @@ pub async fn explain(
         .and_then(|u| {
             Uuid::parse_str(u).map_err(|_| ApiError::bad("userId", format!("not a UUID: {u:?}")))
         })?;
-    let body = state
-        .feeds
-        .explain(&state.stores(), user, MAX_LIMIT)
-        .await?;
+    // as the user is served: with their experiment arms
+    let assignment = state.experiments.assignment(&state.pg, user).await;
+    let req = FeedRequest {
+        limit: MAX_LIMIT,
+        offset: 0,
+        refresh: false,
+        seed: None,
+        fallback_only: false,
+        blend: None,
+        arms: Vec::new(),
+        config_arm: None,
+    };
+    let req = with_assignment(req, &assignment);
+    let body = state.feeds.explain(&state.stores(), user, &req).await?;
     Ok(Json(body))
 }
 

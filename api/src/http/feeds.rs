@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, AuthenticatedErrors, ErrorBody};
-use crate::experiments::PageChange;
+use crate::experiments::{Assignment, PageChange};
 use crate::feed::{FeedRequest, MAX_SEED};
 use crate::http::extract::AuthUser;
 use crate::response::FeedResponse;
@@ -130,8 +130,21 @@ impl FeedParams {
             fallback_only,
             blend: None,
             arms: Vec::new(),
+            config_arm: None,
         })
     }
+}
+
+/// `req` for a user with this assignment: the applied arm's change, the arms to label.
+pub fn with_assignment(mut req: FeedRequest, assignment: &Assignment) -> FeedRequest {
+    match assignment.change {
+        Some(PageChange::RandomFeed) => req.fallback_only = true,
+        Some(PageChange::Blend(shares)) => req.blend = Some(shares),
+        None => {}
+    }
+    req.arms = assignment.arms.clone();
+    req.config_arm = assignment.config_arm.clone();
+    req
 }
 
 /// The authenticated user's feed: recommended posts (from the Redis cache or the database) with
@@ -153,14 +166,9 @@ pub async fn get_feed(
     AuthUser(user): AuthUser,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let mut req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
+    let req = FeedParams::parse(raw.as_deref())?.validate(state.cfg.max_offset)?;
     let assignment = state.experiments.assignment(&state.pg, user).await;
-    match assignment.change {
-        Some(PageChange::RandomFeed) => req.fallback_only = true,
-        Some(PageChange::Blend(shares)) => req.blend = Some(shares),
-        None => {}
-    }
-    req.arms = assignment.arms.clone();
+    let req = with_assignment(req, &assignment);
     let request_id = Uuid::new_v4();
     // The body is assembled from pre-serialized posts (see feed::CachedPost); its shape is
     // FeedResponse, which the tests check by deserializing every answer into it.

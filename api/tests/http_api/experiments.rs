@@ -32,10 +32,12 @@ async fn running(env: &TestEnv, name: &str, salt: &str, arms: Value) -> Experime
     e
 }
 
-/// A new user whose arm in `e` is `arm` (users are made until one lands there).
+/// A new user whose arm in `e` is `arm` (users are made until one lands there; each call
+/// makes new ones).
 async fn user_in(env: &TestEnv, e: &Experiment, arm: &str) -> Uuid {
+    let call = &Uuid::new_v4().simple().to_string()[..8];
     for i in 0..200 {
-        let user = env.user(&format!("{arm}_{i}")).await;
+        let user = env.user(&format!("{arm}_{call}_{i}")).await;
         if e.arm_of(&user.to_string()).name == arm {
             return user;
         }
@@ -116,6 +118,21 @@ async fn baseline(env: &TestEnv) -> Experiment {
         json!([
             {"name": "control", "share": 0.5, "kind": "config", "config": {}},
             {"name": "random", "share": 0.5, "kind": "random"},
+        ]),
+    )
+    .await
+}
+
+/// A running experiment "fresh_mix": arms `control` (config, no change) and `fresh_only` (the
+/// fresh source alone), half each.
+async fn fresh_mix(env: &TestEnv) -> Experiment {
+    running(
+        env,
+        "fresh_mix",
+        "fresh-mix-1",
+        json!([
+            {"name": "control", "share": 0.5, "kind": "config", "config": {}},
+            {"name": "fresh_only", "share": 0.5, "kind": "sources", "sources": {"fresh": 1}},
         ]),
     )
     .await
@@ -232,16 +249,7 @@ async fn a_random_arm_serves_the_random_feed_and_the_control_its_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sources_arm_blends_by_its_own_shares() {
     let env = TestEnv::new().await;
-    let e = running(
-        &env,
-        "fresh_mix",
-        "fresh-mix-1",
-        json!([
-            {"name": "control", "share": 0.5, "kind": "config", "config": {}},
-            {"name": "fresh_only", "share": 0.5, "kind": "sources", "sources": {"fresh": 1}},
-        ]),
-    )
-    .await;
+    let e = fresh_mix(&env).await;
     let fresh_user = user_in(&env, &e, "fresh_only").await;
     let control_user = user_in(&env, &e, "control").await;
     let fresh_users_list = recommended(&env, fresh_user, 5).await;
@@ -305,4 +313,119 @@ async fn a_stopped_experiment_no_longer_labels_or_changes_the_page() {
     };
     assert_eq!(page["metadata"]["source"], "db");
     assert!(logged_arms(&env, &page).await.is_empty());
+}
+
+/// `run`'s record of the experiments it applied, as the pipeline writes it
+/// (`recommendation_runs.config.experiments`): each definition, and the arms' resolved configs.
+async fn record(env: &TestEnv, run: i64, experiments: &[&Experiment]) {
+    let mut applied = serde_json::Map::new();
+    for e in experiments {
+        let definition: Value = serde_json::from_str(&e.to_json()).unwrap();
+        applied.insert(
+            e.name.clone(),
+            json!({"definition": definition, "arms": {}}),
+        );
+    }
+    env.db
+        .execute(
+            "UPDATE recommendation_runs SET config = $1 WHERE id = $2",
+            &[&json!({"experiments": applied}), &run],
+        )
+        .await
+        .unwrap();
+}
+
+/// A run for `user` of `n` posts; its id.
+async fn run_for(env: &TestEnv, user: Uuid, n: usize) -> i64 {
+    recommended(env, user, n).await;
+    env.db
+        .query_one(
+            "SELECT max(run_id) FROM user_recommendations WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_arm_is_applied_when_the_pages_run_computed_the_users_list_with_it() {
+    let env = TestEnv::new().await;
+    let e = running(&env, "ranker", "ranker-1", config_arms()).await;
+    // the same experiment as a run recorded it, but with another config in the arm
+    let other = Experiment::from_json(&e.to_json().replace("\"ridge\"", "\"item_item\"")).unwrap();
+    assert_ne!(other.arms[1], e.arms[1]);
+    let computed = user_in(&env, &e, "tuned").await;
+    let before_the_run = user_in(&env, &e, "tuned").await;
+    let changed_since = user_in(&env, &e, "tuned").await;
+    let control = user_in(&env, &e, "control").await;
+    for (user, recorded) in [
+        (computed, Some(&e)),
+        (before_the_run, None),
+        (changed_since, Some(&other)),
+        (control, Some(&e)),
+    ] {
+        let run = run_for(&env, user, 5).await;
+        if let Some(r) = recorded {
+            record(&env, run, &[r]).await;
+        }
+    }
+    let tuned = |applied: bool| vec![("ranker".to_string(), "tuned".to_string(), applied)];
+    // the database's run, then the Redis entry written back from it (which carries the run id)
+    for origin in ["db", "cache"] {
+        let page = first_page(&env, computed).await;
+        assert_eq!(page["metadata"]["source"], origin, "{}", page["metadata"]);
+        assert_eq!(arms(&page), tuned(true), "{origin}");
+        // the served log's labels are the arms, applied or not
+        assert_eq!(logged_arms(&env, &page).await, ["ranker:tuned".to_string()]);
+    }
+    assert_eq!(arms(&first_page(&env, before_the_run).await), tuned(false));
+    assert_eq!(arms(&first_page(&env, changed_since).await), tuned(false));
+    let page = first_page(&env, control).await;
+    assert_eq!(
+        arms(&page),
+        [("ranker".into(), "control".into(), false)],
+        "a control changes nothing"
+    );
+    // without a list of the user's own (the random fallback), nothing computed it
+    let newcomer = user_in(&env, &e, "tuned").await;
+    let page = first_page(&env, newcomer).await;
+    assert_eq!(page["metadata"]["source"], "fallback");
+    assert_eq!(arms(&page), tuned(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_shares_and_arms_the_user_is_served() {
+    let env = TestEnv::with(|c| c.admin_token = Some("op".into())).await;
+    let e = fresh_mix(&env).await;
+    let explain = |user: Uuid| {
+        let env = &env;
+        async move {
+            let req = axum::http::Request::get(format!("/api/feeds/explain?userId={user}"))
+                .header("x-admin-token", "op")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let (status, body) = send(env.app(), req).await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    let fresh_user = user_in(&env, &e, "fresh_only").await;
+    let body = explain(fresh_user).await;
+    assert_eq!(
+        body["shares"],
+        json!({"personalized": 0.0, "fresh": 1.0, "because_you_liked": 0.0, "trending": 0.0}),
+        "{body}"
+    );
+    assert_eq!(
+        body["arms"],
+        json!([{"experiment": "fresh_mix", "arm": "fresh_only", "applied": true}])
+    );
+    let control_user = user_in(&env, &e, "control").await;
+    let body = explain(control_user).await;
+    let run_shares = feedrank_core::config::ScoringConfig::default()
+        .sources
+        .blend;
+    assert_eq!(body["shares"], serde_json::to_value(run_shares).unwrap());
+    assert_eq!(body["arms"][0]["applied"], false);
 }

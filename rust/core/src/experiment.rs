@@ -13,9 +13,16 @@
 //!  ]}
 //! ```
 //!
+//! Which arm changes a user's feed ([`user_arms`]): the experiments that run, read earliest start
+//! first (then by name, [`sort_for_rule`]); the first whose arm for the user changes the feed
+//! ([`Treatment::changes_feed`]) applies, the others label only. The API serves with this rule and
+//! the pipeline computes a `config` arm's lists with it, so both call this one function.
+//!
 //! Assignment hashes (salt, user id) with FNV-1a 64 and MurmurHash3's 64-bit finalizer, both
 //! written out below so that no library update can move a user to another arm; experiments with
 //! different salts assign independently (layers).
+
+use std::cmp::Ordering;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +30,23 @@ use serde_json::{Map, Value};
 
 use crate::config::{deserialize_named, named_enum, BlendShares, ScoringConfig};
 use crate::{Error, Result};
+
+/// The [`ScoringConfig`] fields a `config` arm may set: those the pipeline reads when it scores a
+/// user (the hybrid model's). The others are read once for a whole run: the snapshot's
+/// `lookback_days`, the interaction matrix's `interaction_weights` and `history_half_life`, the
+/// rows' `expires_after_hours` and `cache_ttl_seconds`, the serving model's `profile_terms` and
+/// `profile_authors`, the request-time `sources` (a `sources` arm sets the blend's shares).
+pub const CONFIG_ARM_FIELDS: [&str; 9] = [
+    "weights",
+    "collaborative",
+    "weighting",
+    "bm25_k1",
+    "bm25_b",
+    "recency_tau_days",
+    "neighbors",
+    "ridge_l2",
+    "top_k",
+];
 
 /// The shares of an experiment's arms sum to 1 within this.
 pub const SHARE_SUM_TOLERANCE: f64 = 1e-9;
@@ -57,6 +81,15 @@ impl Treatment {
             Treatment::Config(_) => ArmKind::Config,
             Treatment::Sources(_) => ArmKind::Sources,
             Treatment::Random => ArmKind::Random,
+        }
+    }
+
+    /// Whether the arm changes what its users are served: a `random` or `sources` arm always, a
+    /// `config` arm when its override sets anything (`{}` is the control: the run's lists).
+    pub fn changes_feed(&self) -> bool {
+        match self {
+            Treatment::Config(c) => !c.is_empty(),
+            Treatment::Sources(_) | Treatment::Random => true,
         }
     }
 }
@@ -207,6 +240,19 @@ fn parse_arm(i: usize, arm: ArmJson) -> Result<Arm> {
             })?;
             ScoringConfig::deserialize_validated(Value::Object(config.clone()))
                 .map_err(|e| under(&at("config"), "config", e))?;
+            if let Some(field) = config
+                .keys()
+                .find(|k| !CONFIG_ARM_FIELDS.contains(&k.as_str()))
+            {
+                return Err(Error::invalid(
+                    at(&format!("config.{field}")),
+                    format!(
+                        "a config arm cannot set {field}: the pipeline reads it once for the \
+                         whole run (an arm may set {CONFIG_ARM_FIELDS:?}; a sources arm sets the \
+                         blend's shares)"
+                    ),
+                ));
+            }
             Treatment::Config(config)
         }
         ArmKind::Sources => {
@@ -345,6 +391,83 @@ impl Experiment {
         let point = assignment_point(&self.salt, user_id);
         &self.arms[cut(point, self.arms.iter().map(|a| a.share))]
     }
+}
+
+/// The order [`user_arms`] reads experiments in: earliest start first, then by name (names are
+/// unique). An experiment not started sorts last.
+pub fn rule_order(a: &Experiment, b: &Experiment) -> Ordering {
+    let start = |e: &Experiment| (e.starts_at.is_none(), e.starts_at);
+    start(a).cmp(&start(b)).then_with(|| a.name.cmp(&b.name))
+}
+
+/// Sorts `experiments` into [`rule_order`].
+pub fn sort_for_rule(experiments: &mut [Experiment]) {
+    experiments.sort_by(rule_order);
+}
+
+/// A user's arm in each running experiment, and the one that changes their feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserArms<'a> {
+    /// Each experiment given, with the user's arm in it, in the order given.
+    pub arms: Vec<(&'a Experiment, &'a Arm)>,
+    /// The index in `arms` of the arm that applies: the first whose treatment
+    /// [changes the feed](Treatment::changes_feed); `None` when none does.
+    pub applied: Option<usize>,
+}
+
+impl<'a> UserArms<'a> {
+    /// The experiment and arm that apply, if one does.
+    pub fn applied_arm(&self) -> Option<(&'a Experiment, &'a Arm)> {
+        self.applied.map(|i| self.arms[i])
+    }
+}
+
+/// `user_id`'s arms in `running` (the experiments that run, in [`rule_order`]: the caller
+/// filters and sorts them, once for many users) and the one that applies. At most one arm changes
+/// a user's feed, so that each experiment compares its arms on users no other experiment changes
+/// differently; layers still split users independently.
+pub fn user_arms<'a>(
+    running: impl IntoIterator<Item = &'a Experiment>,
+    user_id: &str,
+) -> UserArms<'a> {
+    let mut out = UserArms {
+        arms: Vec::new(),
+        applied: None,
+    };
+    for e in running {
+        let arm = e.arm_of(user_id);
+        if out.applied.is_none() && arm.treatment.changes_feed() {
+            out.applied = Some(out.arms.len());
+        }
+        out.arms.push((e, arm));
+    }
+    out
+}
+
+/// [`user_arms`] for many users at once (the pipeline's form): row-major `users x experiments`,
+/// the index of each user's arm in each of `experiments` (in the order given), and for each user
+/// the index of the experiment whose arm applies (-1: none). `experiments` are the running ones,
+/// in any order: they are read in [`rule_order`].
+pub fn arm_table<S: AsRef<str>>(
+    experiments: &[Experiment],
+    user_ids: &[S],
+) -> (Vec<i32>, Vec<i32>) {
+    let mut order: Vec<usize> = (0..experiments.len()).collect();
+    order.sort_by(|&a, &b| rule_order(&experiments[a], &experiments[b]));
+    let n = experiments.len();
+    let mut arms = vec![0i32; user_ids.len() * n];
+    let mut applied = vec![-1i32; user_ids.len()];
+    for (u, user) in user_ids.iter().enumerate() {
+        let got = user_arms(order.iter().map(|&i| &experiments[i]), user.as_ref());
+        for (&i, (e, arm)) in order.iter().zip(&got.arms) {
+            let index = e.arms.iter().position(|a| std::ptr::eq(a, *arm));
+            arms[u * n + i] = index.expect("an experiment's own arm") as i32;
+        }
+        if let Some(k) = got.applied {
+            applied[u] = order[k] as i32;
+        }
+    }
+    (arms, applied)
 }
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -660,6 +783,111 @@ mod tests {
         let whole = err(r#""x""#);
         assert!(whole.starts_with("experiment: invalid type"), "{whole}");
         assert!(err(r#"{"salt": "s", "arms": []}"#).starts_with("experiment: missing field `name`"));
+    }
+
+    #[test]
+    fn the_rule_agrees_with_the_shared_test_vector() {
+        // the same file is read by the binding's tests (tests/python/test_kernels_experiments.py)
+        let doc: Value =
+            serde_json::from_str(include_str!("../testdata/experiment_rule.json")).unwrap();
+        let mut experiments: Vec<Experiment> = doc["experiments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| Experiment::from_json(&e.to_string()).unwrap())
+            .collect();
+        let given = experiments.clone();
+        sort_for_rule(&mut experiments);
+        let order: Vec<&str> = experiments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(serde_json::json!(order), doc["order"]);
+        for case in doc["cases"].as_array().unwrap() {
+            let user = case["user"].as_str().unwrap();
+            let got = user_arms(&experiments, user);
+            let arms: Vec<&str> = got.arms.iter().map(|(_, a)| a.name.as_str()).collect();
+            assert_eq!(serde_json::json!(arms), case["arms"], "{user}");
+            let applied = got
+                .applied_arm()
+                .map(|(e, a)| format!("{}:{}", e.name, a.name));
+            assert_eq!(serde_json::json!(applied), case["applied"], "{user}");
+            // the table form, over the experiments in the order given
+            let (table, applied_index) = arm_table(&given, &[user]);
+            for (i, e) in given.iter().enumerate() {
+                let k = order.iter().position(|n| *n == e.name).unwrap();
+                assert_eq!(e.arms[table[i] as usize].name, arms[k], "{user}");
+            }
+            let named = (applied_index[0] >= 0).then(|| {
+                let e = &given[applied_index[0] as usize];
+                format!(
+                    "{}:{}",
+                    e.name, e.arms[table[applied_index[0] as usize] as usize].name
+                )
+            });
+            assert_eq!(serde_json::json!(named), case["applied"], "{user}");
+        }
+    }
+
+    #[test]
+    fn only_an_arm_that_changes_the_feed_applies() {
+        let arms = |a: &str, b: &str| {
+            Experiment::from_json(&with_arms(&format!(
+                r#"[{{"name": "a", "share": 0.5, "kind": "config", "config": {a}}},
+                    {{"name": "b", "share": 0.5, "kind": "config", "config": {b}}}]"#
+            )))
+            .unwrap()
+        };
+        // a control ({}) changes nothing: nobody has an applied arm
+        let controls = arms("{}", "{}");
+        assert!(!controls.arms[0].treatment.changes_feed());
+        assert_eq!(user_arms([&controls], "u").applied, None);
+        // every arm sets something: every user has one, in the first experiment
+        let tuned = arms(r#"{"top_k": 5}"#, r#"{"neighbors": 7}"#);
+        let got = user_arms([&tuned, &tuned], "u");
+        assert_eq!(got.arms.len(), 2);
+        assert_eq!(got.applied, Some(0));
+        assert!(user_arms(std::iter::empty(), "u").applied_arm().is_none());
+        // an unstarted experiment sorts after started ones
+        let mut later = controls.clone();
+        later.name = "a_first_by_name".into();
+        let mut started = tuned.clone();
+        started.starts_at = Some("2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(rule_order(&started, &later), Ordering::Less);
+    }
+
+    #[test]
+    fn a_config_arm_sets_only_what_the_pipeline_scores_a_user_with() {
+        for field in [
+            "lookback_days",
+            "interaction_weights",
+            "sources",
+            "cache_ttl_seconds",
+        ] {
+            let value = ScoringConfig::default().to_json();
+            let value: Value = serde_json::from_str(&value).unwrap();
+            let e = err(&with_arms(&format!(
+                r#"[{{"name": "a", "share": 0.5, "kind": "config", "config": {{"{field}": {}}}}},
+                    {{"name": "b", "share": 0.5, "kind": "random"}}]"#,
+                value[field]
+            )));
+            assert!(
+                e.starts_with(&format!(
+                    "arms[0].config.{field}: a config arm cannot set {field}"
+                )),
+                "{e}"
+            );
+        }
+        let all: Map<String, Value> = CONFIG_ARM_FIELDS
+            .iter()
+            .map(|f| {
+                let d: Value = serde_json::from_str(&ScoringConfig::default().to_json()).unwrap();
+                (f.to_string(), d[*f].clone())
+            })
+            .collect();
+        let ok = with_arms(&format!(
+            r#"[{{"name": "a", "share": 0.5, "kind": "config", "config": {}}},
+                {{"name": "b", "share": 0.5, "kind": "random"}}]"#,
+            Value::Object(all)
+        ));
+        Experiment::from_json(&ok).unwrap();
     }
 
     #[test]

@@ -7,12 +7,15 @@ use feedrank_core::config::{
     ScoringConfig, COMPONENTS,
 };
 use feedrank_core::experiment::{self, Experiment};
+use feedrank_core::Error;
+use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pythonize::Depythonizer;
 
-use crate::convert::{floats_1d, floats_2d, ids_1d};
+use crate::convert::{array2, floats_1d, floats_2d, ids_1d};
 use crate::error::{type_error, value_error, IntoPyResult};
+use crate::run::run_kernel;
 
 /// A config as the dict Python sees: through the core's JSON, so that f32 values read as the
 /// short decimals they were written as (0.4, not 0.4000000059604645).
@@ -156,6 +159,54 @@ pub fn validate_experiment<'py>(
 pub fn assign_arm(salt: &str, user_id: &str, shares: Vec<f64>) -> PyResult<usize> {
     experiment::check_shares("shares", |i| format!("shares[{i}]"), &shares).py()?;
     Ok(experiment::assign(salt, user_id, &shares))
+}
+
+/// Each user's arm in each running experiment and the experiment whose arm changes the user's
+/// feed: the core's rule, the one the API serves with (the earliest-started experiment whose arm
+/// changes the feed; a `config` arm of `{}` changes nothing). `experiments` are dicts as
+/// `validate_experiment` takes them, in any order; `user_ids` as text (`str(uuid)`). Returns a
+/// dict: `arms` int32 [users, experiments] (an arm's index in its experiment), `applied` int32
+/// [users] (an index into `experiments`, -1: none applies).
+///
+/// >>> e = {"name": "tuned", "salt": "t-1", "starts_at": "2026-01-01T00:00:00Z", "arms": [
+/// ...     {"name": "control", "share": 0.5, "kind": "config", "config": {}},
+/// ...     {"name": "ridge", "share": 0.5, "kind": "config", "config": {"collaborative": "ridge"}}]}
+/// >>> t = feedrank.experiment_arms([e], ["u2", "u3"])
+/// >>> t["arms"].tolist(), t["applied"].tolist()
+/// ([[0], [1]], [-1, 0])
+#[pyfunction]
+pub fn experiment_arms<'py>(
+    py: Python<'py>,
+    experiments: Vec<Bound<'py, PyAny>>,
+    user_ids: Vec<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let experiments = experiments
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let at = format!("experiments[{i}]");
+            if !e.is_instance_of::<PyDict>() {
+                return Err(type_error(&at, "expected a dict (an experiment's JSON)"));
+            }
+            Experiment::deserialize_validated(&mut Depythonizer::from_object(e))
+                .map_err(|e| match e {
+                    Error::InvalidArgument { arg, message } if arg == "experiment" => {
+                        Error::invalid(at.clone(), message)
+                    }
+                    Error::InvalidArgument { arg, message } => {
+                        Error::invalid(format!("{at}.{arg}"), message)
+                    }
+                    other => other,
+                })
+                .py()
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let n = experiments.len();
+    let (arms, applied) = run_kernel(py, |_| Ok(experiment::arm_table(&experiments, &user_ids)))?;
+    let d = PyDict::new(py);
+    d.set_item("arms", array2(py, arms, user_ids.len(), n)?)?;
+    d.set_item("applied", PyArray1::from_vec(py, applied))?;
+    Ok(d)
 }
 
 /// The reason (strongest weighted component) of each row of an `n x 4` components array.

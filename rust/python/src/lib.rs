@@ -23,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(contracts::validate_config, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::validate_experiment, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::assign_arm, m)?)?;
+    m.add_function(wrap_pyfunction!(contracts::experiment_arms, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::reasons, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::recommendations_key, m)?)?;
     m.add_function(wrap_pyfunction!(contracts::encode_cache_entry, m)?)?;
