@@ -43,7 +43,7 @@ use crate::db;
 use crate::diversify::diversify_prefix;
 use crate::error::{ApiError, ApiResult};
 use crate::fresh_pool::FreshSnapshot;
-use crate::memo::{IdHasher, IdMap, Refreshed, TtlCache};
+use crate::memo::{ChangeLog, IdHasher, IdMap, Refreshed, TtlCache};
 use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, RedisStore, SEEN_RETENTION_MS};
@@ -64,12 +64,14 @@ pub use personalized::{write_back_ttl, Lookup, Personalized, PAGE_ORIGINS, PERSO
 use because_you_liked::Neighbors;
 use fallback::PoolSnapshot;
 use fresh::FreshRanking;
-use personalized::{personal_list, DecodedFeed};
+use personalized::{personal_list, DecodedFeed, HydratedList};
 use trending::TrendingList;
 
 /// Decoded recommendation entries kept (about 5 KB each for 200 items).
 const DECODED_FEED_CAPACITY: usize = 10_000;
 const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
+/// Post changes remembered (a memo older than the oldest of them is made again).
+const POST_CHANGES_KEPT: usize = 4096;
 /// Users remembered to have no recommendations in PostgreSQL.
 const NO_RECOMMENDATIONS_CAPACITY: usize = 200_000;
 const NO_RECOMMENDATIONS_TTL: Duration = Duration::from_secs(600);
@@ -264,10 +266,17 @@ fn blend_of(
 pub struct Feeds {
     author_diversity_cap: usize,
     fallback_pool_size: usize,
+    /// How long a post body is kept (what is made from bodies is kept no longer).
+    post_cache_ttl: Duration,
     /// Post bodies with their authors, by post id.
     posts: TtlCache<Uuid, Arc<CachedPost>>,
     /// Decoded Redis recommendation entries, by user.
     decoded: TtlCache<Uuid, Arc<DecodedFeed>>,
+    /// Each user's personalized list with its bodies, made from the decoded entry; kept no
+    /// longer than a post body (`post_cache_ttl`: a missed notification is outlived alike).
+    hydrated: TtlCache<Uuid, Arc<HydratedList>>,
+    /// The posts changed since start (what `hydrated` and `neighbors` check their posts by).
+    post_changes: ChangeLog<Uuid>,
     /// The random fallback's current candidate pool.
     pool: Refreshed<PoolSnapshot>,
     pool_generation: AtomicU64,
@@ -303,8 +312,11 @@ impl Feeds {
         Feeds {
             author_diversity_cap: cfg.author_diversity_cap,
             fallback_pool_size: cfg.fallback_pool_size,
+            post_cache_ttl: cfg.post_cache_ttl,
             posts: TtlCache::new(cfg.post_cache_capacity, cfg.post_cache_ttl),
             decoded: TtlCache::new(DECODED_FEED_CAPACITY, DECODED_FEED_TTL),
+            hydrated: TtlCache::new(DECODED_FEED_CAPACITY, cfg.post_cache_ttl),
+            post_changes: ChangeLog::new(POST_CHANGES_KEPT),
             pool: Refreshed::new(cfg.fallback_pool_refresh),
             pool_generation: AtomicU64::new(0),
             orders: TtlCache::new(ORDERS_CAPACITY, cfg.fallback_pool_refresh),
@@ -330,6 +342,7 @@ impl Feeds {
     /// A post (or its author) changed or was deleted.
     pub fn post_changed(&self, id: Uuid) {
         self.posts.remove(&id);
+        self.post_changes.record(Some(id));
         self.fresh_changed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -340,6 +353,7 @@ impl Feeds {
     /// Any post may have changed.
     pub fn all_posts_changed(&self) {
         self.posts.clear();
+        self.post_changes.record(None);
         self.fresh.forget();
     }
 
@@ -407,7 +421,7 @@ impl Feeds {
             .as_ref()
             .map_or(&no_exclusions, |p| &p.excluded);
         let no_bodies = IdMap::default();
-        let bodies = personalized.as_ref().map_or(&no_bodies, |p| &p.bodies);
+        let bodies = personalized.as_ref().map_or(&no_bodies, |p| &p.list.bodies);
         let need = req.offset + req.limit;
         let cap = self.author_diversity_cap;
         let blended_order = diversify_prefix(
