@@ -228,18 +228,12 @@ impl RequestLists {
 }
 
 /// [`feedrank_core::blend::blend`] of the four lists (in [`BlendShares::SOURCES`] order) by
-/// `shares`: every candidate of every list, each post once.
-fn blend_of(
-    personal: &[Candidate],
-    lists: &RequestLists,
+/// `shares`: every candidate of every list, each post once (borrowed, not copied).
+fn blend_of<'a>(
+    personal: &[&'a Candidate],
+    lists: &'a RequestLists,
     shares: &BlendShares,
-) -> ApiResult<Vec<Candidate>> {
-    let by_source: [&[Candidate]; 4] = [
-        personal,
-        &lists.fresh,
-        &lists.because_you_liked,
-        &lists.trending,
-    ];
+) -> ApiResult<Vec<&'a Candidate>> {
     debug_assert_eq!(
         BlendShares::SOURCES,
         [
@@ -249,17 +243,24 @@ fn blend_of(
             Source::Trending
         ]
     );
-    let ids: Vec<Vec<Uuid>> = by_source
-        .iter()
-        .map(|l| l.iter().map(|c| c.post).collect())
+    let others: [&'a [Candidate]; 3] = [&lists.fresh, &lists.because_you_liked, &lists.trending];
+    let ids: Vec<Vec<Uuid>> = std::iter::once(personal.iter().map(|c| c.post).collect())
+        .chain(others.iter().map(|l| l.iter().map(|c| c.post).collect()))
         .collect();
     let id_lists: Vec<&[Uuid]> = ids.iter().map(|l| l.as_slice()).collect();
     let slots = feedrank_core::blend::blend(&id_lists, &shares.as_array(), usize::MAX)
         .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
     Ok(slots
         .iter()
-        .map(|s| by_source[s.source][s.index].clone())
+        .map(|s| match s.source {
+            0 => personal[s.index],
+            o => &others[o - 1][s.index],
+        })
         .collect())
+}
+
+fn refs(list: &[Candidate]) -> Vec<&Candidate> {
+    list.iter().collect()
 }
 
 /// The feed's in-process caches and the settings of its steps.
@@ -409,7 +410,9 @@ impl Feeds {
     ) -> ApiResult<FeedPage> {
         let input = self.input(stores, user, req, req.offset == 0).await;
         let personalized = self.personalized(&input).await?;
-        let (merged, lists) = self.blended(&input, personalized.as_ref()).await?;
+        let (lists, shares) = self.session_lists(&input, personalized.as_ref()).await?;
+        let personal = personal_list(personalized.as_ref());
+        let merged = blend_of(&personal, &lists, &shares)?;
         // `metadata.source` as before the blend: where the personalized list came from, or
         // `fallback` when the user has none left after the filters.
         let origin = match &personalized {
@@ -459,7 +462,7 @@ impl Feeds {
         let item = |i: u32| -> &Candidate {
             let i = i as usize;
             if i < blended_len {
-                &merged[i]
+                merged[i]
             } else {
                 &pool
                     .as_ref()
@@ -540,7 +543,7 @@ impl Feeds {
                     .collect::<serde_json::Map<_, _>>()
             })
         };
-        let show = |list: &[Candidate], names: &[&str]| -> Vec<serde_json::Value> {
+        let show = |list: &[&Candidate], names: &[&str]| -> Vec<serde_json::Value> {
             list.iter()
                 .map(|c| {
                     json!({
@@ -565,9 +568,9 @@ impl Feeds {
             "shares": config.sources.blend,
             "sources": {
                 "personalized": show(&personal, &hybrid),
-                "fresh": show(&lists.fresh, &fresh),
-                "because_you_liked": show(&lists.because_you_liked, &[]),
-                "trending": show(&lists.trending, &[]),
+                "fresh": show(&refs(&lists.fresh), &fresh),
+                "because_you_liked": show(&refs(&lists.because_you_liked), &[]),
+                "trending": show(&refs(&lists.trending), &[]),
             },
             "skipped": lists.skipped,
             "blend": merged
@@ -617,15 +620,15 @@ impl Feeds {
         }
     }
 
-    /// The blend of the personalized list and the request-time sources, with those sources'
-    /// lists (and what was skipped).
-    async fn blended(
+    /// The request-time sources' lists of the page sequence (made at its first page, kept for
+    /// the next), with what was skipped, and the blend's shares.
+    async fn session_lists(
         &self,
         input: &SourceInput<'_>,
         personalized: Option<&Personalized>,
-    ) -> ApiResult<(Vec<Candidate>, Arc<RequestLists>)> {
+    ) -> ApiResult<(Arc<RequestLists>, BlendShares)> {
         if input.req.fallback_only {
-            return Ok((Vec::new(), Arc::new(RequestLists::default())));
+            return Ok((Arc::new(RequestLists::default()), BlendShares::default()));
         }
         let user_model = match personalized.and_then(|p| p.model_id) {
             Some(id) => self.models.get(input.stores.pg, id).await.ok().flatten(),
@@ -651,8 +654,7 @@ impl Feeds {
                 .sources
                 .blend,
         );
-        let merged = blend_of(&personal_list(personalized), &lists, &shares)?;
-        Ok((merged, lists))
+        Ok((lists, shares))
     }
 
     /// The request-time sources' lists for this user. A source that cannot answer (no model,

@@ -137,14 +137,13 @@ pub(super) fn decoded_items(items: &[CachedRecommendation]) -> Vec<Recommended> 
 }
 
 /// The personalized list without its excluded posts.
-pub(super) fn personal_list(personalized: Option<&Personalized>) -> Vec<Candidate> {
+pub(super) fn personal_list(personalized: Option<&Personalized>) -> Vec<&Candidate> {
     personalized
         .map(|p| {
             p.list
                 .items
                 .iter()
                 .filter(|c| !p.excluded.contains(&c.post))
-                .cloned()
                 .collect()
         })
         .unwrap_or_default()
