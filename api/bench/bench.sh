@@ -14,6 +14,10 @@
 #      trending (the counters the tracking phase left).
 #
 # Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT;
+# BENCH_PHASES (default "cache fallback track sources"): the wrk phases to run, e.g. "track sources"
+# to measure the every-source feed alone (it reads the trending counters the track phase leaves:
+# without it the trending source is empty); BENCH_API: the API binary (default
+# target/release/feedrank-api), to compare two builds on the same data;
 # the API's own variables pass through (FEEDRANK_SERVED_LOG=0 measures without the served log).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +32,9 @@ INTERACTIONS=${BENCH_INTERACTIONS:-2000000}
 DURATION=${BENCH_DURATION:-15s}
 CONNS=${BENCH_CONNECTIONS:-64}
 PORT=${BENCH_PORT:-18099}
-API=target/release/feedrank-api
+API=${BENCH_API:-target/release/feedrank-api}
+PHASES=" ${BENCH_PHASES:-cache fallback track sources} "
+phase() { [[ $PHASES == *" $1 "* ]]; }
 PREFIX="bench:$$:"
 WORK=$(mktemp -d)
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -162,11 +168,21 @@ sample=$(curl -sf -H "Authorization: Bearer $(head -1 "$WORK/rec_tokens")" "$URL
 python3 -c 'import json,sys; m=json.loads(sys.argv[1])["metadata"]; print("    sample page: source=%s total=%s limit=%s" % (m["source"], m["total"], m["limit"]))' "$sample"
 metric() { curl -sf "$URL/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 
+# The API's CPU time (user + system, clock ticks): on a shared machine its CPU per request varies
+# far less than its requests/s, so each phase prints both.
+api_ticks() { awk '{ print $14 + $15 }' "/proc/$API_PID/stat"; }
 run_wrk() { # name script tokens [path]
-    BENCH_NAME=$1 BENCH_TOKENS=$3 BENCH_PATH=${4:-/api/feeds?limit=50} BENCH_POSTS=$WORK/posts \
-        wrk -t2 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$BENCH_DIR/$2" "$URL" 2>&1 | grep -E '^(RESULT|CREATED)'
+    local t0 t1 out
+    t0=$(api_ticks)
+    out=$(BENCH_NAME=$1 BENCH_TOKENS=$3 BENCH_PATH=${4:-/api/feeds?limit=50} BENCH_POSTS=$WORK/posts \
+        wrk -t2 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$BENCH_DIR/$2" "$URL" 2>&1 | grep -E '^(RESULT|CREATED)')
+    t1=$(api_ticks)
+    echo "$out"
+    awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/^RESULT/ { split($3, kv, "=");
+        printf "    API CPU: %.0f us per request (%.2f cores)\n", 1e6 * t / hz / kv[2], t / hz / '"${DURATION%s}"' }' <<<"$out"
 }
 
+if phase cache; then
 say "feed from the cache: wrk -t2 -c$CONNS -d$DURATION, 1,000 users, limit=50"
 c0=$(metric 'feedrank_feed_responses_total{source="cache"}')
 w0=$(metric feedrank_served_log_written_total); d0=$(metric 'feedrank_served_log_dropped_total{reason="queue_full"}')
@@ -180,13 +196,17 @@ if [[ ${FEEDRANK_SERVED_LOG:-1} == 0 ]]; then
 else
     echo "    served log: $((w1 - w0)) posts written, $((d1 - d0)) dropped (queue full)"
 fi
+fi
 
+if phase fallback; then
 say "random fallback over $(psql "$DB" -tAc "SELECT count(*) FROM posts") posts: wrk -t2 -c$CONNS -d$DURATION, 1,000 users without recommendations"
 f0=$(metric 'feedrank_feed_responses_total{source="fallback"}')
 run_wrk feed_fallback feed.lua "$WORK/fallback_tokens" | tee "$WORK/r2"
 f1=$(metric 'feedrank_feed_responses_total{source="fallback"}')
 echo "    answered by the fallback: $((f1 - f0))"
+fi
 
+if phase track; then
 say "tracking: wrk -t2 -c$CONNS -d$DURATION, POST /api/track with unique event ids"
 before=$(psql "$DB" -tAc "SELECT count(*) FROM user_interactions")
 s0=$(metric feedrank_events_stored_total)
@@ -201,7 +221,9 @@ echo "    (wrk stops with up to $CONNS requests in flight: their rows exist, the
 if (( accepted != rows || created > rows || rows - created > CONNS )); then
     echo "bench-api: MISMATCH between accepted events and stored rows"; exit 1
 fi
+fi
 
+if phase sources; then
 say "every source on: wrk -t2 -c$CONNS -d$DURATION, 1,000 users whose run has a serving model (model $model), limit=50"
 served() { local v; v=$(metric "feedrank_feed_posts_served_total{source=\"$1\"}"); echo "${v:-0}"; }
 names=(personalized fresh because_you_liked trending fallback)
@@ -239,10 +261,11 @@ for n in "${names[@]}"; do line+=" $n $(( $(served "$n") - ${p0[$n]} ))"; done
 echo "$line"
 sample=$(curl -sf -H "Authorization: Bearer $(head -1 "$WORK/source_tokens")" "$URL/api/feeds?limit=50")
 python3 -c 'import json,sys; m=json.loads(sys.argv[1])["metadata"]; print("    sample page: sources=%s skipped=%s" % (m["sources"], m.get("skipped", [])))' "$sample"
+fi
 
 say "summary"
 printf '| %-14s | %9s | %8s | %8s | %8s |\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms"
 printf '|%s|\n' "----------------|-----------|----------|----------|----------"
-cat "$WORK/r1" "$WORK/r2" "$WORK/r3" "$WORK/r4" | awk '/^RESULT/ {
+cat "$WORK"/r[1-4] | awk '/^RESULT/ {
     for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     printf "| %-14s | %9s | %8s | %8s | %8s |\n", $2, v["rps"], v["p50"], v["p95"], v["p99"] }'

@@ -34,9 +34,8 @@ pub struct FreshSnapshot {
     /// made at the same count can be brought up to date by ranking the newer posts alone.
     pub edits: u64,
     pub model: Arc<ServingModel>,
+    /// Its posts (the next reload starts from them).
     pub pool: FreshPool,
-    /// The posts the snapshot was built from, by id (the next reload starts from them).
-    posts: IdMap<Uuid, PoolPost>,
     /// The newest `created_at` read (ms): the next reload reads from it, and a memoized ranking
     /// made on this snapshot ranks only posts newer than it when brought up to date.
     pub newest_ms: i64,
@@ -68,8 +67,17 @@ pub async fn reload(
     let settings = model.config.sources.fresh;
     let oldest = model.snapshot_ms.max(now_ms - settings.window_ms());
     let same_model = previous.filter(|p| p.model.id == model.id);
-    let (mut posts, newest_ms) = match same_model {
-        Some(p) => (p.posts.clone(), p.newest_ms),
+    // (the previous pool's posts, copied once: they move into the new pool)
+    let (mut posts, newest_ms): (IdMap<Uuid, PoolPost>, i64) = match same_model {
+        Some(p) => (
+            (0..p.pool.len() as u32)
+                .map(|i| {
+                    let post = p.pool.post(i);
+                    (Uuid::from_u128(post.id), post.clone())
+                })
+                .collect(),
+            p.newest_ms,
+        ),
         None => (IdMap::default(), oldest),
     };
     let mut set_changed = same_model.is_none();
@@ -117,7 +125,7 @@ pub async fn reload(
             .await;
     let engagement: IdMap<u128, f32> = ids.iter().map(|i| i.as_u128()).zip(live).collect();
     let pool = FreshPool::new(
-        posts.values().cloned().collect(),
+        posts.into_values().collect(),
         now_ms,
         |id| engagement.get(&id).copied().unwrap_or(0.0),
         &model.config,
@@ -131,7 +139,6 @@ pub async fn reload(
         },
         model,
         pool,
-        posts,
         newest_ms: newest,
     })
 }

@@ -8,7 +8,7 @@
 //! [`Refreshed`]: one shared value (a pool, a ranked list) reloaded in the background of the
 //! requests that find it too old.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -123,6 +123,59 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Posts changed (PostgreSQL's notifications), numbered in order, the latest few remembered: what
+/// was made from posts when the count was `n` (a user's hydrated list, neighbour lists with their
+/// authors) is still good while none of its posts changed after `n`, so a change to one post does
+/// not void what every user has memoized.
+pub struct ChangeLog<K> {
+    count: AtomicU64,
+    /// `(number, key)`, oldest first; `None`: everything changed.
+    recent: Mutex<VecDeque<(u64, Option<K>)>>,
+    capacity: usize,
+}
+
+impl<K: Eq> ChangeLog<K> {
+    pub fn new(capacity: usize) -> Self {
+        ChangeLog {
+            count: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The number of changes so far: read it before reading what a memo is made from.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// `key` changed (`None`: everything may have changed).
+    pub fn record(&self, key: Option<K>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        recent.push_back((n, key));
+        if recent.len() > self.capacity {
+            recent.pop_front();
+        }
+    }
+
+    /// Whether nothing `holds` changed after change number `since` (false when that is older
+    /// than what is remembered, or everything changed since).
+    pub fn unchanged_since(&self, since: u64, holds: impl Fn(&K) -> bool) -> bool {
+        if self.count() == since {
+            return true;
+        }
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.front() {
+            Some(&(oldest, _)) if oldest <= since + 1 => {}
+            _ => return false,
+        }
+        recent
+            .iter()
+            .filter(|(n, _)| *n > since)
+            .all(|(_, k)| k.as_ref().is_some_and(|k| !holds(k)))
     }
 }
 
@@ -282,6 +335,36 @@ mod tests {
                 "low bits {v}: {n} of {in_shard} keys: {low_bits:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_change_log_voids_only_what_holds_a_changed_key() {
+        let log: ChangeLog<u32> = ChangeLog::new(3);
+        let at = log.count();
+        assert!(log.unchanged_since(at, |_| true), "nothing changed yet");
+        log.record(Some(7));
+        assert!(log.unchanged_since(at, |k| *k != 7), "7 is not held");
+        assert!(!log.unchanged_since(at, |k| *k == 7), "7 is held");
+        assert!(
+            log.unchanged_since(log.count(), |_| true),
+            "nothing after now"
+        );
+        let before_all = log.count();
+        log.record(None);
+        assert!(
+            !log.unchanged_since(before_all, |_| false),
+            "everything changed"
+        );
+        for k in 0..3 {
+            log.record(Some(100 + k));
+        }
+        assert!(
+            !log.unchanged_since(at, |_| false),
+            "older than what is remembered: void"
+        );
+        let recent = log.count() - 2;
+        assert!(log.unchanged_since(recent, |k| *k < 100));
+        assert!(!log.unchanged_since(recent, |k| *k == 102));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! since the list was built.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use feedrank_core::config::{Reason, Source};
@@ -13,8 +15,35 @@ use crate::db;
 use crate::error::ApiResult;
 use crate::models::ServingModel;
 
-/// A post's stored neighbours, best first, with their similarity.
-pub(super) type Neighbors = Vec<(Uuid, f32)>;
+/// A post's stored neighbours, best first: `(post, similarity, author)`, the deleted ones left
+/// out (their authors come from the bodies, looked up once when the list is loaded).
+pub(super) struct Neighbors {
+    list: Vec<(Uuid, f32, Uuid)>,
+    /// When the authors were looked up, and the post change count they are good at: the list is
+    /// loaded again when one of its posts changed, or when older than a post body may be.
+    resolved: Instant,
+    changes_at: AtomicU64,
+}
+
+impl Neighbors {
+    fn still_good(&self, feeds: &Feeds, max_age: Duration) -> bool {
+        if self.resolved.elapsed() >= max_age {
+            return false;
+        }
+        let now = feeds.post_changes.count();
+        let at = self.changes_at.load(Ordering::Relaxed);
+        if at == now {
+            return true;
+        }
+        let good = feeds
+            .post_changes
+            .unchanged_since(at, |id| self.list.iter().any(|n| n.0 == *id));
+        if good {
+            self.changes_at.fetch_max(now, Ordering::Relaxed);
+        }
+        good
+    }
+}
 
 impl Feeds {
     /// The because_you_liked source: the stored neighbours of the posts the user liked or
@@ -60,31 +89,20 @@ impl Feeds {
             .neighbors_of(input.stores.pg, model.id, &likes)
             .await
             .map_err(|e| format!("unavailable: {e}"))?;
-        if neighbors.iter().all(|n| n.is_empty()) {
+        if neighbors.iter().all(|n| n.list.is_empty()) {
             return Err("no neighbours stored for the liked posts".into());
         }
-        let ids: Vec<Uuid> = neighbors
-            .iter()
-            .flat_map(|n| n.iter().map(|e| e.0))
-            .collect();
-        let bodies = self
-            .hydrate(input.stores.pg, &ids)
-            .await
-            .map_err(|e| format!("unavailable: {e}"))?;
         let mut out: Vec<Candidate> = Vec::new();
         let mut placed = HashSet::new();
         for (liked, list) in likes.iter().zip(&neighbors) {
             let mut taken = 0;
-            for &(post, score) in list.iter() {
+            for &(post, score, author) in list.list.iter() {
                 if taken == settings.per_like {
                     break;
                 }
-                let Some(body) = bodies.get(&post) else {
-                    continue;
-                };
                 let c = Candidate {
                     post,
-                    author: body.author,
+                    author,
                     source: Source::BecauseYouLiked,
                     score: Some(score),
                     reason: Some(Reason::BecauseYouLiked),
@@ -102,28 +120,59 @@ impl Feeds {
         Ok(out)
     }
 
-    /// The stored neighbours of `posts` in `model` (memoized), in the order of `posts`.
+    /// The stored neighbours of `posts` in `model` with their authors (memoized), in the order
+    /// of `posts`.
     pub(super) async fn neighbors_of(
         &self,
         pg: &Pool,
         model: i64,
         posts: &[Uuid],
     ) -> ApiResult<Vec<Arc<Neighbors>>> {
+        let mut out: Vec<Option<Arc<Neighbors>>> = posts
+            .iter()
+            .map(|p| {
+                self.neighbors
+                    .get(&(model, *p))
+                    .filter(|n| n.still_good(self, self.post_cache_ttl))
+            })
+            .collect();
         let missing: Vec<Uuid> = posts
             .iter()
-            .filter(|p| self.neighbors.get(&(model, **p)).is_none())
-            .copied()
+            .zip(&out)
+            .filter(|(_, n)| n.is_none())
+            .map(|(p, _)| *p)
             .collect();
         if !missing.is_empty() {
-            let mut found = db::post_neighbors(pg, model, &missing).await?;
-            for p in missing {
-                let list = found.remove(&p).unwrap_or_default();
-                self.neighbors.insert((model, p), Arc::new(list));
+            // read before the bodies: a change during the look-up voids the lists
+            let changes_at = self.post_changes.count();
+            let resolved = Instant::now();
+            let found = db::post_neighbors(pg, model, &missing).await?;
+            let ids: Vec<Uuid> = found.values().flatten().map(|n| n.0).collect();
+            let bodies = self.hydrate(pg, &ids).await?;
+            for (p, slot) in posts.iter().zip(out.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                let list = found
+                    .get(p)
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|&(n, score)| Some((n, score, bodies.get(&n)?.author)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let n = Arc::new(Neighbors {
+                    list,
+                    resolved,
+                    changes_at: AtomicU64::new(changes_at),
+                });
+                self.neighbors.insert((model, *p), n.clone());
+                *slot = Some(n);
             }
         }
-        Ok(posts
-            .iter()
-            .map(|p| self.neighbors.get(&(model, *p)).unwrap_or_default())
+        Ok(out
+            .into_iter()
+            .map(|n| n.expect("every slot filled"))
             .collect())
     }
 }

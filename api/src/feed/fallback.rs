@@ -47,7 +47,7 @@ impl Feeds {
     pub(super) async fn with_fallback(
         &self,
         input: &SourceInput<'_>,
-        merged: &[Candidate],
+        merged: &[&Candidate],
         pool: &PoolSnapshot,
         personal_excluded: &Exclusions,
     ) -> ApiResult<(Arc<Vec<u32>>, u64)> {

@@ -44,7 +44,7 @@ use crate::diversify::diversify_prefix;
 use crate::error::{ApiError, ApiResult};
 use crate::experiments::{ConfigArm, RunExperiments};
 use crate::fresh_pool::FreshSnapshot;
-use crate::memo::{IdHasher, IdMap, Refreshed, TtlCache};
+use crate::memo::{ChangeLog, IdHasher, IdMap, Refreshed, TtlCache};
 use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, RedisStore, SEEN_RETENTION_MS};
@@ -65,12 +65,14 @@ pub use personalized::{write_back_ttl, Lookup, Personalized, PAGE_ORIGINS, PERSO
 use because_you_liked::Neighbors;
 use fallback::PoolSnapshot;
 use fresh::FreshRanking;
-use personalized::{personal_list, DecodedFeed};
+use personalized::{personal_list, DecodedFeed, HydratedList};
 use trending::TrendingList;
 
 /// Decoded recommendation entries kept (about 5 KB each for 200 items).
 const DECODED_FEED_CAPACITY: usize = 10_000;
 const DECODED_FEED_TTL: Duration = Duration::from_secs(300);
+/// Post changes remembered (a memo older than the oldest of them is made again).
+const POST_CHANGES_KEPT: usize = 4096;
 /// Users remembered to have no recommendations in PostgreSQL.
 const NO_RECOMMENDATIONS_CAPACITY: usize = 200_000;
 const NO_RECOMMENDATIONS_TTL: Duration = Duration::from_secs(600);
@@ -230,18 +232,12 @@ impl RequestLists {
 }
 
 /// [`feedrank_core::blend::blend`] of the four lists (in [`BlendShares::SOURCES`] order) by
-/// `shares`: every candidate of every list, each post once.
-fn blend_of(
-    personal: &[Candidate],
-    lists: &RequestLists,
+/// `shares`: every candidate of every list, each post once (borrowed, not copied).
+fn blend_of<'a>(
+    personal: &[&'a Candidate],
+    lists: &'a RequestLists,
     shares: &BlendShares,
-) -> ApiResult<Vec<Candidate>> {
-    let by_source: [&[Candidate]; 4] = [
-        personal,
-        &lists.fresh,
-        &lists.because_you_liked,
-        &lists.trending,
-    ];
+) -> ApiResult<Vec<&'a Candidate>> {
     debug_assert_eq!(
         BlendShares::SOURCES,
         [
@@ -251,27 +247,41 @@ fn blend_of(
             Source::Trending
         ]
     );
-    let ids: Vec<Vec<Uuid>> = by_source
-        .iter()
-        .map(|l| l.iter().map(|c| c.post).collect())
+    let others: [&'a [Candidate]; 3] = [&lists.fresh, &lists.because_you_liked, &lists.trending];
+    let ids: Vec<Vec<Uuid>> = std::iter::once(personal.iter().map(|c| c.post).collect())
+        .chain(others.iter().map(|l| l.iter().map(|c| c.post).collect()))
         .collect();
     let id_lists: Vec<&[Uuid]> = ids.iter().map(|l| l.as_slice()).collect();
     let slots = feedrank_core::blend::blend(&id_lists, &shares.as_array(), usize::MAX)
         .map_err(|e| ApiError::Internal(format!("blend: {e}")))?;
     Ok(slots
         .iter()
-        .map(|s| by_source[s.source][s.index].clone())
+        .map(|s| match s.source {
+            0 => personal[s.index],
+            o => &others[o - 1][s.index],
+        })
         .collect())
+}
+
+fn refs(list: &[Candidate]) -> Vec<&Candidate> {
+    list.iter().collect()
 }
 
 /// The feed's in-process caches and the settings of its steps.
 pub struct Feeds {
     author_diversity_cap: usize,
     fallback_pool_size: usize,
+    /// How long a post body is kept (what is made from bodies is kept no longer).
+    post_cache_ttl: Duration,
     /// Post bodies with their authors, by post id.
     posts: TtlCache<Uuid, Arc<CachedPost>>,
     /// Decoded Redis recommendation entries, by user.
     decoded: TtlCache<Uuid, Arc<DecodedFeed>>,
+    /// Each user's personalized list with its bodies, made from the decoded entry; kept no
+    /// longer than a post body (`post_cache_ttl`: a missed notification is outlived alike).
+    hydrated: TtlCache<Uuid, Arc<HydratedList>>,
+    /// The posts changed since start (what `hydrated` and `neighbors` check their posts by).
+    post_changes: ChangeLog<Uuid>,
     /// The random fallback's current candidate pool.
     pool: Refreshed<PoolSnapshot>,
     pool_generation: AtomicU64,
@@ -309,8 +319,11 @@ impl Feeds {
         Feeds {
             author_diversity_cap: cfg.author_diversity_cap,
             fallback_pool_size: cfg.fallback_pool_size,
+            post_cache_ttl: cfg.post_cache_ttl,
             posts: TtlCache::new(cfg.post_cache_capacity, cfg.post_cache_ttl),
             decoded: TtlCache::new(DECODED_FEED_CAPACITY, DECODED_FEED_TTL),
+            hydrated: TtlCache::new(DECODED_FEED_CAPACITY, cfg.post_cache_ttl),
+            post_changes: ChangeLog::new(POST_CHANGES_KEPT),
             pool: Refreshed::new(cfg.fallback_pool_refresh),
             pool_generation: AtomicU64::new(0),
             orders: TtlCache::new(ORDERS_CAPACITY, cfg.fallback_pool_refresh),
@@ -337,6 +350,7 @@ impl Feeds {
     /// A post (or its author) changed or was deleted.
     pub fn post_changed(&self, id: Uuid) {
         self.posts.remove(&id);
+        self.post_changes.record(Some(id));
         self.fresh_changed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -347,6 +361,7 @@ impl Feeds {
     /// Any post may have changed.
     pub fn all_posts_changed(&self) {
         self.posts.clear();
+        self.post_changes.record(None);
         self.fresh.forget();
     }
 
@@ -402,7 +417,9 @@ impl Feeds {
     ) -> ApiResult<FeedPage> {
         let input = self.input(stores, user, req, req.offset == 0).await;
         let personalized = self.personalized(&input).await?;
-        let (merged, lists) = self.blended(&input, personalized.as_ref()).await?;
+        let (lists, shares) = self.session_lists(&input, personalized.as_ref()).await?;
+        let personal = personal_list(personalized.as_ref());
+        let merged = blend_of(&personal, &lists, &shares)?;
         // `metadata.source` as before the blend: where the personalized list came from, or
         // `fallback` when the user has none left after the filters.
         let origin = match &personalized {
@@ -414,7 +431,7 @@ impl Feeds {
             .as_ref()
             .map_or(&no_exclusions, |p| &p.excluded);
         let no_bodies = IdMap::default();
-        let bodies = personalized.as_ref().map_or(&no_bodies, |p| &p.bodies);
+        let bodies = personalized.as_ref().map_or(&no_bodies, |p| &p.list.bodies);
         let need = req.offset + req.limit;
         let cap = self.author_diversity_cap;
         let blended_order = diversify_prefix(
@@ -452,7 +469,7 @@ impl Feeds {
         let item = |i: u32| -> &Candidate {
             let i = i as usize;
             if i < blended_len {
-                &merged[i]
+                merged[i]
             } else {
                 &pool
                     .as_ref()
@@ -551,7 +568,7 @@ impl Feeds {
                     .collect::<serde_json::Map<_, _>>()
             })
         };
-        let show = |list: &[Candidate], names: &[&str]| -> Vec<serde_json::Value> {
+        let show = |list: &[&Candidate], names: &[&str]| -> Vec<serde_json::Value> {
             list.iter()
                 .map(|c| {
                     json!({
@@ -588,9 +605,9 @@ impl Feeds {
             "shares": shares,
             "sources": {
                 "personalized": show(&personal, &hybrid),
-                "fresh": show(&lists.fresh, &fresh),
-                "because_you_liked": show(&lists.because_you_liked, &[]),
-                "trending": show(&lists.trending, &[]),
+                "fresh": show(&refs(&lists.fresh), &fresh),
+                "because_you_liked": show(&refs(&lists.because_you_liked), &[]),
+                "trending": show(&refs(&lists.trending), &[]),
             },
             "skipped": lists.skipped,
             "blend": merged
@@ -640,15 +657,15 @@ impl Feeds {
         }
     }
 
-    /// The blend of the personalized list and the request-time sources, with those sources'
-    /// lists (and what was skipped).
-    async fn blended(
+    /// The request-time sources' lists of the page sequence (made at its first page, kept for
+    /// the next), with what was skipped, and the blend's shares.
+    async fn session_lists(
         &self,
         input: &SourceInput<'_>,
         personalized: Option<&Personalized>,
-    ) -> ApiResult<(Vec<Candidate>, Arc<RequestLists>)> {
+    ) -> ApiResult<(Arc<RequestLists>, BlendShares)> {
         if input.req.fallback_only {
-            return Ok((Vec::new(), Arc::new(RequestLists::default())));
+            return Ok((Arc::new(RequestLists::default()), BlendShares::default()));
         }
         let user_model = match personalized.and_then(|p| p.model_id) {
             Some(id) => self.models.get(input.stores.pg, id).await.ok().flatten(),
@@ -674,8 +691,7 @@ impl Feeds {
                 .sources
                 .blend,
         );
-        let merged = blend_of(&personal_list(personalized), &lists, &shares)?;
-        Ok((merged, lists))
+        Ok((lists, shares))
     }
 
     /// The request-time sources' lists for this user. A source that cannot answer (no model,

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::hash::Hasher;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +24,10 @@ use crate::redis_store::Mirrored;
 pub struct Personalized {
     /// Where it came from (`metadata.source`, and the metrics label): `cache` or `db`.
     pub origin: &'static str,
-    pub items: Vec<Candidate>,
+    /// Its posts with their authors and bodies.
+    pub list: Arc<HydratedList>,
     /// Posts to leave out (hidden, or seen after the list was built).
     pub excluded: Exclusions,
-    /// Bodies loaded already (the page builder loads the page's other posts).
-    pub bodies: IdMap<Uuid, Arc<CachedPost>>,
     /// When the list was built (ms).
     pub built_ms: i64,
     /// The recommendation run the list is from (the served log records it).
@@ -83,6 +82,38 @@ pub struct DecodedFeed {
     pub items: Vec<Recommended>,
 }
 
+/// A personalized list's posts as candidates (deleted posts left out), with the bodies that gave
+/// their authors. Memoized per user with the entry it was made from (`Feeds::hydrated`): a page
+/// does not look up the list's 200 posts again while the entry and those posts are unchanged.
+pub struct HydratedList {
+    /// The digest of the entry it was made from (`None`: from the database, not memoized).
+    digest: Option<(u64, usize)>,
+    /// The post change count (`Feeds::post_changes`) its bodies are known good at.
+    changes_at: AtomicU64,
+    pub items: Vec<Candidate>,
+    /// Bodies loaded already (the page builder loads the page's other posts).
+    pub bodies: IdMap<Uuid, Arc<CachedPost>>,
+}
+
+impl HydratedList {
+    /// Whether none of its posts changed since it was made (brought forward when so).
+    fn still_good(&self, feeds: &Feeds) -> bool {
+        let now = feeds.post_changes.count();
+        let at = self.changes_at.load(Ordering::Relaxed);
+        if at == now {
+            return true;
+        }
+        // (a post left out as deleted cannot come back: only its body's posts matter)
+        let good = feeds
+            .post_changes
+            .unchanged_since(at, |id| self.bodies.contains_key(id));
+        if good {
+            self.changes_at.fetch_max(now, Ordering::Relaxed);
+        }
+        good
+    }
+}
+
 /// A fast digest (8 bytes a step) with the length: the entry is written by the pipeline, not
 /// by clients, so a non-cryptographic hash is enough to recognize the same bytes again.
 pub(super) fn digest(raw: &[u8]) -> (u64, usize) {
@@ -106,13 +137,13 @@ pub(super) fn decoded_items(items: &[CachedRecommendation]) -> Vec<Recommended> 
 }
 
 /// The personalized list without its excluded posts.
-pub(super) fn personal_list(personalized: Option<&Personalized>) -> Vec<Candidate> {
+pub(super) fn personal_list(personalized: Option<&Personalized>) -> Vec<&Candidate> {
     personalized
         .map(|p| {
-            p.items
+            p.list
+                .items
                 .iter()
                 .filter(|c| !p.excluded.contains(&c.post))
-                .cloned()
                 .collect()
         })
         .unwrap_or_default()
@@ -174,14 +205,15 @@ impl Feeds {
     }
 
     /// Recommended posts as candidates, with their bodies (which give their authors); deleted
-    /// posts are left out.
+    /// posts are left out. `digest`: the entry's, to memoize the list for the user.
     pub(super) async fn recommended(
         &self,
         pg: &Pool,
         items: &[Recommended],
-        origin: &'static str,
-        excluded: Exclusions,
-    ) -> ApiResult<Personalized> {
+        digest: Option<(u64, usize)>,
+    ) -> ApiResult<Arc<HydratedList>> {
+        // read before the bodies: a change during the look-up voids the list
+        let changes_at = self.post_changes.count();
         let ids: Vec<Uuid> = items.iter().map(|i| i.post).collect();
         let bodies = self.hydrate(pg, &ids).await?;
         let items = items
@@ -198,16 +230,31 @@ impl Feeds {
                 })
             })
             .collect();
-        Ok(Personalized {
-            origin,
+        Ok(Arc::new(HydratedList {
+            digest,
+            changes_at: AtomicU64::new(changes_at),
             items,
-            excluded,
             bodies,
-            built_ms: 0,
-            run_id: None,
-            model_id: None,
-            profile: None,
-        })
+        }))
+    }
+
+    /// [`Feeds::recommended`] for a decoded Redis entry, memoized per user.
+    async fn recommended_entry(
+        &self,
+        pg: &Pool,
+        user: Uuid,
+        entry: &DecodedFeed,
+    ) -> ApiResult<Arc<HydratedList>> {
+        if let Some(hit) = self.hydrated.get(&user) {
+            if hit.digest == Some(entry.digest) && hit.still_good(self) {
+                return Ok(hit);
+            }
+        }
+        let list = self
+            .recommended(pg, &entry.items, Some(entry.digest))
+            .await?;
+        self.hydrated.insert(user, list.clone());
+        Ok(list)
     }
 }
 
@@ -251,14 +298,18 @@ pub(super) async fn from_cache(
         _ => &read.seen,
     };
     let excluded = Exclusions::from_redis(&read.hidden, seen, built_ms, input.as_of);
-    let mut p = feeds
-        .recommended(stores.pg, &entry.items, name, excluded)
+    let list = feeds
+        .recommended_entry(stores.pg, input.user, &entry)
         .await?;
-    p.built_ms = built_ms;
-    p.run_id = Some(entry.run_id);
-    p.model_id = entry.model_id;
-    p.profile = entry.profile.clone();
-    Ok(Some(p))
+    Ok(Some(Personalized {
+        origin: name,
+        list,
+        excluded,
+        built_ms,
+        run_id: Some(entry.run_id),
+        model_id: entry.model_id,
+        profile: entry.profile.clone(),
+    }))
 }
 
 /// The user's current recommendations in PostgreSQL (with the run's model and the user's
@@ -309,12 +360,16 @@ pub(super) async fn from_database(
         .await;
     let excluded = Exclusions::from_marks(&marks, built_ms, input.as_of);
     let items = decoded_items(&entry.items);
-    let mut p = feeds.recommended(stores.pg, &items, name, excluded).await?;
-    p.built_ms = built_ms;
-    p.run_id = Some(entry.run_id);
-    p.model_id = entry.model_id;
-    p.profile = entry.profile.map(Arc::new);
-    Ok(Some(p))
+    let list = feeds.recommended(stores.pg, &items, None).await?;
+    Ok(Some(Personalized {
+        origin: name,
+        list,
+        excluded,
+        built_ms,
+        run_id: Some(entry.run_id),
+        model_id: entry.model_id,
+        profile: entry.profile.map(Arc::new),
+    }))
 }
 
 #[cfg(test)]

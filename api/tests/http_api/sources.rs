@@ -450,6 +450,35 @@ async fn after_three_likes_the_liked_posts_neighbours_reach_the_next_first_page(
     }
     // The liked posts themselves are seen now: not served again.
     assert!(ids(&page).iter().all(|p| !liked.contains(p)));
+
+    // The neighbour lists are memoized with their authors: a neighbour deleted since is not
+    // served, and the next one of its list takes its place.
+    env.wait_for_the_listener().await;
+    let gone = neighbours[2][0];
+    env.db
+        .execute("DELETE FROM posts WHERE id = $1", &[&gone])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, page) = get(env.app(), "/api/feeds?limit=50", Some(&t)).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let because: Vec<&Value> = page["posts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["source"] == "because_you_liked")
+            .collect();
+        if !ids(&page).contains(&gone) {
+            assert_eq!(because[0]["id"], neighbours[2][1].to_string(), "{page}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted neighbour is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
