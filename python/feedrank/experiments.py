@@ -266,7 +266,7 @@ def report_table(result: dict[str, Any]) -> str:
         if lift.get("cuped"):
             c = lift["cuped"]
             note = (f"CUPED: {_number(c['absolute'], '+.4f')} {_interval(c['absolute_ci'], '+.4f')}, "
-                    f"p {_number(c['p_value'], '.4g')}, variance -{_number(c['variance_reduction'], '.0%')}")
+                    f"p {_number(c['p_value'], '.4g')}, variance reduced by {_number(c['variance_reduction'], '.0%')}")
         lines.append("\t".join([
             lift["arm"], lift["metric"], _number(lift["control"], ".4f"), _number(lift["treatment"], ".4f"),
             f"{_number(lift['absolute'], '+.4f')} {_interval(lift['absolute_ci'], '+.4f')}",
