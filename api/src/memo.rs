@@ -161,6 +161,22 @@ impl<K: Eq> ChangeLog<K> {
         }
     }
 
+    /// Whether nothing `holds` changed after the change number in `stamp` (a memo's, taken with
+    /// [`ChangeLog::count`] before reading what it is made from); when so, `stamp` is brought
+    /// forward, so the next check starts from now.
+    pub fn still_unchanged(&self, stamp: &AtomicU64, holds: impl Fn(&K) -> bool) -> bool {
+        let now = self.count();
+        let at = stamp.load(Ordering::Relaxed);
+        if at == now {
+            return true;
+        }
+        let good = self.unchanged_since(at, holds);
+        if good {
+            stamp.fetch_max(now, Ordering::Relaxed);
+        }
+        good
+    }
+
     /// Whether nothing `holds` changed after change number `since` (false when that is older
     /// than what is remembered, or everything changed since).
     pub fn unchanged_since(&self, since: u64, holds: impl Fn(&K) -> bool) -> bool {

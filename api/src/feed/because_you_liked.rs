@@ -2,7 +2,7 @@
 //! since the list was built.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,18 +30,9 @@ impl Neighbors {
         if self.resolved.elapsed() >= max_age {
             return false;
         }
-        let now = feeds.post_changes.count();
-        let at = self.changes_at.load(Ordering::Relaxed);
-        if at == now {
-            return true;
-        }
-        let good = feeds
+        feeds
             .post_changes
-            .unchanged_since(at, |id| self.list.iter().any(|n| n.0 == *id));
-        if good {
-            self.changes_at.fetch_max(now, Ordering::Relaxed);
-        }
-        good
+            .still_unchanged(&self.changes_at, |id| self.list.iter().any(|n| n.0 == *id))
     }
 }
 

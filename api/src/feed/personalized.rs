@@ -98,19 +98,10 @@ pub struct HydratedList {
 impl HydratedList {
     /// Whether none of its posts changed since it was made (brought forward when so).
     fn still_good(&self, feeds: &Feeds) -> bool {
-        let now = feeds.post_changes.count();
-        let at = self.changes_at.load(Ordering::Relaxed);
-        if at == now {
-            return true;
-        }
         // (a post left out as deleted cannot come back: only its body's posts matter)
-        let good = feeds
+        feeds
             .post_changes
-            .unchanged_since(at, |id| self.bodies.contains_key(id));
-        if good {
-            self.changes_at.fetch_max(now, Ordering::Relaxed);
-        }
-        good
+            .still_unchanged(&self.changes_at, |id| self.bodies.contains_key(id))
     }
 }
 
