@@ -5,6 +5,8 @@ and a run replaces the previous one of its shard or, failing, leaves it served."
 
 import logging
 import random
+import threading
+import time
 
 import polars as pl
 import psycopg
@@ -168,3 +170,83 @@ def test_a_run_replaces_the_previous_one_of_its_shard_and_a_failed_run_leaves_it
     with psycopg.connect(url) as conn:
         statuses = conn.execute("SELECT id, status FROM recommendation_runs ORDER BY id").fetchall()
     assert [s for _, s in statuses] == ["complete", "failed"]
+
+
+
+def _attach_while(url: str, picks, conn, first, then) -> list[str]:
+    """Loads and constrains a run on ``conn``, runs ``first()``, starts the run's attach in a
+    thread, waits until the attach waits for a lock, runs ``then()``; the attach must then
+    complete. Returns the warnings it logged (one per attempt that gave up)."""
+    postgres, run, rows = loaded_run(url, picks, conn)
+    swap.constrain(postgres, run.table, Timer())
+    first()
+    done: list[BaseException | None] = []
+    warnings: list[str] = []
+    attach_pid = conn.info.backend_pid
+
+    class Recording:
+        def warning(self, msg: str) -> None:
+            warnings.append(msg)
+
+    def attach() -> None:
+        try:
+            swap.attach(conn, run, N_USERS, rows, Recording(), Timer())
+            done.append(None)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            done.append(e)
+
+    thread = threading.Thread(target=attach)
+    thread.start()
+    with psycopg.connect(url, autocommit=True) as watch:
+        deadline = time.monotonic() + 30
+        while watch.execute(
+            "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s",
+            (attach_pid,),
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline and thread.is_alive(), done
+            time.sleep(0.05)
+    then()
+    thread.join(timeout=60)
+    assert done == [None], f"the attach failed: {done}"
+    status = conn.execute("SELECT status FROM recommendation_runs WHERE id = %s", (run.id,)).fetchone()
+    assert status == ("complete",)
+    return warnings
+
+
+@pytest.mark.parametrize("named", ["posts", "users", "recommendation_runs"])
+def test_an_attach_gives_way_to_a_reader_taking_its_tables_in_the_other_order(world, named):
+    """ATTACH locks the default partition, then the tables the foreign keys reference; a reader
+    that read one of those and then reads the recommendations (as one statement joining both does)
+    takes them in the opposite order: a deadlock, in a clean-clone CI run, where the server aborted
+    the attach and the run failed. Now the attach gives up its locks before the server looks for a
+    deadlock, and tries again: the reader is served, the run completes."""
+    url, picks = world
+    with psycopg.connect(url) as conn, psycopg.connect(url) as reader:
+
+        def read_the_recommendations() -> None:
+            reader.execute("SELECT count(*) FROM user_recommendations")
+            reader.commit()
+
+        warnings = _attach_while(
+            url, picks, conn, lambda: reader.execute(f"SELECT count(*) FROM {named}"), read_the_recommendations
+        )
+        assert len(warnings) == 1 and "trying again" in warnings[0], warnings
+
+
+def test_an_attach_waits_for_another_runs_clean_up_instead_of_giving_way_to_it(world):
+    """A clean-up reads the runs, then the recommendations, in one transaction (the order that
+    makes an attach give way to a reader); the swap lock makes the attach wait for it instead."""
+    url, picks = world
+    with psycopg.connect(url) as conn, psycopg.connect(url) as cleaner:
+
+        def start_cleaning_up() -> None:
+            cleaner.execute(swap.SWAP_LOCK.format("pg_advisory_lock"))
+            cleaner.execute("SELECT count(*) FROM recommendation_runs")
+
+        def finish_cleaning_up() -> None:
+            cleaner.execute("SELECT count(*) FROM user_recommendations")
+            cleaner.commit()
+            cleaner.execute(swap.SWAP_LOCK.format("pg_advisory_unlock"))
+            cleaner.commit()
+
+        assert _attach_while(url, picks, conn, start_cleaning_up, finish_cleaning_up) == [], "it gave way"
