@@ -27,9 +27,9 @@ not by the ATTACH under its exclusive lock.
 
 A failure before step 5 marks the run ``failed`` and drops its table; a killed process leaves a
 ``building`` run whose table a clean-up a day later drops, and tables whose run is gone are
-dropped too. The flip waits at most :data:`FLIP_LOCK_TIMEOUT` for a lock and tries again for
-:data:`FLIP_PATIENCE_SECONDS`; the clean-up's DDL waits :data:`LOCK_TIMEOUT` and leaves a table a
-long reader holds to the next run.
+dropped too. DDL waits at most :data:`LOCK_TIMEOUT` for a lock: the flip tries
+:data:`ATTACH_ATTEMPTS` times (a deadlock with a reader counts as one), the clean-up leaves a table
+a long reader holds to the next run.
 
 A small run (the incremental refresh's, ``own_partition=False``) skips steps 3-4: in the
 transaction that completes it, its rows move from the load table into the parent's default
@@ -62,18 +62,10 @@ from dagster_pipeline.timing import Timer
 
 # The partitioned table; its keys, indexes and foreign keys are read from the catalog by this name.
 PARENT = "user_recommendations"
-# The clean-up's DDL waits at most this long for a lock, then leaves a superseded run for the
-# next run; the foreign keys of step 4 wait as long, then the run fails.
+# DDL waits at most this long for a lock: the flip then tries again (up to ATTACH_ATTEMPTS times
+# in all), the clean-up leaves a superseded run for the next run.
 LOCK_TIMEOUT = "5s"
-# The flip's statements wait at most this long for a lock, less than PostgreSQL's
-# deadlock_timeout (1 s by default): ATTACH locks the default partition, then the tables the
-# foreign keys reference, and readers take those in either order (a clean-clone CI run
-# deadlocked so), so a flip caught in a cycle gives up before the server would abort one side,
-# and a reader is never the one aborted. The flip then tries again, for FLIP_PATIENCE_SECONDS.
-FLIP_LOCK_TIMEOUT = "200ms"
-FLIP_PATIENCE_SECONDS = 60.0
-# Between two tries, the readers queued behind the flip's lock requests get through.
-FLIP_RETRY_PAUSE_SECONDS = 0.5
+ATTACH_ATTEMPTS = 3
 # The advisory lock a run's flip (attach or merge) and a run's clean-up take, so that two runs'
 # flips and clean-ups never interleave (see :func:`_flip` and :func:`clean_up`).
 SWAP_LOCK = "SELECT {}(hashtext('feedrank.swap'))"
@@ -247,36 +239,33 @@ BeforeFlip = Callable[[psycopg.Connection, Run], None]
 
 
 def _flip(conn: psycopg.Connection, run: Run, log: Log, timer: Timer, step: str, body: Callable[[], int]) -> int:
-    """``body`` (which ends by completing the run) in one transaction, its statements waiting at
-    most :data:`FLIP_LOCK_TIMEOUT` for a lock (they wait for the readers in flight); tried again
-    after a pause until :data:`FLIP_PATIENCE_SECONDS` have passed, then the error is raised.
-    Returns what ``body`` returns.
+    """``body`` (which ends by completing the run) in one transaction, tried again (up to
+    :data:`ATTACH_ATTEMPTS` times) when a lock stays taken longer than :data:`LOCK_TIMEOUT` (the
+    statements wait for the readers in flight; one stuck behind a long transaction gives up) or
+    when the server aborts it to break a deadlock. Returns what ``body`` returns.
 
-    The transaction first waits for any other run's flip or clean-up (:data:`SWAP_LOCK`): a
-    clean-up reads the runs, then the recommendations, in one transaction, the order an attach
-    gives way to; waiting for it beats giving way again and again."""
-    deadline = time.monotonic() + FLIP_PATIENCE_SECONDS
-    attempt = 0
-    while True:
-        attempt += 1
+    ATTACH locks the default partition, then the tables the foreign keys reference (it drops the
+    load table's own key triggers there), all ACCESS EXCLUSIVE, and readers take those tables in
+    either order (a statement locks the tables it names before the partitions it plans over; a
+    function it calls locks more while it runs), so a reader can close a cycle with it: the
+    server then aborts whichever waited first, usually the flip, which tries again (a clean-clone
+    CI run failed a run so). Another run's clean-up reads the runs, then the recommendations, in
+    one transaction: the flip first waits for it (:data:`SWAP_LOCK`) instead."""
+    for attempt in range(1, ATTACH_ATTEMPTS + 1):
         try:
             with timer.step(step, "io"), conn.transaction():
                 # Taken before the lock timeout is set: a concurrent run's clean-up is bounded by
                 # its own timeouts, and waiting for it is no reason to give up.
                 conn.execute(SWAP_LOCK.format("pg_advisory_xact_lock"))
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(FLIP_LOCK_TIMEOUT)))
+                lock_timeout(conn)
                 return body()
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-            # (a deadlock: only with a server whose deadlock_timeout is shorter than the flip's
-            # lock timeout)
-            if time.monotonic() >= deadline:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as e:
+            if attempt == ATTACH_ATTEMPTS:
                 raise
-            if attempt == 1 or attempt % 20 == 0:
-                log.warning(
-                    f"{step}: a lock stayed taken {FLIP_LOCK_TIMEOUT} (attempt {attempt}); trying "
-                    f"again for up to {FLIP_PATIENCE_SECONDS:.0f} s"
-                )
-            time.sleep(FLIP_RETRY_PAUSE_SECONDS)
+            why = "a deadlock" if isinstance(e, psycopg.errors.DeadlockDetected) else f"a lock stayed taken {LOCK_TIMEOUT}"
+            log.warning(f"{step}: {why} (attempt {attempt} of {ATTACH_ATTEMPTS}); retrying")
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def _complete(conn: psycopg.Connection, run: Run, users: int, rows: int) -> None:

@@ -211,8 +211,8 @@ def test_long_readers_delay_the_swap_and_the_clean_up_but_never_fail_the_run(
 ):
     """Attaching a run takes a moment's exclusive lock on the default partition, dropping a
     superseded run's table one on that table. A reader holding either in a long transaction makes
-    the attach give up after FLIP_LOCK_TIMEOUT and try again, and the clean-up leave the old run
-    for the next run after LOCK_TIMEOUT; the new run is served either way."""
+    the pipeline wait LOCK_TIMEOUT: the attach then tries again, the clean-up leaves the old run
+    for the next run; the new run is served either way."""
     from dagster_pipeline import swap
 
     materialize_all(pipeline_resources, top_k=10)
