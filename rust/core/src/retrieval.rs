@@ -47,10 +47,14 @@ const USERS_PER_TASK: usize = 32;
 /// What retrieval prepares once per model: the inverted index and the prior order.
 pub(crate) struct Retriever {
     settings: RetrievalSettings,
-    /// Term `t`'s postings are `postings[start[t]..start[t + 1]]`: (post, TF-IDF / post norm),
-    /// allowed posts only, by descending weight (ties: lower post), at most `posting_limit`.
+    /// Term `t`'s postings are `post[start[t]..start[t + 1]]` with their weights (TF-IDF / the
+    /// post's norm) in `impact`: allowed posts only, by descending weight (ties: lower post), at
+    /// most `posting_limit`.
     start: Vec<usize>,
-    postings: Vec<(u32, f32)>,
+    post: Vec<u32>,
+    impact: Vec<f32>,
+    /// Every weight > 0 (TF-IDF always): the branchless accumulation applies.
+    positive: bool,
     /// Allowed posts having term `t`, before the cut.
     df: Vec<u32>,
     /// The allowed posts by descending prior (ties: lower post).
@@ -81,11 +85,14 @@ impl Retriever {
         });
         let mut start = Vec::with_capacity(n_terms + 1);
         start.push(0);
-        let mut postings = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+        let nnz = lists.iter().map(Vec::len).sum();
+        let (mut post, mut impact) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
         for l in lists {
-            postings.extend_from_slice(&l);
-            start.push(postings.len());
+            post.extend(l.iter().map(|e| e.0));
+            impact.extend(l.iter().map(|e| e.1));
+            start.push(post.len());
         }
+        let positive = impact.iter().all(|&x| x > 0.0);
 
         // the prior: recency and engagement by their weights, normalized over the allowed posts
         let range = |v: &[f32]| {
@@ -112,14 +119,17 @@ impl Retriever {
         Retriever {
             settings,
             start,
-            postings,
+            post,
+            impact,
+            positive,
             df,
             by_prior,
         }
     }
 
-    fn postings(&self, t: u32) -> &[(u32, f32)] {
-        &self.postings[self.start[t as usize]..self.start[t as usize + 1]]
+    fn postings(&self, t: u32) -> (&[u32], &[f32]) {
+        let range = self.start[t as usize]..self.start[t as usize + 1];
+        (&self.post[range.clone()], &self.impact[range])
     }
 
     /// The top-k of each of `users` from their candidates (the same shape as the exhaustive
@@ -240,51 +250,89 @@ impl Retriever {
         let queried = s.profile_terms.len().min(cfg.content_terms);
         let mut complete = queried == s.profile_terms.len();
         for &(t, w) in &s.profile_terms[..queried] {
-            let list = self.postings(t);
-            complete &= list.len() == self.df[t as usize] as usize;
-            for &(p, x) in list {
-                if s.excluded[p as usize] == 0 {
+            let (posts, impacts) = self.postings(t);
+            complete &= posts.len() == self.df[t as usize] as usize;
+            if self.positive && w > 0.0 {
+                // (the profile of positive TF-IDF rows is positive: every product is > 0)
+                s.content.add_positive(posts, impacts, w);
+            } else {
+                for (&p, &x) in posts.iter().zip(impacts) {
                     s.content.add(p, w * x);
                 }
             }
         }
+        let n = s.content.count;
+        s.content.touched.extend_from_slice(&s.content.buf[..n]);
+        s.content.count = 0;
         s.content_list.clear();
         for &p in &s.content.touched {
-            s.content_list.push((p, s.content.acc[p as usize]));
+            if s.excluded[p as usize] == 0 {
+                s.content_list.push((p, s.content.acc[p as usize]));
+            }
         }
         let reached = s.content_list.len();
         strongest(&mut s.content_list, cfg.content);
+        // the content candidates' exact cosines replace the index's partial sums: the proxy
+        // below and content's maximum read them
+        let mut content_hi = f32::NEG_INFINITY;
+        for e in s.content_list.iter_mut() {
+            e.1 = sh.content_of(&s.profile_dense, e.0 as usize);
+            s.content.acc[e.0 as usize] = e.1;
+            content_hi = content_hi.max(e.1);
+        }
 
-        // the union: the sources' best posts in turns, until the budget is spent
+        // the pool: every source's posts; past the budget, the best by a proxy of the score
+        // that is exact but for content (the index's partial dot product in its place)
         s.union.clear();
-        let mut prior = self
+        let sources = s.collab_list.iter().chain(&s.content_list).map(|e| e.0);
+        let prior = self
             .by_prior
             .iter()
             .copied()
             .filter(|&p| s.excluded[p as usize] == 0)
             .take(cfg.prior);
-        let mut i = 0;
-        loop {
-            let mut any = false;
-            let a = s.collab_list.get(i).map(|e| e.0);
-            let b = s.content_list.get(i).map(|e| e.0);
-            let c = prior.next();
-            for p in [a, b, c].into_iter().flatten() {
-                any = true;
-                if !s.in_union[p as usize] && s.union.len() < cfg.budget {
-                    s.in_union[p as usize] = true;
-                    s.union.push(p);
-                }
+        for p in sources.chain(prior) {
+            if !s.in_union[p as usize] {
+                s.in_union[p as usize] = true;
+                s.union.push(p);
             }
-            if !any || s.union.len() >= cfg.budget {
-                break;
+        }
+        let rec = lane_range(&sh.by_recency, &sh.recency, &s.excluded, 0);
+        let eng = lane_range(&sh.by_engagement, &sh.engagement, &s.excluded, 0);
+        if s.union.len() > cfg.budget {
+            let approx_hi = s.content_list.iter().fold(0f32, |h, e| h.max(e.1));
+            let inv = |(l, h): (f32, f32)| if h > l { 1.0 / (h - l) } else { 0.0 };
+            let (c_inv, a_inv, r_inv, e_inv) = (
+                inv((collab_lo, collab_hi)),
+                inv((0.0, approx_hi)),
+                inv(rec),
+                inv(eng),
+            );
+            let w = sh.weights;
+            s.proxy.clear();
+            for &p in &s.union {
+                let pu = p as usize;
+                let score = w.combine([
+                    (s.collab.acc[pu] - collab_lo) * c_inv,
+                    s.content.acc[pu] * a_inv,
+                    (sh.recency[pu] - rec.0) * r_inv,
+                    (sh.engagement[pu] - eng.0) * e_inv,
+                ]);
+                s.proxy.push((p, score));
             }
-            i += 1;
+            strongest(&mut s.proxy, cfg.budget);
+            for &p in &s.union {
+                s.in_union[p as usize] = false;
+            }
+            s.union.clear();
+            for &(p, _) in &s.proxy {
+                s.in_union[p as usize] = true;
+                s.union.push(p);
+            }
         }
 
         // the exact content of the candidates, and its range
         s.union_content.clear();
-        let mut content_hi = f32::NEG_INFINITY;
         for &p in &s.union {
             let c = sh.content_of(&s.profile_dense, p as usize);
             content_hi = content_hi.max(c);
@@ -294,6 +342,9 @@ impl Retriever {
             // every post the user may be shown shares a term with the profile
             let mut lo = f32::INFINITY;
             for &p in &s.content.touched {
+                if s.excluded[p as usize] != 0 {
+                    continue;
+                }
                 let c = sh.content_of(&s.profile_dense, p as usize);
                 lo = lo.min(c);
                 content_hi = content_hi.max(c);
@@ -306,8 +357,8 @@ impl Retriever {
         let ranges = [
             (collab_lo, collab_hi),
             (content_lo, content_hi),
-            lane_range(&sh.by_recency, &sh.recency, &s.excluded, 0),
-            lane_range(&sh.by_engagement, &sh.engagement, &s.excluded, 0),
+            rec,
+            eng,
         ];
         let mut lo4 = [0f32; 4];
         let mut scale = [0f32; 4];
@@ -363,14 +414,12 @@ impl Retriever {
     }
 }
 
-/// Keeps the `cap` largest values of `list` (ties: the lower post), best first.
+/// Keeps the `cap` largest values of `list` (ties: the lower post), in no particular order.
 fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if list.len() > cap {
-        list.select_nth_unstable_by(cap, order);
+        list.select_nth_unstable_by(cap, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         list.truncate(cap);
     }
-    list.sort_unstable_by(order);
 }
 
 /// Per-thread scratch of the candidate path: dense arrays over posts and terms, reset after
@@ -388,6 +437,7 @@ struct UserScratch {
     excluded: Vec<u32>,
     in_union: Vec<bool>,
     union: Vec<u32>,
+    proxy: Vec<(u32, f32)>,
     union_content: Vec<f32>,
     top: TopK,
     sorted: Vec<Scored>,
@@ -407,6 +457,7 @@ impl UserScratch {
             excluded: vec![0; n_posts],
             in_union: vec![false; n_posts],
             union: Vec::new(),
+            proxy: Vec::new(),
             union_content: Vec::new(),
             top: TopK::new(k),
             sorted: Vec::with_capacity(k),
