@@ -485,12 +485,15 @@ named_enum! {
 
 /// Candidate retrieval before exact scoring (`retrieval.rs`): which posts each user's hybrid
 /// score is computed for when `mode` is `candidates`. The union of three sources, each cut to
-/// its strongest posts, dealt in turns until `budget` posts are in.
+/// its strongest posts; past `budget` posts, the best by the score with content estimated.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrievalSettings {
     pub mode: RetrievalMode,
     /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
+    /// The default mode stays `exhaustive`: on the benchmark's synthetic data these sizes keep
+    /// on average 76% of the exhaustive top-200 at 30,000 users x 60,000 posts
+    /// (scripts/bench_retrieval.py; docs/scaling.md).
     pub budget: usize,
     /// The collaborative model's strongest posts kept as candidates (the posts it scores:
     /// neighbours of the history, or the neighbours' histories for `user_user`).

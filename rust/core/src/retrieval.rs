@@ -1,35 +1,40 @@
 //! Candidate retrieval, then the exact hybrid score on the candidates only: the `candidates`
 //! mode of [`crate::score::HybridModel::topk`] (`config.retrieval`, [`RetrievalSettings`]).
-//! Cost per user ~ the budget instead of the number of posts.
+//! Cost per user ~ the settings' sizes instead of the number of posts.
 //!
-//! A user's candidates are the union, bounded by `budget`, of three sources, each cut to its
-//! strongest posts and dealt in turns (the best of each source first):
-//! - collaborative: the posts the collaborative model scores > 0 (neighbours of the history for
-//!   item-item and ridge, the neighbours' histories for user-user), strongest first;
-//! - content: an inverted index over the posts' TF-IDF rows (weights pre-divided by the post's
-//!   norm, so a dot product with the profile is the cosine), each term's postings ordered by
-//!   weight and cut to `posting_limit`, queried with the user's `content_terms` strongest
-//!   profile terms ([`content_profile`], the one definition);
-//! - prior: the posts best by `weights.recency x recency + weights.engagement x engagement`,
-//!   both min-max normalized over all allowed posts (the fresh and the popular).
+//! A user's pool is the union of three sources, each cut to its strongest posts:
+//! - collaborative (`collaborative`): the posts the collaborative model scores > 0 (neighbours
+//!   of the history for item-item and ridge, the neighbours' histories for user-user);
+//! - content (`content`): an inverted index over the posts' TF-IDF rows (weights pre-divided by
+//!   the post's norm, so a dot product with the profile is the cosine), each term's postings
+//!   ordered by weight and cut to `posting_limit`, queried with the user's `content_terms`
+//!   strongest profile terms ([`content_profile`], the one definition); the best partial dot
+//!   products are kept and their exact cosines computed;
+//! - prior (`prior`): the posts best by `weights.recency x recency + weights.engagement x
+//!   engagement`, both min-max normalized over all allowed posts (the fresh and the popular).
 //!
-//! Posts the user may not be shown never enter. The union is then scored exactly as the
-//! exhaustive path scores it, with each component's per-user normalization:
-//! - recency, engagement: the minimum and maximum over every post the user may be shown (exact:
-//!   the allowed posts sorted by each, as the exhaustive path reads them);
+//! Posts the user may not be shown never enter. When the pool is larger than `budget`, the
+//! `budget` posts best by a proxy of the score are kept: the exact score but for content, which
+//! is the exact cosine for the content candidates and the index's partial dot product (or 0) for
+//! the others. The kept posts are then scored exactly as the exhaustive path scores them, each
+//! component normalized per user:
+//! - recency, engagement: over every post the user may be shown (exact: the allowed posts
+//!   sorted by each, as the exhaustive path reads them);
 //! - collaborative: over every post the model scores, plus 0 when some post the user may be
 //!   shown has no score (exact: the model's list is complete);
-//! - content: the maximum over the union (exact whenever the best content match is a candidate:
-//!   always when the query is complete, i.e. every profile term queried with untruncated
-//!   postings and `content` at least the posts they reach); the minimum is 0 when some post
-//!   the user may be shown shares no term with the profile (exact: its cosine is 0 and TF-IDF
-//!   weights are >= 0). When every such post shares a term, a complete query computes the
-//!   minimum exactly; an incomplete one takes 0 unless the terms' document frequencies prove
-//!   some post is missed (an approximation, only possible when the profile's terms cover every
-//!   post).
+//! - content, maximum: over the content candidates and the scored posts. Exact when the best
+//!   match is among them, which a complete query guarantees (every profile term queried with
+//!   untruncated postings and `content` at least the posts they reach); otherwise a lower
+//!   bound, which stretches every content value of the user (APPROXIMATE);
+//! - content, minimum: 0 when some post the user may be shown shares no term with the profile
+//!   (exact: its cosine is 0, TF-IDF weights being >= 0). When every such post shares a term, a
+//!   complete query computes the minimum exactly; an incomplete one takes 0 (APPROXIMATE: on
+//!   text where common words reach every post, the exhaustive minimum is a small positive
+//!   cosine).
 //!
 //! With `budget`, `collaborative`, `content` and `prior` at least the number of posts and
-//! complete queries, the result is the exhaustive one bit for bit (the tests check it).
+//! complete queries, the result is the exhaustive one bit for bit (`tests/retrieval.rs`).
+//! `scripts/bench_retrieval.py` measures how far smaller settings stray, and how fast they are.
 
 use rayon::prelude::*;
 
@@ -354,12 +359,7 @@ impl Retriever {
             0.0f32.min(content_hi)
         };
 
-        let ranges = [
-            (collab_lo, collab_hi),
-            (content_lo, content_hi),
-            rec,
-            eng,
-        ];
+        let ranges = [(collab_lo, collab_hi), (content_lo, content_hi), rec, eng];
         let mut lo4 = [0f32; 4];
         let mut scale = [0f32; 4];
         for (c, (l, h)) in ranges.into_iter().enumerate() {
