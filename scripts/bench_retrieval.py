@@ -2,7 +2,8 @@
 of ``feedrank.HybridModel.topk`` in one run, on the benchmark's synthetic data, without
 PostgreSQL.
 
-    python scripts/bench_retrieval.py [--users 30000] [--posts 60000] [--interactions 1500000]
+    make bench-retrieval [RETRIEVAL='{"budget": 4000}']
+    PYTHONPATH=. python scripts/bench_retrieval.py [--users 30000] [--posts 60000] [--interactions 1500000]
                                       [--config PATH] [--retrieval JSON] [--sample N] [--json PATH]
 
 The data set is ``feedrank demo-data --synthetic``'s (``demo_data.generate_synthetic``, the one
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shared posts scored differently (approximate normalization): "
           f"{figures['shared_posts_with_other_score']:.2%}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
