@@ -56,7 +56,9 @@ def snapshot(users: int, posts: int, interactions: int, seed: int) -> dict:
     }
 
 
-def timed_topk(model: feedrank.HybridModel, users: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray, float]:
+def timed_topk(
+    model: feedrank.HybridModel, users: np.ndarray, batch: int = 1000
+) -> tuple[np.ndarray, np.ndarray, float]:
     indices, scores, seconds = [], [], 0.0
     for s in range(0, len(users), batch):
         t0 = time.perf_counter()
