@@ -257,9 +257,12 @@ impl Retriever {
         for &(t, w) in &s.profile_terms[..queried] {
             let (posts, impacts) = self.postings(t);
             complete &= posts.len() == self.df[t as usize] as usize;
-            if self.positive && w > 0.0 {
-                // (the profile of positive TF-IDF rows is positive: every product is > 0)
-                s.content.add_positive(posts, impacts, w);
+            if self.positive {
+                // the profile of positive TF-IDF rows is positive: every product is > 0 (a zero
+                // weight adds nothing; the two ways of recording touches must not mix)
+                if w > 0.0 {
+                    s.content.add_positive(posts, impacts, w);
+                }
             } else {
                 for (&p, &x) in posts.iter().zip(impacts) {
                     s.content.add(p, w * x);
