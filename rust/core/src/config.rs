@@ -491,9 +491,10 @@ named_enum! {
 pub struct RetrievalSettings {
     pub mode: RetrievalMode,
     /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
-    /// The default mode stays `exhaustive`: on the benchmark's synthetic data these sizes keep
-    /// on average 76% of the exhaustive top-200 at 30,000 users x 60,000 posts
-    /// (scripts/bench_retrieval.py; docs/scaling.md).
+    /// The default mode stays `exhaustive`: on the benchmark's synthetic data the default sizes
+    /// keep 99.8% of the exhaustive top-200 on average at 30,000 users x 60,000 posts (96.5% at
+    /// the 1st percentile) and 85% at 100,000 x 200,000, and take longer than the exhaustive
+    /// kernel (scripts/bench_retrieval.py; docs/scaling.md).
     pub budget: usize,
     /// The collaborative model's strongest posts kept as candidates (the posts it scores:
     /// neighbours of the history, or the neighbours' histories for `user_user`).
@@ -516,9 +517,9 @@ impl Default for RetrievalSettings {
             budget: 2000,
             collaborative: 1000,
             content: 1000,
-            content_terms: 32,
-            posting_limit: 1000,
-            prior: 500,
+            content_terms: 8,
+            posting_limit: 4000,
+            prior: 10_000,
         }
     }
 }
@@ -1082,7 +1083,7 @@ mod tests {
                 c.retrieval.content_terms,
                 c.retrieval.posting_limit
             ),
-            (2000, 32, 1000)
+            (2000, 8, 4000)
         );
         let tuned = ScoringConfig::from_json(
             r#"{"retrieval": {"mode": "candidates", "budget": 500, "posting_limit": 50}}"#,
