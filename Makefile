@@ -14,7 +14,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 API_SOURCES  := $(shell find api/src -name '*.rs') api/Cargo.toml $(wildcard migrations/*.sql api/static/*) $(RUST_SOURCES)
 
-.PHONY: help demo demo-kernels demo-check test test-fast test-distributed venv develop api openapi services migrate lint rust-test py-test stubtest bench bench-api bench-load bench-pipeline bench-pipeline-celery nextauth-helper fuzz fuzz-api soak reliability-tools distributed-tools
+.PHONY: help demo demo-kernels demo-check test test-fast test-distributed venv develop api openapi services migrate lint rust-test py-test stubtest bench bench-api bench-load bench-pipeline bench-retrieval bench-pipeline-celery nextauth-helper fuzz fuzz-api soak reliability-tools distributed-tools
 
 help:
 	@echo "make demo   build everything, start the services, load demo data and show it working"
@@ -145,6 +145,13 @@ bench: develop
 # 100,000 users and 1,000,000 posts into its own database first (docs/api.md, "Benchmark").
 bench-api: api develop services
 	@api/bench/bench.sh
+
+# Candidate retrieval against exhaustive scoring on the benchmark's synthetic data (no services):
+# top-k overlap and topk time of both paths; RETRIEVAL='{"budget": 4000}' sets the candidate
+# path's settings (docs/scaling.md, issue 17).
+RETRIEVAL ?= {}
+bench-retrieval: develop
+	@PYTHONPATH=$(CURDIR) $(PY) -W ignore scripts/bench_retrieval.py --retrieval '$(RETRIEVAL)' --json artifacts/bench-retrieval.json
 
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
 bench-load: api develop services

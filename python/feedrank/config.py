@@ -23,7 +23,8 @@ __all__ = ["load_config", "merge_config"]
 
 def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """``overrides`` laid over ``base`` (both partial ScoringConfigs), not validated: a nested dict
-    (``weights``, ``interaction_weights``) is merged key by key, any other value replaced."""
+    (``weights``, ``interaction_weights``, ``retrieval``, ...) is merged key by key, any other
+    value replaced."""
     merged = dict(base)
     for name, value in (overrides or {}).items():
         if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
@@ -40,7 +41,7 @@ def load_config(
     path_argument: str = "config",
 ) -> dict[str, Any]:
     """The ScoringConfig of the file at ``path`` (none: the defaults) with ``overrides`` on top; a
-    nested dict (``weights``, ``interaction_weights``) is merged key by key. Errors are
+    nested dict (``weights``, ``retrieval``, ...) is merged key by key. Errors are
     ``ValueError``s that start with the bad field's name, or with ``path_argument`` for the file."""
     base: dict[str, Any] = {}
     if path:

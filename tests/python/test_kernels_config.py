@@ -82,6 +82,43 @@ def test_validate_config_knows_the_bm25_settings():
     assert feedrank.validate_config({"top_k": np.int64(9), "ridge_l2": np.float32(2.5)})["top_k"] == 9
 
 
+def test_the_retrieval_settings_round_trip_and_bad_values_name_the_field():
+    cfg = feedrank.default_config()
+    assert cfg["retrieval"] == {"mode": "exhaustive", "budget": 2000, "collaborative": 1000, "content": 1000,
+                                "content_terms": 8, "posting_limit": 4000, "prior": 10000}
+    tuned = feedrank.validate_config({"retrieval": {"mode": "candidates", "posting_limit": np.int64(50)}})
+    assert tuned["retrieval"] == {**cfg["retrieval"], "mode": "candidates", "posting_limit": 50}
+    assert feedrank.validate_config(tuned) == tuned
+    with pytest.raises(ValueError, match=r"^retrieval.content_terms: must be >= 1, got 0"):
+        feedrank.validate_config({"retrieval": {"content_terms": 0}})
+    with pytest.raises(ValueError, match=r"^retrieval.mode: unknown variant `all`"):
+        feedrank.validate_config({"retrieval": {"mode": "all"}})
+    with pytest.raises(ValueError, match=r"^retrieval.budgit: unknown field"):
+        feedrank.validate_config({"retrieval": {"budgit": 3}})
+    with pytest.raises(ValueError, match=r"^retrieval.budget: must be >= top_k \(300\) in candidates mode, got 200"):
+        feedrank.validate_config({"top_k": 300, "retrieval": {"mode": "candidates", "budget": 200}})
+    x, tfidf, age, eng, author = hybrid_inputs(7)
+    with pytest.raises(ValueError, match=r"^retrieval.prior: must be >= 1, got 0"):
+        feedrank.HybridModel(x, tfidf, age, eng, author, {"retrieval": {"prior": 0}})
+
+
+def test_candidates_covering_every_post_score_as_the_exhaustive_path():
+    x, tfidf, age, eng, author = hybrid_inputs(8)
+    users = np.arange(x.shape[0])
+    every = dict.fromkeys(("budget", "collaborative", "content", "content_terms", "posting_limit", "prior"), 10**6)
+    for model in feedrank.collaborative_models():
+        cfg = {"collaborative": model, "top_k": 20}
+        exhaustive = feedrank.HybridModel(x, tfidf, age, eng, author, cfg).topk(users)
+        candidates = feedrank.HybridModel(
+            x, tfidf, age, eng, author, {**cfg, "retrieval": {"mode": "candidates", **every}}
+        ).topk(users)
+        assert same_result(candidates, exhaustive), model
+        small = feedrank.HybridModel(
+            x, tfidf, age, eng, author, {**cfg, "retrieval": {"mode": "candidates", "budget": 20, "prior": 5}}
+        ).topk(users)
+        assert small["indices"].shape == exhaustive["indices"].shape
+
+
 # --- the keyword arguments before config= (one release) -------------------------------------
 
 DEFAULT_WEIGHTS = (0.4, 0.3, 0.2, 0.1)

@@ -471,6 +471,82 @@ impl Sources {
     }
 }
 
+named_enum! {
+    /// How [`crate::score::HybridModel::topk`] chooses the posts it scores for a user.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RetrievalMode {
+        /// Every post the user may be shown (the reference; cost ~ users x posts).
+        Exhaustive = "exhaustive",
+        /// A bounded union of candidates per user (`retrieval.rs`), then the exact hybrid score
+        /// on the union only (cost ~ users x budget).
+        Candidates = "candidates",
+    }
+}
+
+/// Candidate retrieval before exact scoring (`retrieval.rs`): which posts each user's hybrid
+/// score is computed for when `mode` is `candidates`. The union of three sources, each cut to
+/// its strongest posts; past `budget` posts, the best by the score with content estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalSettings {
+    pub mode: RetrievalMode,
+    /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
+    /// The default mode stays `exhaustive`: on the benchmark's synthetic data the default sizes
+    /// keep 99.8% of the exhaustive top-200 on average at 30,000 users x 60,000 posts (96.5% at
+    /// the 1st percentile) and 85% at 100,000 x 200,000, and take longer than the exhaustive
+    /// kernel (scripts/bench_retrieval.py; docs/scaling.md).
+    pub budget: usize,
+    /// The collaborative model's strongest posts kept as candidates (the posts it scores:
+    /// neighbours of the history, or the neighbours' histories for `user_user`).
+    pub collaborative: usize,
+    /// The best content matches kept as candidates (from the inverted index).
+    pub content: usize,
+    /// The user's this many strongest profile terms query the index (m).
+    pub content_terms: usize,
+    /// Each term's postings keep its this many highest-weight posts (L).
+    pub posting_limit: usize,
+    /// The best posts by the non-personal part of the score (recency and engagement by their
+    /// weights, normalized over all posts): the fresh and the popular.
+    pub prior: usize,
+}
+
+impl Default for RetrievalSettings {
+    fn default() -> Self {
+        RetrievalSettings {
+            mode: RetrievalMode::Exhaustive,
+            budget: 2000,
+            collaborative: 1000,
+            content: 1000,
+            content_terms: 8,
+            posting_limit: 4000,
+            prior: 10_000,
+        }
+    }
+}
+
+impl RetrievalSettings {
+    /// Each error starts with the field's path (`retrieval.budget: ...`).
+    fn validate(&self, top_k: usize) -> Result<()> {
+        check_count("retrieval.budget", self.budget)?;
+        check_count("retrieval.collaborative", self.collaborative)?;
+        check_count("retrieval.content", self.content)?;
+        check_count("retrieval.content_terms", self.content_terms)?;
+        check_count("retrieval.posting_limit", self.posting_limit)?;
+        check_count("retrieval.prior", self.prior)?;
+        // fewer candidates than top_k would shorten every list
+        if self.mode == RetrievalMode::Candidates && self.budget < top_k {
+            return Err(Error::invalid(
+                "retrieval.budget",
+                format!(
+                    "must be >= top_k ({top_k}) in candidates mode, got {}",
+                    self.budget
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything that shapes a run's recommendations, with the design's defaults: the one
 /// parameter object of the hybrid score (`score::HybridModel`), the binding, the
 /// pipeline and the evaluation. The pipeline's run config and `feedrank tune`'s output file are
@@ -510,6 +586,8 @@ pub struct ScoringConfig {
     pub profile_terms: usize,
     /// and its this many strongest authors (affinity = value / the user's largest).
     pub profile_authors: usize,
+    /// Which posts are scored per user: all (`exhaustive`) or retrieved candidates.
+    pub retrieval: RetrievalSettings,
 }
 
 impl Default for ScoringConfig {
@@ -532,6 +610,7 @@ impl Default for ScoringConfig {
             sources: Sources::default(),
             profile_terms: 256,
             profile_authors: 32,
+            retrieval: RetrievalSettings::default(),
         }
     }
 }
@@ -581,6 +660,7 @@ impl ScoringConfig {
         self.sources.validate()?;
         check_count("profile_terms", self.profile_terms)?;
         check_count("profile_authors", self.profile_authors)?;
+        self.retrieval.validate(self.top_k)?;
         Ok(())
     }
 
@@ -991,6 +1071,57 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "sources.blend.trending: must be finite and >= 0, got NaN"
         );
+    }
+
+    #[test]
+    fn retrieval_defaults_round_trip_and_bad_values_are_named() {
+        let c = ScoringConfig::default();
+        assert_eq!(c.retrieval.mode, RetrievalMode::Exhaustive);
+        assert_eq!(
+            (
+                c.retrieval.budget,
+                c.retrieval.content_terms,
+                c.retrieval.posting_limit
+            ),
+            (2000, 8, 4000)
+        );
+        let tuned = ScoringConfig::from_json(
+            r#"{"retrieval": {"mode": "candidates", "budget": 500, "posting_limit": 50}}"#,
+        )
+        .unwrap();
+        assert_eq!(tuned.retrieval.mode, RetrievalMode::Candidates);
+        assert_eq!(
+            (tuned.retrieval.budget, tuned.retrieval.posting_limit),
+            (500, 50)
+        );
+        assert_eq!(tuned.retrieval.prior, RetrievalSettings::default().prior);
+        assert_eq!(ScoringConfig::from_json(&tuned.to_json()).unwrap(), tuned);
+        assert_eq!(RetrievalMode::NAMES, ["exhaustive", "candidates"]);
+        let err = |json: &str| ScoringConfig::from_json(json).unwrap_err().to_string();
+        for field in [
+            "budget",
+            "collaborative",
+            "content",
+            "content_terms",
+            "posting_limit",
+            "prior",
+        ] {
+            assert_eq!(
+                err(&format!(r#"{{"retrieval": {{"{field}": 0}}}}"#)),
+                format!("retrieval.{field}: must be >= 1, got 0")
+            );
+        }
+        assert!(err(r#"{"retrieval": {"mode": "all"}}"#)
+            .starts_with("retrieval.mode: unknown variant `all`"));
+        assert!(
+            err(r#"{"retrieval": {"budgit": 3}}"#).starts_with("retrieval.budgit: unknown field")
+        );
+        assert_eq!(
+            err(r#"{"top_k": 300, "retrieval": {"mode": "candidates", "budget": 200}}"#),
+            "retrieval.budget: must be >= top_k (300) in candidates mode, got 200"
+        );
+        // the exhaustive path reads no budget
+        ScoringConfig::from_json(r#"{"top_k": 300, "retrieval": {"budget": 200}}"#).unwrap();
     }
 
     #[test]

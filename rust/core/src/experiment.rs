@@ -36,7 +36,7 @@ use crate::{Error, Result};
 /// `lookback_days`, the interaction matrix's `interaction_weights` and `history_half_life`, the
 /// rows' `expires_after_hours` and `cache_ttl_seconds`, the serving model's `profile_terms` and
 /// `profile_authors`, the request-time `sources` (a `sources` arm sets the blend's shares).
-pub const CONFIG_ARM_FIELDS: [&str; 9] = [
+pub const CONFIG_ARM_FIELDS: [&str; 10] = [
     "weights",
     "collaborative",
     "weighting",
@@ -46,6 +46,7 @@ pub const CONFIG_ARM_FIELDS: [&str; 9] = [
     "neighbors",
     "ridge_l2",
     "top_k",
+    "retrieval",
 ];
 
 /// The shares of an experiment's arms sum to 1 within this.

@@ -3,7 +3,7 @@
 //! Pure Rust, no Python: `rust/python` wraps it for `import feedrank`, `api/` links it directly.
 //!
 //! Kernels: [`shuffle`], [`tfidf`], [`similarity`], [`weighting`], [`score`] (the hybrid) with
-//! its [`collaborative`] models and the ridge maths of [`recommenders`], [`metrics`]; for the
+//! its [`collaborative`] models, its candidate path [`retrieval`] and the ridge maths of [`recommenders`], [`metrics`]; for the
 //! feed's request-time sources, [`profile`] (a user's stored profile, written by the pipeline),
 //! [`fresh`] (scoring posts newer than the user's list) and [`blend`] (how the sources share a
 //! feed). Long kernels take a [`cancel::Cancel`] token.
@@ -23,6 +23,7 @@ pub mod fresh;
 pub mod metrics;
 pub mod profile;
 pub mod recommenders;
+pub mod retrieval;
 pub mod score;
 pub mod shuffle;
 pub mod similarity;

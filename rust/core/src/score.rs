@@ -18,7 +18,9 @@
 //! the users once, for callers that score users in batches.
 //!
 //! Every setting comes from one [`ScoringConfig`]; the kernels check a [`Cancel`] token between
-//! blocks of users.
+//! blocks of users. With `retrieval.mode = "candidates"`, [`HybridModel::topk`] scores only each
+//! user's retrieved candidates by the same formula (`retrieval.rs`; this module's exhaustive
+//! path stays the reference).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +29,9 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::collaborative::{build_scorer, CollaborativeScorer, Lane};
-use crate::config::{HybridWeights, InteractionWeighting, ScoringConfig};
+use crate::config::{HybridWeights, InteractionWeighting, RetrievalMode, ScoringConfig};
 use crate::error::{check_all_non_negative, check_index_or_none, check_len};
+use crate::retrieval::Retriever;
 use crate::similarity::Accumulator;
 use crate::sparse::{Csr, CsrRef};
 use crate::topk::{write_row, FlatTopK, Scored};
@@ -134,29 +137,31 @@ struct Scratch {
     sorted: Vec<Scored>,
 }
 
-/// What every block reads: the per-post inputs, computed once per call.
-struct Shared {
-    interactions: Arc<Csr<f32>>,
+/// What every block reads: the per-post inputs, computed once per call (the candidate path of
+/// `retrieval.rs` reads them too).
+pub(crate) struct Shared {
+    pub(crate) interactions: Arc<Csr<f32>>,
     exclude: Option<Csr<f32>>,
-    tfidf: Arc<Csr<f32>>,
+    pub(crate) tfidf: Arc<Csr<f32>>,
     /// 1 / the post's TF-IDF norm (0 for a post without terms).
-    inv_norm: Vec<f32>,
-    recency: Vec<f32>,
-    engagement: Vec<f32>,
-    allowed: Vec<u32>,
+    pub(crate) inv_norm: Vec<f32>,
+    pub(crate) recency: Vec<f32>,
+    pub(crate) engagement: Vec<f32>,
+    pub(crate) allowed: Vec<u32>,
     /// Bit `p` set: post `p` is allowed (None: all are).
-    allowed_bits: Option<Vec<u64>>,
+    pub(crate) allowed_bits: Option<Vec<u64>>,
     /// The allowed posts by ascending recency and by ascending engagement: a lane's minimum and
     /// maximum of those components are the first and last posts it does not exclude.
-    by_recency: Vec<u32>,
-    by_engagement: Vec<u32>,
+    pub(crate) by_recency: Vec<u32>,
+    pub(crate) by_engagement: Vec<u32>,
     by_author: BTreeMap<usize, Vec<u32>>,
-    weights: HybridWeights,
+    pub(crate) weights: HybridWeights,
 }
 
 impl Shared {
-    /// The posts never shown to `user`: their history, `exclude` row and own posts.
-    fn excluded_posts(&self, user: usize, mut f: impl FnMut(u32)) {
+    /// The posts never shown to `user`: their history, `exclude` row and own posts (a post may
+    /// come more than once).
+    pub(crate) fn excluded_posts(&self, user: usize, mut f: impl FnMut(u32)) {
         self.interactions
             .view()
             .row(user)
@@ -195,6 +200,18 @@ impl Shared {
         let mut c = 0f32;
         for (&t, &x) in terms.iter().zip(vals) {
             c += x * profiles[t as usize * LANES + lane];
+        }
+        c * self.inv_norm[p]
+    }
+
+    /// Cosine between one user's profile (dense over terms, pre-divided by its norm) and post
+    /// `p`: the arithmetic of [`Shared::content_lanes`], so both paths agree bit for bit.
+    #[inline]
+    pub(crate) fn content_of(&self, profile: &[f32], p: usize) -> f32 {
+        let (terms, vals) = self.tfidf.view().row(p);
+        let mut c = 0f32;
+        for (&t, &x) in terms.iter().zip(vals) {
+            c += x * profile[t as usize];
         }
         c * self.inv_norm[p]
     }
@@ -287,6 +304,8 @@ pub struct HybridModel {
     shared: Shared,
     scorer: Box<dyn CollaborativeScorer>,
     k: usize,
+    /// The candidate path's index (`config.retrieval.mode` = `candidates`); None: exhaustive.
+    retriever: Option<Retriever>,
 }
 
 impl HybridModel {
@@ -378,10 +397,13 @@ impl HybridModel {
             by_author,
             weights: config.weights,
         };
+        let retriever = (config.retrieval.mode == RetrievalMode::Candidates)
+            .then(|| Retriever::new(&shared, config.retrieval));
         Ok(HybridModel {
             shared,
             scorer,
             k: config.top_k,
+            retriever,
         })
     }
 
@@ -389,10 +411,14 @@ impl HybridModel {
         self.shared.interactions.nrows
     }
 
-    /// The top-k of each of `users` (rows of the interactions), in that order.
+    /// The top-k of each of `users` (rows of the interactions), in that order: every allowed
+    /// post scored, or the retrieved candidates only (`config.retrieval.mode`).
     pub fn topk(&self, users: &[usize], cancel: &Cancel) -> Result<HybridResult> {
         check_users(users, self.n_users())?;
         let (shared, scorer, k) = (&self.shared, self.scorer.as_ref(), self.k);
+        if let Some(r) = &self.retriever {
+            return r.topk(shared, scorer, k, users, cancel);
+        }
         let n_posts = shared.interactions.ncols;
         let n_terms = shared.tfidf.ncols;
         #[cfg(target_arch = "x86_64")]
@@ -443,7 +469,12 @@ impl HybridModel {
 
 /// The minimum and maximum of `values` over the posts `lane` does not exclude, `order` being
 /// the allowed posts by ascending value.
-fn lane_range(order: &[u32], values: &[f32], excluded: &[u32], lane: usize) -> (f32, f32) {
+pub(crate) fn lane_range(
+    order: &[u32],
+    values: &[f32],
+    excluded: &[u32],
+    lane: usize,
+) -> (f32, f32) {
     let keep = |p: &&u32| excluded[**p as usize] & (1 << lane) == 0;
     match (order.iter().find(keep), order.iter().rev().find(keep)) {
         (Some(&a), Some(&b)) => (values[a as usize], values[b as usize]),

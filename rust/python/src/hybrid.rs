@@ -100,7 +100,9 @@ fn model_topk<'py>(
 /// ScoringConfig fields (missing ones take their defaults, e.g. `{"top_k": 20}`, or what
 /// `feedrank.default_config()` returns); k is `config["top_k"]`. `item_neighbors` (from
 /// `feedrank.item_neighbors`) skips refitting `item_item`. Scoring users in batches? Build a
-/// `HybridModel` once and call its `topk` per batch.
+/// `HybridModel` once and call its `topk` per batch. `{"retrieval": {"mode": "candidates"}}`
+/// scores only each user's retrieved candidates (the core's `retrieval.rs`: bounded cost,
+/// approximate content normalization).
 /// Returns a dict: indices int64 [m, k] (-1 padded), scores float32 [m, k], components
 /// float32 [m, k, 4].
 ///

@@ -1,0 +1,152 @@
+"""Candidate retrieval against exhaustive scoring (issue 17): the same users scored by both paths
+of ``feedrank.HybridModel.topk`` in one run, on the benchmark's synthetic data, without
+PostgreSQL.
+
+    make bench-retrieval [RETRIEVAL='{"budget": 4000}']
+    PYTHONPATH=. python scripts/bench_retrieval.py [--users 30000] [--posts 60000] [--interactions 1500000]
+                                      [--config PATH] [--retrieval JSON] [--sample N] [--json PATH]
+
+The data set is ``feedrank demo-data --synthetic``'s (``demo_data.generate_synthetic``, the one
+``make bench-pipeline`` loads); the features and the model are built by the pipeline's own
+functions (``compute_post_features``, ``user_features``, ``prepare_model`` of
+dagster_pipeline/assets.py) from a snapshot assembled in memory, so both paths see what the
+pipeline would give them. ``--config``: a ScoringConfig file (e.g. ``feedrank tune``'s output);
+``--retrieval``: the candidate path's settings laid over it as JSON
+(``'{"budget": 3000, "posting_limit": 500}'``; ``mode`` is set by the script).
+
+Printed: each path's ``topk`` time over the same users (model preparation apart) and their ratio,
+and the distribution over users of the top-k overlap, |candidate list ∩ exhaustive list| / |the
+exhaustive list| (users with an empty exhaustive list are left out), plus how often the scores of
+the shared posts differ (the candidate path's approximate normalizations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+
+import feedrank
+from feedrank.config import load_config
+from feedrank.demo_data import INTERACTION_TYPES, generate_synthetic
+
+
+def snapshot(users: int, posts: int, interactions: int, seed: int) -> dict:
+    """A ``user_interactions_snapshot`` bundle of the synthetic data set, built in memory."""
+    ds = generate_synthetic(seed, users, posts, interactions)
+    snapshot_at = float(ds.post_created_at.max()) / 1e6 + 60.0
+    return {
+        "users": pl.DataFrame({"user_id": [str(i) for i in range(ds.n_users)],
+                               "shard_hash": np.zeros(ds.n_users, np.int64)}),
+        "posts": pl.DataFrame({"post_id": [str(i) for i in range(ds.n_posts)], "content": ds.post_content,
+                               "created_at": ds.post_created_at / 1e6,
+                               "author_idx": ds.post_author}),
+        "interactions": pl.DataFrame({"user_idx": ds.interaction_user, "post_idx": ds.interaction_post,
+                                      "type": ds.interaction_type.astype(np.int8),
+                                      "created_at": ds.interaction_created_at / 1e6}),
+        "snapshot_at": snapshot_at,
+        "interaction_types": list(INTERACTION_TYPES),
+        "experiments": [],
+    }
+
+
+def timed_topk(
+    model: feedrank.HybridModel, users: np.ndarray, batch: int = 1000
+) -> tuple[np.ndarray, np.ndarray, float]:
+    indices, scores, seconds = [], [], 0.0
+    for s in range(0, len(users), batch):
+        t0 = time.perf_counter()
+        res = model.topk(users[s : s + batch])
+        seconds += time.perf_counter() - t0
+        indices.append(res["indices"])
+        scores.append(res["scores"])
+    return np.concatenate(indices), np.concatenate(scores), seconds
+
+
+def overlap(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
+    """Per user with a non-empty exhaustive list: the share of it the candidate list holds."""
+    out = []
+    for a, b in zip(exhaustive, retrieved):
+        want = a[a >= 0]
+        if want.size:
+            out.append(np.isin(want, b[b >= 0]).sum() / want.size)
+    return np.asarray(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=30_000)
+    ap.add_argument("--posts", type=int, default=60_000)
+    ap.add_argument("--interactions", type=int, default=1_500_000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--config", help="a ScoringConfig JSON file (default: the core's defaults)")
+    ap.add_argument("--retrieval", default="{}", help="retrieval settings as JSON, over the config's")
+    ap.add_argument("--sample", type=int, default=0, help="score this many random users (0: all)")
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args(argv)
+
+    from dagster_pipeline.assets import compute_post_features, prepare_model, user_features
+
+    t0 = time.perf_counter()
+    snap = snapshot(args.users, args.posts, args.interactions, args.seed)
+    base = load_config(args.config)
+    exhaustive_cfg = load_config(None, {**base, "retrieval": {**base["retrieval"], "mode": "exhaustive"}})
+    candidates_cfg = load_config(
+        None, {**base, "retrieval": {**base["retrieval"], **json.loads(args.retrieval), "mode": "candidates"}}
+    )
+    post_features = compute_post_features(exhaustive_cfg, snap).value
+    features = user_features(SimpleNamespace(scoring_config=exhaustive_cfg), snap).value
+    print(f"data: {args.users:,} users x {args.posts:,} posts x {args.interactions:,} interactions, "
+          f"{post_features['tfidf'].shape[1]:,} terms, built in {time.perf_counter() - t0:.1f} s", flush=True)
+    users = np.arange(args.users, dtype=np.int64)
+    if args.sample:
+        users = np.sort(np.random.default_rng(args.seed).choice(users, min(args.sample, users.size), replace=False))
+
+    figures: dict = {"users": int(users.size), "config": candidates_cfg["retrieval"],
+                     "collaborative": candidates_cfg["collaborative"], "top_k": candidates_cfg["top_k"]}
+    results = {}
+    for mode, cfg in (("exhaustive", exhaustive_cfg), ("candidates", candidates_cfg)):
+        t0 = time.perf_counter()
+        model = prepare_model(cfg, post_features, features)
+        prepare = time.perf_counter() - t0
+        idx, sc, seconds = timed_topk(model, users)
+        del model
+        results[mode] = (idx, sc)
+        figures[f"{mode}_prepare_seconds"] = prepare
+        figures[f"{mode}_topk_seconds"] = seconds
+        print(f"{mode:>10}: prepare {prepare:6.2f} s, topk {seconds:7.2f} s", flush=True)
+    figures["topk_ratio"] = figures["exhaustive_topk_seconds"] / figures["candidates_topk_seconds"]
+    ov = overlap(results["exhaustive"][0], results["candidates"][0])
+    dist = {"min": float(ov.min()), "p1": float(np.percentile(ov, 1)), "p5": float(np.percentile(ov, 5)),
+            "median": float(np.median(ov)), "mean": float(ov.mean()),
+            "same_set": float((ov == 1.0).mean())}
+    figures["overlap"] = dist
+    # the posts both lists hold: is their score the same (normalizations exact)?
+    (ei, es), (ci, cs) = results["exhaustive"], results["candidates"]
+    same = differ = 0
+    for a, sa, b, sb in zip(ei, es, ci, cs):
+        common, ia, ib = np.intersect1d(a[a >= 0], b[b >= 0], return_indices=True)
+        d = np.abs(sa[a >= 0][ia] - sb[b >= 0][ib]) > 1e-6
+        differ += int(d.sum())
+        same += int((~d).sum())
+    figures["shared_posts_with_other_score"] = differ / max(1, same + differ)
+    print(f"topk ratio (exhaustive / candidates): {figures['topk_ratio']:.2f}x")
+    print("top-{k} overlap over {n:,} users: min {min:.4f}  p1 {p1:.4f}  p5 {p5:.4f}  median {median:.4f}  "
+          "mean {mean:.4f}  (users with the same set: {same_set:.1%})".format(
+              k=candidates_cfg["top_k"], n=ov.size, **dist))
+    print(f"shared posts scored differently (approximate normalization): "
+          f"{figures['shared_posts_with_other_score']:.2%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
