@@ -161,7 +161,7 @@ pub fn fresh_topk<'py>(
 
 /// The blend of several sources' ranked lists into one feed of at most `max_len` slots, as the
 /// API serves it: each list (int64 ids, best first; a -1 ends it, as in the padded top-k rows)
-/// gets slots in proportion to its share (smooth weighted round-robin: over any prefix within
+/// gets slots in proportion to its share (a proportionate-fair schedule: over any prefix within
 /// one slot of its share), keeps its own order, and an id offered twice is placed once; a list
 /// that runs dry leaves its slots to the others, a share of 0 takes none. Returns two int64
 /// arrays: each slot's list and the position in that list.
