@@ -21,7 +21,8 @@ pub enum ApiError {
     /// 404: something named in the request does not exist.
     #[error("{what} not found: {id}")]
     NotFound { what: &'static str, id: String },
-    /// 503: PostgreSQL is unreachable or the pool is exhausted; the client may retry.
+    /// 503: PostgreSQL is unreachable, the pool is exhausted, or a statement was ended by a
+    /// deadlock, a serialization failure or a lock timeout; the client may retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// 503: the request ran longer than the configured request timeout.
@@ -132,14 +133,27 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // A closed connection or a failed connect means the database went away (503, retryable);
-        // anything else the database answered is unexpected here (500).
-        if e.is_closed() || e.as_db_error().is_none() {
+        // A closed connection or a failed connect means the database went away, and a deadlock,
+        // a serialization failure or a lock timeout ended this one statement (a pipeline run's
+        // ATTACH can deadlock with a reader: dagster_pipeline/swap.py): 503, retryable. Anything
+        // else the database answered is unexpected here (500).
+        if e.is_closed() || e.as_db_error().is_none() || e.code().is_some_and(is_transient) {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())
         }
     }
+}
+
+/// Errors that end one statement, not the database: the same request can succeed again.
+fn is_transient(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::LOCK_NOT_AVAILABLE,
+    ]
+    .contains(code)
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -5,6 +5,7 @@ mod common;
 
 mod auth;
 mod demo;
+mod errors;
 mod experiments;
 mod feeds;
 mod ops;
