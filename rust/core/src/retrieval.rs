@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::collaborative::{CollaborativeScorer, Lane};
 use crate::config::RetrievalSettings;
-use crate::score::{content_profile, lane_range, HybridResult, Shared};
+use crate::score::{content_profile, lane_range, score_in_blocks, HybridResult, Shared};
 use crate::similarity::Accumulator;
 use crate::topk::{write_row, Scored, TopK};
 use crate::Result;
@@ -149,38 +149,26 @@ impl Retriever {
     ) -> Result<HybridResult> {
         let n_posts = sh.recency.len();
         let n_terms = sh.tfidf.ncols;
-        let mut out = HybridResult {
+        score_in_blocks(
             k,
-            indices: vec![-1; users.len() * k],
-            scores: vec![0.0; users.len() * k],
-            components: vec![0.0; users.len() * k * 4],
-        };
-        out.indices
-            .par_chunks_mut(USERS_PER_TASK * k)
-            .zip(out.scores.par_chunks_mut(USERS_PER_TASK * k))
-            .zip(out.components.par_chunks_mut(USERS_PER_TASK * k * 4))
-            .zip(users.par_chunks(USERS_PER_TASK))
-            .for_each_init(
-                || UserScratch::new(n_posts, n_terms, k, scorer),
-                |s, (((idx, sc), comp), block)| {
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    for (i, &u) in block.iter().enumerate() {
-                        self.score_user(
-                            sh,
-                            scorer,
-                            u,
-                            s,
-                            &mut idx[i * k..(i + 1) * k],
-                            &mut sc[i * k..(i + 1) * k],
-                            &mut comp[i * k * 4..(i + 1) * k * 4],
-                        );
-                    }
-                },
-            );
-        cancel.check()?;
-        Ok(out)
+            users,
+            USERS_PER_TASK,
+            cancel,
+            || UserScratch::new(n_posts, n_terms, k, scorer),
+            |s, block, idx, sc, comp| {
+                for (i, &u) in block.iter().enumerate() {
+                    self.score_user(
+                        sh,
+                        scorer,
+                        u,
+                        s,
+                        &mut idx[i * k..(i + 1) * k],
+                        &mut sc[i * k..(i + 1) * k],
+                        &mut comp[i * k * 4..(i + 1) * k * 4],
+                    );
+                }
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -195,10 +183,6 @@ impl Retriever {
         comp_out: &mut [f32],
     ) {
         let cfg = &self.settings;
-        let is_allowed = |p: u32| match &sh.allowed_bits {
-            Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
-            None => true,
-        };
 
         // the posts never shown, and how many of the allowed posts they are
         let mut n_excluded = 0usize;
@@ -207,7 +191,7 @@ impl Retriever {
             sh.excluded_posts(user, |p| {
                 if excluded[p as usize] == 0 {
                     excluded[p as usize] = 1;
-                    n_excluded += is_allowed(p) as usize;
+                    n_excluded += sh.is_allowed(p) as usize;
                 }
             });
         }
@@ -219,7 +203,7 @@ impl Retriever {
         let mut seen = 0usize;
         s.collab_list.clear();
         for &p in &s.collab.touched {
-            if s.excluded[p as usize] != 0 || !is_allowed(p) {
+            if s.excluded[p as usize] != 0 || !sh.is_allowed(p) {
                 continue;
             }
             let v = s.collab.acc[p as usize];

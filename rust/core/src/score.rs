@@ -176,6 +176,15 @@ impl Shared {
         }
     }
 
+    /// Post `p` is among the allowed posts (`candidates`).
+    #[inline]
+    pub(crate) fn is_allowed(&self, p: u32) -> bool {
+        match &self.allowed_bits {
+            Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
+            None => true,
+        }
+    }
+
     /// Cosine between each lane's profile and post `p` (the profiles are pre-divided by their
     /// norms). The same arithmetic for every lane, so [`Shared::content_lane`] agrees bit for bit.
     #[inline(always)]
@@ -423,48 +432,68 @@ impl HybridModel {
         let n_terms = shared.tfidf.ncols;
         #[cfg(target_arch = "x86_64")]
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
-        let mut out = HybridResult {
+        score_in_blocks(
             k,
-            indices: vec![-1; users.len() * k],
-            scores: vec![0.0; users.len() * k],
-            components: vec![0.0; users.len() * k * 4],
-        };
-        out.indices
-            .par_chunks_mut(LANES * k)
-            .zip(out.scores.par_chunks_mut(LANES * k))
-            .zip(out.components.par_chunks_mut(LANES * k * 4))
-            .zip(users.par_chunks(LANES))
-            .for_each_init(
-                || Scratch {
-                    collab_acc: Accumulator::new(n_posts, 1),
-                    collab: Vec::new(),
-                    collab_start: [0; LANES + 1],
-                    profiles: vec![0.0; LANES * n_terms],
-                    profile_terms: Vec::new(),
-                    excluded: vec![0; n_posts],
-                    profile: Accumulator::new(n_terms, 1),
-                    model: scorer.scratch(),
-                    tops: FlatTopK::new(LANES, k),
-                    sorted: Vec::with_capacity(k),
-                },
-                |s, (((idx_out, sc_out), comp_out), block)| {
-                    if cancel.is_cancelled() {
-                        return; // the blocks still to come are skipped
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU has AVX2 (checked just above).
-                        unsafe {
-                            score_block_avx2(shared, scorer, block, s, idx_out, sc_out, comp_out)
-                        };
-                        return;
-                    }
-                    score_block(shared, scorer, block, s, idx_out, sc_out, comp_out)
-                },
-            );
-        cancel.check()?;
-        Ok(out)
+            users,
+            LANES,
+            cancel,
+            || Scratch {
+                collab_acc: Accumulator::new(n_posts, 1),
+                collab: Vec::new(),
+                collab_start: [0; LANES + 1],
+                profiles: vec![0.0; LANES * n_terms],
+                profile_terms: Vec::new(),
+                excluded: vec![0; n_posts],
+                profile: Accumulator::new(n_terms, 1),
+                model: scorer.scratch(),
+                tops: FlatTopK::new(LANES, k),
+                sorted: Vec::with_capacity(k),
+            },
+            |s, block, idx_out, sc_out, comp_out| {
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe {
+                        score_block_avx2(shared, scorer, block, s, idx_out, sc_out, comp_out)
+                    };
+                    return;
+                }
+                score_block(shared, scorer, block, s, idx_out, sc_out, comp_out)
+            },
+        )
     }
+}
+
+/// Scores `users` into a [`HybridResult`] in blocks of `block` users, the blocks in parallel:
+/// each thread makes its scratch with `init`, and `score` fills one block's rows (indices,
+/// scores, components). Blocks not started when `cancel` fires are skipped, and the call errs.
+/// The one driver of both paths of [`HybridModel::topk`].
+pub(crate) fn score_in_blocks<S>(
+    k: usize,
+    users: &[usize],
+    block: usize,
+    cancel: &Cancel,
+    init: impl Fn() -> S + Sync + Send,
+    score: impl Fn(&mut S, &[usize], &mut [i64], &mut [f32], &mut [f32]) + Sync + Send,
+) -> Result<HybridResult> {
+    let mut out = HybridResult {
+        k,
+        indices: vec![-1; users.len() * k],
+        scores: vec![0.0; users.len() * k],
+        components: vec![0.0; users.len() * k * 4],
+    };
+    out.indices
+        .par_chunks_mut(block * k)
+        .zip(out.scores.par_chunks_mut(block * k))
+        .zip(out.components.par_chunks_mut(block * k * 4))
+        .zip(users.par_chunks(block))
+        .for_each_init(init, |s, (((idx, sc), comp), users)| {
+            if !cancel.is_cancelled() {
+                score(s, users, idx, sc, comp)
+            }
+        });
+    cancel.check()?;
+    Ok(out)
 }
 
 /// The minimum and maximum of `values` over the posts `lane` does not exclude, `order` being
@@ -532,11 +561,7 @@ fn score_block(
         for t in 0..acc.touched.len() {
             let p = acc.touched[t];
             let value = acc.take(p);
-            let allowed = match &sh.allowed_bits {
-                Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
-                None => true,
-            };
-            if allowed {
+            if sh.is_allowed(p) {
                 s.collab.push((p, value));
             }
         }
