@@ -14,6 +14,7 @@
 #      trending (the counters the tracking phase left).
 #
 # Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT;
+# BENCH_COLD (5s): how long the every-source phase first runs as a cold start (printed as its own row);
 # BENCH_PHASES (default "cache fallback track sources"): the wrk phases to run, e.g. "track sources"
 # to measure the every-source feed alone (it reads the trending counters the track phase leaves:
 # without it the trending source is empty); BENCH_API: the API binary (default
@@ -225,6 +226,9 @@ fi
 
 if phase sources; then
 say "every source on: wrk -t2 -c$CONNS -d$DURATION, 1,000 users whose run has a serving model (model $model), limit=50"
+# The users' first pages with every source on load what a returning user has warm (its neighbour
+# lists, its fresh ranking): 1,000 users at once is a cold start, measured apart (BENCH_COLD, 5s).
+DURATION=${BENCH_COLD:-5s} run_wrk feed_sources_cold feed.lua "$WORK/source_tokens" | tee "$WORK/r4a"
 served() { local v; v=$(metric "feedrank_feed_posts_served_total{source=\"$1\"}"); echo "${v:-0}"; }
 names=(personalized fresh because_you_liked trending fallback)
 declare -A p0
@@ -266,6 +270,6 @@ fi
 say "summary"
 printf '| %-14s | %9s | %8s | %8s | %8s |\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms"
 printf '|%s|\n' "----------------|-----------|----------|----------|----------"
-cat "$WORK"/r[1-4] | awk '/^RESULT/ {
+cat "$WORK"/r[1-4]* | awk '/^RESULT/ {
     for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     printf "| %-14s | %9s | %8s | %8s | %8s |\n", $2, v["rps"], v["p50"], v["p95"], v["p99"] }'

@@ -3,10 +3,12 @@
 //! row computed by `feedrank-core`'s TF-IDF under the model's vocabulary and idf (the numbers the
 //! pipeline would give). Reloaded incrementally: a reload reads the posts created since the last
 //! one (less a margin, for transactions that commit late) and the posts PostgreSQL said changed,
-//! and rebuilds the `FreshPool` index with the live engagement of the trending counters.
+//! and rebuilds the `FreshPool` index with the live engagement of the trending counters (read
+//! for every post every [`ENGAGEMENT_RELOAD`], for the newcomers alone in between).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use feedrank_core::fresh::{FreshPool, PoolPost, SparseVec};
@@ -22,6 +24,12 @@ use crate::redis_store::RedisStore;
 /// Posts created this long before the newest one read are read again (a transaction that
 /// commits late can store an earlier `created_at`).
 const LATE_COMMIT_MARGIN_MS: i64 = 10_000;
+
+/// Every pool post's live engagement is read again this often (a union of the trending window:
+/// reading it at every reload, once a second, stalled Redis for every other request's read and
+/// was a visible share of the every-source feed's p99). A user's fresh ranking uses engagement up
+/// to `FRESH_RANKED_TTL` (10 s) old already.
+pub const ENGAGEMENT_RELOAD: Duration = Duration::from_secs(10);
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -39,6 +47,10 @@ pub struct FreshSnapshot {
     /// The newest `created_at` read (ms): the next reload reads from it, and a memoized ranking
     /// made on this snapshot ranks only posts newer than it when brought up to date.
     pub newest_ms: i64,
+    /// Each post's live engagement as the pool was built with it, and when every post's was read
+    /// (the posts that came since were read as they came).
+    engagement: IdMap<u128, f32>,
+    engagement_ms: i64,
 }
 
 /// A post's TF-IDF row under `model` (unit length; empty when no term is known).
@@ -119,11 +131,33 @@ pub async fn reload(
             posts.remove(id);
         }
     }
-    let ids: Vec<Uuid> = posts.keys().copied().collect();
-    let live =
-        crate::trending::engagement(redis, metrics, &model.config.sources.trending, now_ms, &ids)
-            .await;
-    let engagement: IdMap<u128, f32> = ids.iter().map(|i| i.as_u128()).zip(live).collect();
+    // Live engagement: every post's counts at most ENGAGEMENT_RELOAD old (a union of the
+    // trending window in Redis); in between, only the posts new to the pool are read.
+    let trending = &model.config.sources.trending;
+    let (engagement, engagement_ms) = match same_model
+        .filter(|p| now_ms.saturating_sub(p.engagement_ms) < ENGAGEMENT_RELOAD.as_millis() as i64)
+    {
+        Some(p) => {
+            let newcomers: Vec<Uuid> = posts
+                .keys()
+                .filter(|id| !p.engagement.contains_key(&id.as_u128()))
+                .copied()
+                .collect();
+            let live =
+                crate::trending::engagement(redis, metrics, trending, now_ms, &newcomers).await;
+            let mut e: IdMap<u128, f32> = posts
+                .keys()
+                .filter_map(|id| Some((id.as_u128(), *p.engagement.get(&id.as_u128())?)))
+                .collect();
+            e.extend(newcomers.iter().map(|i| i.as_u128()).zip(live));
+            (e, p.engagement_ms)
+        }
+        None => {
+            let ids: Vec<Uuid> = posts.keys().copied().collect();
+            let live = crate::trending::engagement(redis, metrics, trending, now_ms, &ids).await;
+            (ids.iter().map(|i| i.as_u128()).zip(live).collect(), now_ms)
+        }
+    };
     let pool = FreshPool::new(
         posts.into_values().collect(),
         now_ms,
@@ -132,6 +166,8 @@ pub async fn reload(
     )
     .map_err(|e| crate::error::ApiError::Internal(format!("fresh pool: {e}")))?;
     Ok(FreshSnapshot {
+        engagement,
+        engagement_ms,
         edits: same_model.map_or(0, |p| p.edits + u64::from(edited)),
         generation: match same_model {
             Some(p) if !set_changed => p.generation,

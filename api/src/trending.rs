@@ -116,6 +116,7 @@ pub async fn engagement(
 ) -> Vec<f32> {
     let keys = window_keys(redis.prefix(), s, now_ms, false);
     let members: Vec<String> = posts.iter().map(Uuid::to_string).collect();
+    // (a few posts, as the fresh pool's newcomers are, are read key by key: no union)
     match redis.scores_in_union(&keys, &members, metrics).await {
         Some(scores) => scores.into_iter().map(|s| s as f32).collect(),
         None => vec![0.0; posts.len()],

@@ -4,30 +4,32 @@
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use feedrank_core::config::{Reason, Source};
 use uuid::Uuid;
 
-use super::{Candidate, Feeds, Personalized, SourceInput};
+use super::{Candidate, Feeds, Personalized, SourceInput, NEIGHBORS_TTL};
 use crate::db;
 use crate::error::ApiResult;
+use crate::memo::spread;
 use crate::models::ServingModel;
 
 /// A post's stored neighbours, best first: `(post, similarity, author)`, the deleted ones left
 /// out (their authors come from the bodies, looked up once when the list is loaded).
 pub(super) struct Neighbors {
     list: Vec<(Uuid, f32, Uuid)>,
-    /// When the authors were looked up, and the post change count they are good at: the list is
-    /// loaded again when one of its posts changed, or when older than a post body may be.
-    resolved: Instant,
+    /// Until when the list is good, and the post change count it is good at: it is loaded again
+    /// when one of its posts changed, or when it expires (see `neighbors_of`; a lifetime drawn by
+    /// `memo::spread`, so that lists loaded together are not all loaded again together).
+    expires: Instant,
     changes_at: AtomicU64,
 }
 
 impl Neighbors {
-    fn still_good(&self, feeds: &Feeds, max_age: Duration) -> bool {
-        if self.resolved.elapsed() >= max_age {
+    fn still_good(&self, feeds: &Feeds) -> bool {
+        if Instant::now() >= self.expires {
             return false;
         }
         feeds
@@ -124,7 +126,7 @@ impl Feeds {
             .map(|p| {
                 self.neighbors
                     .get(&(model, *p))
-                    .filter(|n| n.still_good(self, self.post_cache_ttl))
+                    .filter(|n| n.still_good(self))
             })
             .collect();
         let missing: Vec<Uuid> = posts
@@ -136,7 +138,15 @@ impl Feeds {
         if !missing.is_empty() {
             // read before the bodies: a change during the look-up voids the lists
             let changes_at = self.post_changes.count();
-            let resolved = Instant::now();
+            // A neighbour list changes only with its posts (deleted, or an author changed), which
+            // `post_changes` reports while the change listener is connected: then the list lives
+            // NEIGHBORS_TTL. Otherwise a missed change is outlived like a post body's.
+            let life = if self.is_listening() {
+                NEIGHBORS_TTL
+            } else {
+                self.post_cache_ttl
+            };
+            let expires = Instant::now() + spread(life);
             let found = db::post_neighbors(pg, model, &missing).await?;
             let ids: Vec<Uuid> = found.values().flatten().map(|n| n.0).collect();
             let bodies = self.hydrate(pg, &ids).await?;
@@ -154,7 +164,7 @@ impl Feeds {
                     .unwrap_or_default();
                 let n = Arc::new(Neighbors {
                     list,
-                    resolved,
+                    expires,
                     changes_at: AtomicU64::new(changes_at),
                 });
                 self.neighbors.insert((model, *p), n.clone());

@@ -14,6 +14,7 @@ use super::{Candidate, Feeds, Personalized, SourceInput, Stores, FRESH_RANKED_TT
 use crate::clock::now_ms;
 use crate::error::ApiResult;
 use crate::fresh_pool::FreshSnapshot;
+use crate::memo::spread;
 
 /// A profile as [`FreshQuery`] reads it; `None` when it is malformed.
 pub(super) fn query_profile(p: &CachedProfile) -> Option<(SparseVec, Vec<(u128, f32)>)> {
@@ -69,7 +70,8 @@ impl Feeds {
             p.built_ms.min(snap.model.snapshot_ms)
         });
         let n = snap.model.config.sources.fresh.candidates;
-        // A user's ranking is memoized for at most FRESH_RANKED_TTL: reused while the pool's
+        // A user's ranking is memoized for at most FRESH_RANKED_TTL (a lifetime drawn in
+        // [TTL / 2, TTL], so that rankings made together are not all redone together): reused while the pool's
         // posts are the same; when posts were only added since (no edit or deletion), only the
         // newcomers are ranked and merged in (the others keep the engagement and recency parts
         // they were ranked with). The best 2n apart from the user's own posts, of which the
@@ -78,7 +80,7 @@ impl Feeds {
         let memo = self
             .fresh_ranked
             .get(&key)
-            .filter(|r| r.model_id == snap.model.id && r.ranked_at.elapsed() < FRESH_RANKED_TTL);
+            .filter(|r| r.model_id == snap.model.id && Instant::now() < r.expires);
         let ranked = match memo {
             Some(r) if r.generation == snap.generation => r,
             memo => {
@@ -87,16 +89,16 @@ impl Feeds {
                     _ => after_ms,
                 };
                 let newcomers = rank(snap, &profile, &authors, input.user, since, 2 * n);
-                let (list, ranked_at) = match memo.filter(|_| since > after_ms) {
-                    Some(r) => (merge_newcomers(&r.list, newcomers, 2 * n), r.ranked_at),
-                    None => (newcomers, Instant::now()),
+                let (list, expires) = match memo.filter(|_| since > after_ms) {
+                    Some(r) => (merge_newcomers(&r.list, newcomers, 2 * n), r.expires),
+                    None => (newcomers, Instant::now() + spread(FRESH_RANKED_TTL)),
                 };
                 let r = Arc::new(FreshRanking {
                     model_id: snap.model.id,
                     generation: snap.generation,
                     edits: snap.edits,
                     newest_ms: snap.newest_ms,
-                    ranked_at,
+                    expires,
                     list,
                 });
                 self.fresh_ranked.insert(key, r.clone());
@@ -157,9 +159,9 @@ pub(super) struct FreshRanking {
     edits: u64,
     /// The newest post of the pool it has seen (ms).
     newest_ms: i64,
-    /// When it was ranked in full: the merges of newcomers keep it, so a ranking's older parts are
-    /// at most FRESH_RANKED_TTL old.
-    ranked_at: Instant,
+    /// When it is ranked in full again: `memo::spread(FRESH_RANKED_TTL)` after it was, and the
+    /// merges of newcomers keep it, so a ranking's older parts are at most FRESH_RANKED_TTL old.
+    expires: Instant,
     list: Vec<Candidate>,
 }
 

@@ -83,8 +83,10 @@ const SESSIONS_CAPACITY: usize = 2048;
 const SESSIONS_TTL: Duration = Duration::from_secs(crate::redis_store::FEED_SESSION_TTL_SECS);
 /// The fresh pool is reloaded (new posts, changed posts, engagement) this often.
 const FRESH_RELOAD: Duration = Duration::from_secs(1);
-/// The trending list is the same for every user: computed at most this often.
-const TRENDING_RELOAD: Duration = Duration::from_secs(1);
+/// The trending list is the same for every user: computed at most this often (a union of the
+/// trending window in Redis, which stalls Redis's other clients while it runs; the list ranks
+/// hours of counts).
+const TRENDING_RELOAD: Duration = Duration::from_secs(10);
 /// Users' fresh rankings kept (see `fresh::FreshRanking`); a ranking is redone in full at least
 /// every `FRESH_RANKED_TTL`: the engagement and recency parts it uses are at most that old.
 const FRESH_RANKED_CAPACITY: usize = 10_000;
@@ -92,7 +94,7 @@ const FRESH_RANKED_TTL: Duration = Duration::from_secs(10);
 /// Posts remembered as served once (for the first-served age metric).
 const SERVED_CAPACITY: usize = 100_000;
 const SERVED_TTL: Duration = Duration::from_secs(86_400);
-/// Neighbour lists kept, by (model, post).
+/// Neighbour lists kept, by (model, post), and how long while the change listener is connected.
 const NEIGHBORS_CAPACITY: usize = 50_000;
 const NEIGHBORS_TTL: Duration = Duration::from_secs(600);
 /// A validated feed request.

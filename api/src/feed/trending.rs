@@ -1,5 +1,5 @@
 //! The `trending` source: the posts of `crate::trending`'s decayed counters, the same list for
-//! every user (reloaded at most every second).
+//! every user (reloaded at most every `TRENDING_RELOAD`, 10 s).
 
 use std::sync::Arc;
 

@@ -618,3 +618,44 @@ async fn a_flood_of_new_posts_keeps_the_fresh_pool_bounded_to_the_newest() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The fresh pool reads its newcomers' live engagement bucket by bucket, so that a reload does not
+/// hold Redis for a union of the whole trending window: the same sums as the union.
+#[tokio::test]
+async fn a_few_posts_engagement_read_bucket_by_bucket_equals_the_union_of_the_window() {
+    use feedrank_api::redis_store::FEW_MEMBERS;
+    use feedrank_api::trending;
+    use feedrank_core::config::InteractionType;
+    let env = TestEnv::new().await;
+    let config = ScoringConfig::default();
+    let s = &config.sources.trending;
+    let (redis, metrics) = (&env.state.redis, &env.state.metrics);
+    let now = feedrank_api::clock::now_ms();
+    let width = s.bucket_minutes as i64 * 60_000;
+    let posts: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    // post i: a like in each of the i + 1 latest buckets; post 0 also a share two buckets back
+    let mut events = vec![(posts[0], InteractionType::Share, now - 2 * width)];
+    for (i, p) in posts.iter().enumerate() {
+        for age in 0..=i as i64 {
+            events.push((*p, InteractionType::Like, now - age * width));
+        }
+    }
+    trending::record(redis, metrics, &config, &events).await;
+    let asked: Vec<Uuid> = posts.iter().copied().chain([Uuid::new_v4()]).collect();
+    let by_bucket = trending::engagement(redis, metrics, s, now, &asked).await;
+    // the same posts among more than FEW_MEMBERS: read from the union
+    let many: Vec<Uuid> = asked
+        .iter()
+        .copied()
+        .chain((0..FEW_MEMBERS).map(|_| Uuid::new_v4()))
+        .collect();
+    let by_union = trending::engagement(redis, metrics, s, now, &many).await;
+    assert_eq!(by_bucket[..], by_union[..asked.len()]);
+    let like = config.interaction_weights.weight_of("like").unwrap();
+    assert_eq!(by_bucket[4], 5.0 * like, "five buckets, undecayed");
+    assert!(
+        by_bucket[1..5].windows(2).all(|w| w[0] < w[1]),
+        "{by_bucket:?}"
+    );
+    assert_eq!(by_bucket[5], 0.0, "a post never counted");
+}
