@@ -149,9 +149,13 @@ bench-api: api develop services
 # Candidate retrieval against exhaustive scoring on the benchmark's synthetic data (no services):
 # top-k overlap and topk time of both paths; RETRIEVAL='{"budget": 4000}' sets the candidate
 # path's settings (docs/scaling.md, issue 17).
+# GROWTH=30000,100000,300000 measures both paths at those user counts instead (posts 2x,
+# interactions 50x; 3,000 sampled users each) and prints each path's growth exponent.
 RETRIEVAL ?= {}
+GROWTH ?=
 bench-retrieval: develop
-	@PYTHONPATH=$(CURDIR) $(PY) -W ignore scripts/bench_retrieval.py --retrieval '$(RETRIEVAL)' --json artifacts/bench-retrieval.json
+	@PYTHONPATH=$(CURDIR) $(PY) -W ignore scripts/bench_retrieval.py --retrieval '$(RETRIEVAL)' \
+	  $(if $(GROWTH),--growth $(GROWTH) --sample 3000) --json artifacts/bench-retrieval.json
 
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
 bench-load: api develop services

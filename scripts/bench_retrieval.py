@@ -5,6 +5,7 @@ PostgreSQL.
     make bench-retrieval [RETRIEVAL='{"budget": 4000}']
     PYTHONPATH=. python scripts/bench_retrieval.py [--users 30000] [--posts 60000] [--interactions 1500000]
                                       [--config PATH] [--retrieval JSON] [--sample N] [--json PATH]
+    PYTHONPATH=. python scripts/bench_retrieval.py --growth 30000,100000,300000 --sample 3000
 
 The data set is ``feedrank demo-data --synthetic``'s (``demo_data.generate_synthetic``, the one
 ``make bench-pipeline`` loads); the features and the model are built by the pipeline's own
@@ -79,22 +80,12 @@ def overlap(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, default=30_000)
-    ap.add_argument("--posts", type=int, default=60_000)
-    ap.add_argument("--interactions", type=int, default=1_500_000)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--config", help="a ScoringConfig JSON file (default: the core's defaults)")
-    ap.add_argument("--retrieval", default="{}", help="retrieval settings as JSON, over the config's")
-    ap.add_argument("--sample", type=int, default=0, help="score this many random users (0: all)")
-    ap.add_argument("--json", help="write the figures here too")
-    args = ap.parse_args(argv)
-
+def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
+    """Both paths on one synthetic data set: their times, and the overlap of their lists."""
     from dagster_pipeline.assets import compute_post_features, prepare_model, user_features
 
     t0 = time.perf_counter()
-    snap = snapshot(args.users, args.posts, args.interactions, args.seed)
+    snap = snapshot(users_n, posts_n, interactions_n, args.seed)
     base = load_config(args.config)
     exhaustive_cfg = load_config(None, {**base, "retrieval": {**base["retrieval"], "mode": "exhaustive"}})
     candidates_cfg = load_config(
@@ -102,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     post_features = compute_post_features(exhaustive_cfg, snap).value
     features = user_features(SimpleNamespace(scoring_config=exhaustive_cfg), snap).value
-    print(f"data: {args.users:,} users x {args.posts:,} posts x {args.interactions:,} interactions, "
+    del snap
+    print(f"data: {users_n:,} users x {posts_n:,} posts x {interactions_n:,} interactions, "
           f"{post_features['tfidf'].shape[1]:,} terms, built in {time.perf_counter() - t0:.1f} s", flush=True)
-    users = np.arange(args.users, dtype=np.int64)
+    users = np.arange(users_n, dtype=np.int64)
     if args.sample:
         users = np.sort(np.random.default_rng(args.seed).choice(users, min(args.sample, users.size), replace=False))
 
-    figures: dict = {"users": int(users.size), "config": candidates_cfg["retrieval"],
+    figures: dict = {"data": {"users": users_n, "posts": posts_n, "interactions": interactions_n},
+                     "users": int(users.size), "config": candidates_cfg["retrieval"],
                      "collaborative": candidates_cfg["collaborative"], "top_k": candidates_cfg["top_k"]}
     results = {}
     for mode, cfg in (("exhaustive", exhaustive_cfg), ("candidates", candidates_cfg)):
@@ -120,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         results[mode] = (idx, sc)
         figures[f"{mode}_prepare_seconds"] = prepare
         figures[f"{mode}_topk_seconds"] = seconds
-        print(f"{mode:>10}: prepare {prepare:6.2f} s, topk {seconds:7.2f} s", flush=True)
+        # every user's scoring time, from the users scored (the same users for both paths)
+        figures[f"{mode}_topk_all_users_seconds"] = seconds * users_n / users.size
+        print(f"{mode:>10}: prepare {prepare:6.2f} s, topk {seconds:7.2f} s "
+              f"({1e3 * seconds / users.size:.3f} ms per user)", flush=True)
     figures["topk_ratio"] = figures["exhaustive_topk_seconds"] / figures["candidates_topk_seconds"]
     ov = overlap(results["exhaustive"][0], results["candidates"][0])
     dist = {"min": float(ov.min()), "p1": float(np.percentile(ov, 1)), "p5": float(np.percentile(ov, 5)),
@@ -141,7 +137,57 @@ def main(argv: list[str] | None = None) -> int:
           "mean {mean:.4f}  (users with the same set: {same_set:.1%})".format(
               k=candidates_cfg["top_k"], n=ov.size, **dist))
     print(f"shared posts scored differently (approximate normalization): "
-          f"{figures['shared_posts_with_other_score']:.2%}")
+          f"{figures['shared_posts_with_other_score']:.2%}", flush=True)
+    return figures
+
+
+def growth_table(runs: list[dict]) -> str:
+    """Scoring time of every user by size, each path's growth exponent between sizes (time ~
+    users^e, posts and interactions growing with users), as a markdown table."""
+    rows = ["| users x posts x interactions | exhaustive topk, all users | candidates topk, all users "
+            "| exponent exhaustive / candidates | overlap mean / p1 / min |",
+            "|---|---:|---:|---|---|"]
+    for i, r in enumerate(runs):
+        d = r["data"]
+        exp = ""
+        if i:
+            prev = runs[i - 1]
+            k = np.log(d["users"] / prev["data"]["users"])
+            e = [np.log(r[f"{m}_topk_all_users_seconds"] / prev[f"{m}_topk_all_users_seconds"]) / k
+                 for m in ("exhaustive", "candidates")]
+            exp = f"{e[0]:.2f} / {e[1]:.2f}"
+        o = r["overlap"]
+        rows.append(f"| {d['users']:,} x {d['posts']:,} x {d['interactions']:,} "
+                    f"| {r['exhaustive_topk_all_users_seconds']:.1f} s | {r['candidates_topk_all_users_seconds']:.1f} s "
+                    f"| {exp} | {o['mean']:.3f} / {o['p1']:.3f} / {o['min']:.3f} |")
+    if len(runs) > 1:
+        k = np.log(runs[-1]["data"]["users"] / runs[0]["data"]["users"])
+        e = [np.log(runs[-1][f"{m}_topk_all_users_seconds"] / runs[0][f"{m}_topk_all_users_seconds"]) / k
+             for m in ("exhaustive", "candidates")]
+        rows.append(f"| first to last | | | {e[0]:.2f} / {e[1]:.2f} | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=30_000)
+    ap.add_argument("--posts", type=int, default=60_000)
+    ap.add_argument("--interactions", type=int, default=1_500_000)
+    ap.add_argument("--growth", help="comma-separated user counts (posts 2x, interactions 50x each, "
+                    "as issue 17 sets them): both paths at each size, and the growth exponents")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--config", help="a ScoringConfig JSON file (default: the core's defaults)")
+    ap.add_argument("--retrieval", default="{}", help="retrieval settings as JSON, over the config's")
+    ap.add_argument("--sample", type=int, default=0, help="score this many random users (0: all)")
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args(argv)
+
+    if args.growth:
+        runs = [measure(n, 2 * n, 50 * n, args) for n in (int(x) for x in args.growth.split(","))]
+        print(growth_table(runs))
+        figures: dict | list = runs
+    else:
+        figures = measure(args.users, args.posts, args.interactions, args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=2))
