@@ -71,10 +71,10 @@ impl Feeds {
         });
         let n = snap.model.config.sources.fresh.candidates;
         // A user's ranking is memoized for at most FRESH_RANKED_TTL (a lifetime drawn in
-        // [TTL / 2, TTL], so that rankings made together are not all redone together): reused while the pool's
-        // posts are the same; when posts were only added since (no edit or deletion), only the
-        // newcomers are ranked and merged in (the others keep the engagement and recency parts
-        // they were ranked with). The best 2n apart from the user's own posts, of which the
+        // [TTL / 2, TTL], so that rankings made together are not all redone together): reused
+        // while the pool's posts are the same; when posts were only added since (no edit or
+        // deletion), only the newcomers are ranked and merged in (the others keep the engagement
+        // and recency parts they were ranked with). The best 2n apart from the user's own posts, of which the
         // request drops what it must (seen, hidden).
         let key = (input.user, after_ms);
         let memo = self
