@@ -27,6 +27,71 @@ pub fn spread(ttl: Duration) -> Duration {
     ttl.mul_f64(0.5 + 0.5 * r)
 }
 
+/// Keys being loaded, each with the [`tokio::sync::Notify`] its waiters wait on: concurrent
+/// requests that miss the same memo load it once (the others wait for that load, then read the
+/// memo). A cold start of many users at once asked PostgreSQL for the same neighbour lists once
+/// per concurrent request.
+pub struct InFlight<K> {
+    loading: Mutex<HashMap<K, Arc<tokio::sync::Notify>>>,
+}
+
+/// The keys a request claimed to load: released, and their waiters woken, when it drops (also
+/// when the load failed: a waiter then loads the key itself).
+pub struct Claim<'a, K: Hash + Eq> {
+    owner: &'a InFlight<K>,
+    pub keys: Vec<K>,
+}
+
+impl<K: Hash + Eq + Clone> InFlight<K> {
+    pub fn new() -> Self {
+        InFlight {
+            loading: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Claims the keys of `keys` nobody is loading, and returns a wait for each of the others
+    /// (each wait ends when the request loading its key drops its claim).
+    pub fn claim(&self, keys: &[K]) -> (Claim<'_, K>, Vec<tokio::sync::futures::OwnedNotified>) {
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mine = Vec::new();
+        let mut waits = Vec::new();
+        for k in keys {
+            match loading.get(k) {
+                // created under the lock: the waker cannot notify before it exists
+                Some(n) => waits.push(n.clone().notified_owned()),
+                None => {
+                    loading.insert(k.clone(), Arc::new(tokio::sync::Notify::new()));
+                    mine.push(k.clone());
+                }
+            }
+        }
+        (
+            Claim {
+                owner: self,
+                keys: mine,
+            },
+            waits,
+        )
+    }
+}
+
+impl<K: Hash + Eq + Clone> Default for InFlight<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq> Drop for Claim<'_, K> {
+    fn drop(&mut self) {
+        let mut loading = self.owner.loading.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = loading.remove(k) {
+                n.notify_waiters();
+            }
+        }
+    }
+}
+
 /// A fast, non-cryptographic hasher (the Fx multiply-rotate scheme) for maps keyed by UUIDs,
 /// which are random already and come from the database or signed tokens; SipHash was a visible
 /// share of the cached feed path's CPU.
@@ -302,6 +367,30 @@ impl<T> Refreshed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_key_being_loaded_is_waited_for_and_released_when_its_claim_drops() {
+        let inflight: InFlight<u32> = InFlight::new();
+        let (first, waits) = inflight.claim(&[1, 2]);
+        assert_eq!((first.keys.clone(), waits.len()), (vec![1, 2], 0));
+        let (second, mut waits) = inflight.claim(&[2, 3]);
+        assert_eq!(
+            (second.keys.clone(), waits.len()),
+            (vec![3], 1),
+            "2 is being loaded"
+        );
+        let wait = waits.pop().unwrap();
+        drop(first); // loaded (or failed): the waiter wakes, the key can be claimed again
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the waiter is woken when the claim drops");
+        let (third, waits) = inflight.claim(&[1, 2, 3]);
+        assert_eq!(
+            (third.keys.clone(), waits.len()),
+            (vec![1, 2], 1),
+            "3 still claimed"
+        );
+    }
 
     #[test]
     fn spread_lifetimes_stay_within_the_ttl_and_cover_its_second_half() {

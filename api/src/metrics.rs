@@ -150,6 +150,7 @@ pub struct Metrics {
     redis_errors: Counter,
     events_stored: Counter,
     events_duplicate: Counter,
+    neighbor_lists: Counter,
     cache_hit_ratio: Gauge<f64, AtomicU64>,
     pool_max_size: Gauge,
     pool_size: Gauge,
@@ -184,6 +185,7 @@ impl Metrics {
             redis_errors: Counter::default(),
             events_stored: Counter::default(),
             events_duplicate: Counter::default(),
+            neighbor_lists: Counter::default(),
             cache_hit_ratio: Gauge::default(),
             pool_max_size: Gauge::default(),
             pool_size: Gauge::default(),
@@ -230,6 +232,11 @@ impl Metrics {
             m.fresh_eligibility_delay.clone(),
         );
         let plain = [
+            (
+                "feedrank_neighbor_lists_loaded",
+                "Neighbour lists read from PostgreSQL (because_you_liked)",
+                Plain::Counter(&m.neighbor_lists),
+            ),
             (
                 "feedrank_cache_hits",
                 "Feed requests answered from the Redis recommendations entry",
@@ -360,6 +367,14 @@ impl Metrics {
         } else {
             self.cache_misses.inc();
         }
+    }
+
+    pub fn neighbor_lists_loaded(&self, n: u64) {
+        self.neighbor_lists.inc_by(n);
+    }
+
+    pub fn neighbor_lists_loaded_total(&self) -> u64 {
+        self.neighbor_lists.get()
     }
 
     pub fn redis_error(&self) {

@@ -13,7 +13,8 @@ use uuid::Uuid;
 use super::{Candidate, Feeds, Personalized, SourceInput, NEIGHBORS_TTL};
 use crate::db;
 use crate::error::ApiResult;
-use crate::memo::spread;
+use crate::memo::{spread, IdMap};
+use crate::metrics::Metrics;
 use crate::models::ServingModel;
 
 /// A post's stored neighbours, best first: `(post, similarity, author)`, the deleted ones left
@@ -79,7 +80,7 @@ impl Feeds {
             return Ok(Vec::new());
         }
         let neighbors = self
-            .neighbors_of(input.stores.pg, model.id, &likes)
+            .neighbors_of(input.stores.pg, input.stores.metrics, model.id, &likes)
             .await
             .map_err(|e| format!("unavailable: {e}"))?;
         if neighbors.iter().all(|n| n.list.is_empty()) {
@@ -114,46 +115,93 @@ impl Feeds {
     }
 
     /// The stored neighbours of `posts` in `model` with their authors (memoized), in the order
-    /// of `posts`.
+    /// of `posts`. Lists another request is loading are waited for, not loaded again: the
+    /// concurrent first pages of a cold start ask PostgreSQL for each list once.
     pub(super) async fn neighbors_of(
         &self,
         pg: &Pool,
+        metrics: &Metrics,
         model: i64,
         posts: &[Uuid],
     ) -> ApiResult<Vec<Arc<Neighbors>>> {
-        let mut out: Vec<Option<Arc<Neighbors>>> = posts
+        let cached = |p: &Uuid| {
+            self.neighbors
+                .get(&(model, *p))
+                .filter(|n| n.still_good(self))
+        };
+        let mut got: IdMap<Uuid, Arc<Neighbors>> = IdMap::default();
+        let mut missing = Vec::new();
+        for p in posts {
+            match cached(p) {
+                Some(n) => {
+                    got.insert(*p, n);
+                }
+                None => missing.push((model, *p)),
+            }
+        }
+        if !missing.is_empty() {
+            let (claim, waits) = self.neighbor_loads.claim(&missing);
+            let mine: Vec<Uuid> = claim.keys.iter().map(|k| k.1).collect();
+            if !mine.is_empty() {
+                got.extend(self.load_neighbors(pg, metrics, model, &mine).await?);
+            }
+            drop(claim);
+            for wait in waits {
+                wait.await;
+            }
+            // what the others loaded; a list whose load failed (or that changed since) is
+            // loaded here
+            let mut again = Vec::new();
+            let waited: Vec<Uuid> = posts
+                .iter()
+                .filter(|p| !got.contains_key(*p))
+                .copied()
+                .collect();
+            for p in &waited {
+                match cached(p) {
+                    Some(n) => {
+                        got.insert(*p, n);
+                    }
+                    None => again.push(*p),
+                }
+            }
+            if !again.is_empty() {
+                got.extend(self.load_neighbors(pg, metrics, model, &again).await?);
+            }
+        }
+        Ok(posts
+            .iter()
+            .map(|p| got.get(p).expect("every list found or loaded").clone())
+            .collect())
+    }
+
+    /// Reads the neighbour lists of `posts` in `model` from PostgreSQL, with their authors, and
+    /// memoizes them.
+    async fn load_neighbors(
+        &self,
+        pg: &Pool,
+        metrics: &Metrics,
+        model: i64,
+        posts: &[Uuid],
+    ) -> ApiResult<IdMap<Uuid, Arc<Neighbors>>> {
+        // read before the bodies: a change during the look-up voids the lists
+        let changes_at = self.post_changes.count();
+        // A neighbour list changes only with its posts (deleted, or an author changed), which
+        // `post_changes` reports while the change listener is connected: then the list lives
+        // NEIGHBORS_TTL. Otherwise a missed change is outlived like a post body's.
+        let life = if self.is_listening() {
+            NEIGHBORS_TTL
+        } else {
+            self.post_cache_ttl
+        };
+        let expires = Instant::now() + spread(life);
+        let found = db::post_neighbors(pg, model, posts).await?;
+        let ids: Vec<Uuid> = found.values().flatten().map(|n| n.0).collect();
+        let bodies = self.hydrate(pg, &ids).await?;
+        metrics.neighbor_lists_loaded(posts.len() as u64);
+        Ok(posts
             .iter()
             .map(|p| {
-                self.neighbors
-                    .get(&(model, *p))
-                    .filter(|n| n.still_good(self))
-            })
-            .collect();
-        let missing: Vec<Uuid> = posts
-            .iter()
-            .zip(&out)
-            .filter(|(_, n)| n.is_none())
-            .map(|(p, _)| *p)
-            .collect();
-        if !missing.is_empty() {
-            // read before the bodies: a change during the look-up voids the lists
-            let changes_at = self.post_changes.count();
-            // A neighbour list changes only with its posts (deleted, or an author changed), which
-            // `post_changes` reports while the change listener is connected: then the list lives
-            // NEIGHBORS_TTL. Otherwise a missed change is outlived like a post body's.
-            let life = if self.is_listening() {
-                NEIGHBORS_TTL
-            } else {
-                self.post_cache_ttl
-            };
-            let expires = Instant::now() + spread(life);
-            let found = db::post_neighbors(pg, model, &missing).await?;
-            let ids: Vec<Uuid> = found.values().flatten().map(|n| n.0).collect();
-            let bodies = self.hydrate(pg, &ids).await?;
-            for (p, slot) in posts.iter().zip(out.iter_mut()) {
-                if slot.is_some() {
-                    continue;
-                }
                 let list = found
                     .get(p)
                     .map(|l| {
@@ -168,12 +216,8 @@ impl Feeds {
                     changes_at: AtomicU64::new(changes_at),
                 });
                 self.neighbors.insert((model, *p), n.clone());
-                *slot = Some(n);
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|n| n.expect("every slot filled"))
+                (*p, n)
+            })
             .collect())
     }
 }

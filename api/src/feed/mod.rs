@@ -44,7 +44,7 @@ use crate::diversify::diversify_prefix;
 use crate::error::{ApiError, ApiResult};
 use crate::experiments::{ConfigArm, RunExperiments};
 use crate::fresh_pool::FreshSnapshot;
-use crate::memo::{ChangeLog, IdHasher, IdMap, Refreshed, TtlCache};
+use crate::memo::{ChangeLog, IdHasher, IdMap, InFlight, Refreshed, TtlCache};
 use crate::metrics::Metrics;
 use crate::models::{Models, ServingModel};
 use crate::redis_store::{FeedRead, RedisStore, SEEN_RETENTION_MS};
@@ -302,6 +302,8 @@ pub struct Feeds {
     trending: Refreshed<TrendingList>,
     /// Stored neighbours, by (model, post).
     neighbors: TtlCache<(i64, Uuid), Arc<Neighbors>>,
+    /// The neighbour lists being loaded (see `neighbors_of`).
+    neighbor_loads: InFlight<(i64, Uuid)>,
     /// Each user's fresh ranking, by (user, list build time).
     fresh_ranked: TtlCache<(Uuid, i64), Arc<FreshRanking>>,
     /// Posts served once already (first-served age metric).
@@ -336,6 +338,7 @@ impl Feeds {
             fresh_changed: Mutex::new(Vec::new()),
             trending: Refreshed::new(TRENDING_RELOAD),
             neighbors: TtlCache::new(NEIGHBORS_CAPACITY, NEIGHBORS_TTL),
+            neighbor_loads: InFlight::new(),
             served: TtlCache::new(SERVED_CAPACITY, SERVED_TTL),
             fresh_ranked: TtlCache::new(FRESH_RANKED_CAPACITY, FRESH_RANKED_TTL),
             without_recommendations: TtlCache::new(

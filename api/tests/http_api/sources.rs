@@ -82,6 +82,33 @@ async fn spread_posts(env: &TestEnv, name: &str, authors: usize, per_author: usi
         .collect()
 }
 
+/// Stores `neighbours` (scored 0.9, 0.8, 0.7) as `post`'s neighbour list in `model`.
+async fn store_neighbors(env: &TestEnv, model: i64, post: Uuid, neighbours: &[Uuid]) {
+    let scores: Vec<f32> = [0.9f32, 0.8, 0.7][..neighbours.len()].to_vec();
+    env.db
+        .execute(
+            "INSERT INTO post_neighbors (model_id, post_id, neighbors, scores)
+             VALUES ($1, $2, $3, $4)",
+            &[&model, &post, &neighbours, &scores],
+        )
+        .await
+        .unwrap();
+}
+
+/// The token's user likes each of `posts` through `/api/track`.
+async fn like_each(env: &TestEnv, token: &str, posts: &[Uuid]) {
+    for p in posts {
+        let (s, b) = post(
+            env.app(),
+            "/api/track",
+            token,
+            &json!({"postId": p, "interactionType": "like"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+}
+
 /// The user's first page (limit 20) once it holds `post`, asked every 200 ms for at most 60 s.
 async fn first_page_with(env: &TestEnv, token: &str, post: Uuid) -> Value {
     let start = Instant::now();
@@ -407,14 +434,7 @@ async fn after_three_likes_the_liked_posts_neighbours_reach_the_next_first_page(
     let (model_id, _) = serving_model(&env, &["bread", "cake"], 3600.0).await;
     run_with_model(&env, alice, &old, Some(model_id)).await;
     for (l, ns) in liked.iter().zip(&neighbours) {
-        env.db
-            .execute(
-                "INSERT INTO post_neighbors (model_id, post_id, neighbors, scores)
-                 VALUES ($1, $2, $3, $4)",
-                &[&model_id, l, ns, &vec![0.9f32, 0.8, 0.7]],
-            )
-            .await
-            .unwrap();
+        store_neighbors(&env, model_id, *l, ns).await;
     }
     let t = env.token(alice);
     let (_, before) = get(env.app(), "/api/feeds?limit=50", Some(&t)).await;
@@ -423,16 +443,7 @@ async fn after_three_likes_the_liked_posts_neighbours_reach_the_next_first_page(
         ids(&before).iter().all(|p| !all_neighbours.contains(p)),
         "{before}"
     );
-    for l in &liked {
-        let (s, b) = post(
-            env.app(),
-            "/api/track",
-            &t,
-            &json!({"postId": l, "interactionType": "like"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
+    like_each(&env, &t, &liked).await;
     let (s, page) = get(env.app(), "/api/feeds?limit=50", Some(&t)).await;
     assert_eq!(s, StatusCode::OK, "{page}");
     let posts = page["posts"].as_array().unwrap();
@@ -658,4 +669,46 @@ async fn a_few_posts_engagement_read_bucket_by_bucket_equals_the_union_of_the_wi
         "{by_bucket:?}"
     );
     assert_eq!(by_bucket[5], 0.0, "a post never counted");
+}
+
+/// A cold start: the concurrent first pages of a user who liked posts since the list was built
+/// load each liked post's neighbour list from PostgreSQL once, not once per page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_pages_load_each_neighbour_list_once() {
+    let env = TestEnv::new().await;
+    let (alice, liked_author) = (env.user("alice").await, env.user("liked").await);
+    let old = spread_posts(&env, "author", 20, 3).await;
+    let liked = env.posts(liked_author, 3).await;
+    let baker = env.user("baker").await;
+    let neighbours = env.posts(baker, 3).await;
+    let (model_id, _) = serving_model(&env, &["bread", "cake"], 3600.0).await;
+    run_with_model(&env, alice, &old, Some(model_id)).await;
+    for l in &liked {
+        store_neighbors(&env, model_id, *l, &neighbours).await;
+    }
+    let t = env.token(alice);
+    like_each(&env, &t, &liked).await;
+    let before = env.state.metrics.neighbor_lists_loaded_total();
+    let mut pages = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (app, t) = (env.app(), t.clone());
+        pages.spawn(async move { get(app, "/api/feeds?limit=50", Some(&t)).await });
+    }
+    while let Some(page) = pages.join_next().await {
+        let (s, page) = page.unwrap();
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert!(
+            page["posts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["source"] == "because_you_liked"),
+            "{page}"
+        );
+    }
+    assert_eq!(
+        env.state.metrics.neighbor_lists_loaded_total() - before,
+        3,
+        "one load per liked post"
+    );
 }
