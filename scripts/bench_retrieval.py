@@ -141,6 +141,14 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
     return figures
 
 
+def exponents(a: dict, b: dict) -> str:
+    """Each path's growth exponent e from run a to run b (time ~ users^e), "exhaustive / candidates"."""
+    k = np.log(b["data"]["users"] / a["data"]["users"])
+    e = [np.log(b[f"{m}_topk_all_users_seconds"] / a[f"{m}_topk_all_users_seconds"]) / k
+         for m in ("exhaustive", "candidates")]
+    return f"{e[0]:.2f} / {e[1]:.2f}"
+
+
 def growth_table(runs: list[dict]) -> str:
     """Scoring time of every user by size, each path's growth exponent between sizes (time ~
     users^e, posts and interactions growing with users), as a markdown table."""
@@ -149,22 +157,13 @@ def growth_table(runs: list[dict]) -> str:
             "|---|---:|---:|---|---|"]
     for i, r in enumerate(runs):
         d = r["data"]
-        exp = ""
-        if i:
-            prev = runs[i - 1]
-            k = np.log(d["users"] / prev["data"]["users"])
-            e = [np.log(r[f"{m}_topk_all_users_seconds"] / prev[f"{m}_topk_all_users_seconds"]) / k
-                 for m in ("exhaustive", "candidates")]
-            exp = f"{e[0]:.2f} / {e[1]:.2f}"
+        exp = exponents(runs[i - 1], r) if i else ""
         o = r["overlap"]
         rows.append(f"| {d['users']:,} x {d['posts']:,} x {d['interactions']:,} "
                     f"| {r['exhaustive_topk_all_users_seconds']:.1f} s | {r['candidates_topk_all_users_seconds']:.1f} s "
                     f"| {exp} | {o['mean']:.3f} / {o['p1']:.3f} / {o['min']:.3f} |")
     if len(runs) > 1:
-        k = np.log(runs[-1]["data"]["users"] / runs[0]["data"]["users"])
-        e = [np.log(runs[-1][f"{m}_topk_all_users_seconds"] / runs[0][f"{m}_topk_all_users_seconds"]) / k
-             for m in ("exhaustive", "candidates")]
-        rows.append(f"| first to last | | | {e[0]:.2f} / {e[1]:.2f} | |")
+        rows.append(f"| first to last | | | {exponents(runs[0], runs[-1])} | |")
     return "\n".join(rows)
 
 

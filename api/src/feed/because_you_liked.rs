@@ -152,17 +152,12 @@ impl Feeds {
             // what the others loaded; a list whose load failed (or that changed since) is
             // loaded here
             let mut again = Vec::new();
-            let waited: Vec<Uuid> = posts
-                .iter()
-                .filter(|p| !got.contains_key(*p))
-                .copied()
-                .collect();
-            for p in &waited {
-                match cached(p) {
+            for &(_, p) in missing.iter().filter(|(_, p)| !mine.contains(p)) {
+                match cached(&p) {
                     Some(n) => {
-                        got.insert(*p, n);
+                        got.insert(p, n);
                     }
-                    None => again.push(*p),
+                    None => again.push(p),
                 }
             }
             if !again.is_empty() {

@@ -74,8 +74,8 @@ impl Feeds {
         // [TTL / 2, TTL], so that rankings made together are not all redone together): reused
         // while the pool's posts are the same; when posts were only added since (no edit or
         // deletion), only the newcomers are ranked and merged in (the others keep the engagement
-        // and recency parts they were ranked with). The best 2n apart from the user's own posts, of which the
-        // request drops what it must (seen, hidden).
+        // and recency parts they were ranked with). The best 2n apart from the user's own posts,
+        // of which the request drops what it must (seen, hidden).
         let key = (input.user, after_ms);
         let memo = self
             .fresh_ranked
