@@ -164,10 +164,12 @@ bench-load: api develop services
 # The Dagster pipeline on 100,000 users / 200,000 posts / 5,000,000 interactions, top 200: a
 # throw-away database, one process per asset; prints time by kind and peak RSS per asset, then the
 # incremental refresh of 1,000 users who liked a post since (issue 13's "under 60 s").
+# GROWTH=30000,100000,300000 runs the graph at those user counts instead (posts 2x, interactions
+# 50x) and prints the growth table: whole graph, scoring, peak RSS, exponents (issue 17).
 bench-pipeline: api develop services
 	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) -W ignore -m dagster_pipeline.bench \
-	  --users 100000 --posts 200000 --interactions 5000000 --top-k 200 --refresh-users 1000 \
-	  --json artifacts/bench-pipeline.json
+	  $(if $(GROWTH),--growth $(GROWTH) --top-k 200,--users 100000 --posts 200000 --interactions 5000000 \
+	  --top-k 200 --refresh-users 1000 --json artifacts/bench-pipeline.json)
 
 # The same graph on Celery (two local workers, RabbitMQ, moto's S3 server) against the
 # multiprocess executor on the same data: the overhead split into broker, object store and Dagster

@@ -16,6 +16,11 @@ The table splits each asset's time into the kinds its metadata reports (``second
 feedrank kernels (rust), polars/numpy/scipy calls (native), PostgreSQL/Redis (io), and the rest,
 Python glue. "process" is the step process's wall time, including Python and Dagster start-up.
 
+``--growth 30000,100000,300000``: the graph at each of those user counts in turn (posts 2x and
+interactions 50x the users, each size in a process and a database of its own, its results in
+``artifacts/bench-pipeline-<users>.json``), then a table of the whole graph's time, the scoring
+asset's, and peak RSS by size, with the growth exponent of each time (time ~ users^e; issue 17).
+
 ``--refresh-users N``: after the graph, N random users each like a post (now), and the
 incremental refresh (``refreshed_recommendations``, refresh.py) runs in a process of its own, as
 the sensor's run would: its end-to-end time (process start to exit) is the issue's "refresh of
@@ -24,6 +29,7 @@ the sensor's run would: its end-to-end time (process start to exit) is the issue
 
 import argparse
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -133,6 +139,54 @@ def _refresh(args: argparse.Namespace, url: str, tmp: str, prefix: str) -> dict:
     return {"process": wall, "rss": rss, "users": meta["users"], "metadata": meta}
 
 
+def _growth(args: argparse.Namespace) -> int:
+    """``--growth``: the graph at each size, one child process each, then the growth table."""
+    runs = []
+    for users in (int(x) for x in args.growth.split(",")):
+        out = Path(f"artifacts/bench-pipeline-{users}.json")
+        cmd = [sys.executable, "-W", "ignore", "-m", "dagster_pipeline.bench", "--users", str(users),
+               "--posts", str(2 * users), "--interactions", str(50 * users), "--top-k", str(args.top_k),
+               "--seed", str(args.seed), "--json", str(out)]
+        print(f"==> growth: {' '.join(cmd[3:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            print(f"bench-pipeline: the run at {users:,} users failed", file=sys.stderr)
+            return 1
+        runs.append(json.loads(out.read_text()))
+    print()
+    print(growth_table(runs))
+    return 0
+
+
+def growth_table(runs: list[dict]) -> str:
+    """The graph at several sizes (each a ``--json`` result), smallest first: the whole graph's time
+    (the step processes, end to end), the scoring asset's (``recommendation_scores``, inside the
+    asset), the writing asset's and peak RSS, and the growth exponent e of the two times from the
+    previous size and from the first (time ~ users^e), as a markdown table."""
+
+    def times(run: dict) -> tuple[int, float, float, float, int]:
+        rows = {r["asset"]: r for r in run["rows"] if r["asset"] in ASSETS}
+        return (run["args"]["users"], sum(r["process"] for r in rows.values()),
+                rows["recommendation_scores"]["duration"], rows["user_recommendations"]["duration"],
+                max(r["rss"] for r in rows.values()))
+
+    def exponent(a: tuple, b: tuple, i: int) -> str:
+        return f"{math.log(b[i] / a[i]) / math.log(b[0] / a[0]):.2f}"
+
+    sizes = [times(r) for r in runs]
+    lines = ["| users x posts x interactions | whole graph s | scoring s | writing s | peak RSS GiB "
+             "| exponent whole graph / scoring |",
+             "|---|---:|---:|---:|---:|---|"]
+    for i, (run, t) in enumerate(zip(runs, sizes)):
+        a = run["args"]
+        growth = f"{exponent(sizes[i - 1], t, 1)} / {exponent(sizes[i - 1], t, 2)}" if i else ""
+        lines.append(f"| {a['users']:,} x {a['posts']:,} x {a['interactions']:,} | {t[1]:.1f} | {t[2]:.1f} "
+                     f"| {t[3]:.1f} | {t[4] / 2**30:.2f} | {growth} |")
+    if len(sizes) > 2:
+        lines.append(f"| first to last | | | | | {exponent(sizes[0], sizes[-1], 1)} / "
+                     f"{exponent(sizes[0], sizes[-1], 2)} |")
+    return "\n".join(lines)
+
+
 def _fmt_row(cells: list[str], widths: list[int]) -> str:
     return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
@@ -177,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--refresh-users", type=int, default=0, help="then refresh this many active users")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--growth", default=None, metavar="USERS,USERS,...",
+                        help="the graph at each of these user counts (posts 2x, interactions 50x), then the growth table")
     parser.add_argument("--executor", choices=("in-process", "celery"), default="in-process",
                         help="in-process: each asset in its own process, timed (default); celery: the graph "
                         "on Celery workers against the multiprocess executor (bench_celery.py)")
@@ -188,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.asset:
         return _step(args)
+    if args.growth:
+        return _growth(args)
     if args.executor == "celery":
         from dagster_pipeline import bench_celery
 

@@ -14,6 +14,7 @@
 #      trending (the counters the tracking phase left).
 #
 # Knobs: BENCH_DURATION (15s), BENCH_CONNECTIONS (64), BENCH_USERS/POSTS/INTERACTIONS, BENCH_PORT;
+# BENCH_PUBLISH_RATE (10): posts published a second during the every-source phase (167: a flood);
 # BENCH_COLD (5s): how long the every-source phase first runs as a cold start (printed as its own row);
 # BENCH_PHASES (default "cache fallback track sources"): the wrk phases to run, e.g. "track sources"
 # to measure the every-source feed alone (it reads the trending counters the track phase leaves:
@@ -32,6 +33,7 @@ POSTS=${BENCH_POSTS:-1000000}
 INTERACTIONS=${BENCH_INTERACTIONS:-2000000}
 DURATION=${BENCH_DURATION:-15s}
 CONNS=${BENCH_CONNECTIONS:-64}
+PUBLISH_RATE=${BENCH_PUBLISH_RATE:-10}
 PORT=${BENCH_PORT:-18099}
 API=${BENCH_API:-target/release/feedrank-api}
 PHASES=" ${BENCH_PHASES:-cache fallback track sources} "
@@ -233,14 +235,17 @@ served() { local v; v=$(metric "feedrank_feed_posts_served_total{source=\"$1\"}"
 names=(personalized fresh because_you_liked trending fallback)
 declare -A p0
 for n in "${names[@]}"; do p0[$n]=$(served "$n"); done
-# Meanwhile new posts are published (10 a second, each committed at once): the delay from a post's
-# creation to its entry into the fresh pool is read off the API's histogram.
+# Meanwhile new posts are published (BENCH_PUBLISH_RATE a second, default 10, committed every
+# 0.1 s; 167 is the issue's flood of 10,000 a minute): the delay from a post's creation to its
+# entry into the fresh pool is read off the API's histogram.
 delays() { curl -sf "$URL/metrics" | grep '^feedrank_fresh_eligibility_delay_seconds_bucket'; }
 delays >"$WORK/delay0"
 secs=${DURATION%s}
+per_tick=$(( (PUBLISH_RATE + 9) / 10 ))
+say "publishing $((per_tick * 10)) posts a second meanwhile"
 psql "$DB" -q -c "DO \$\$ BEGIN FOR i IN 1..$((secs * 10)) LOOP
     INSERT INTO posts (user_id, content, created_at)
-    SELECT user_id, 'bench-fresh ' || content, clock_timestamp() FROM posts TABLESAMPLE SYSTEM (0.1) LIMIT 1;
+    SELECT user_id, 'bench-fresh ' || content, clock_timestamp() FROM posts TABLESAMPLE SYSTEM (0.1) LIMIT $per_tick;
     COMMIT; PERFORM pg_sleep(0.1); END LOOP; END \$\$" &
 publisher=$!
 run_wrk feed_sources feed.lua "$WORK/source_tokens" | tee "$WORK/r4"

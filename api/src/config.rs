@@ -45,7 +45,8 @@ pub struct Config {
     pub fallback_pool_refresh: Duration,
     /// `FEED_MAX_OFFSET` (default 10000): largest accepted `offset`.
     pub max_offset: u32,
-    /// `AUTHOR_DIVERSITY_CAP` (default 3): most posts of one author in any page.
+    /// `AUTHOR_DIVERSITY_CAP` (default `feedrank_core::diversify::AUTHOR_CAP`, 3): most posts of
+    /// one author in any page.
     pub author_diversity_cap: usize,
     /// `REQUEST_TIMEOUT_MS` (default 10000): a request running longer gets 503.
     pub request_timeout: Duration,
@@ -159,7 +160,11 @@ impl Config {
             fallback_pool_size: num("FALLBACK_POOL_SIZE", 10_000, 1)? as usize,
             fallback_pool_refresh: Duration::from_secs(num("FALLBACK_POOL_REFRESH_SECS", 300, 1)?),
             max_offset: num("FEED_MAX_OFFSET", 10_000, 0)?.min(u32::MAX as u64) as u32,
-            author_diversity_cap: num("AUTHOR_DIVERSITY_CAP", 3, 1)? as usize,
+            author_diversity_cap: num(
+                "AUTHOR_DIVERSITY_CAP",
+                feedrank_core::diversify::AUTHOR_CAP as u64,
+                1,
+            )? as usize,
             request_timeout: Duration::from_millis(num("REQUEST_TIMEOUT_MS", 10_000, 1)?),
             body_limit: num("BODY_LIMIT_BYTES", 256 * 1024, 1024)? as usize,
             demo,

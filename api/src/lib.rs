@@ -7,7 +7,6 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod db;
-pub mod diversify;
 pub mod error;
 pub mod experiments;
 pub mod feed;

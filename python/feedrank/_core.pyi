@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 __version__: str
 __all__ = [
+    "AUTHOR_CAP",
     "HybridModel",
     "TfidfModel",
     "__version__",
@@ -21,6 +22,7 @@ __all__ = [
     "cosine_topk",
     "decode_cache_entry",
     "default_config",
+    "diversify",
     "encode_cache_entry",
     "experiment_arms",
     "fresh_topk",
@@ -201,6 +203,10 @@ def fresh_topk(
 def blend(
     lists: Sequence[_IntArray], shares: _FloatArray, max_len: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+AUTHOR_CAP: int
+# cap: AUTHOR_CAP by default
+def diversify(authors: _IntArray, window: int, cap: int = ..., max_out: int | None = None) -> npt.NDArray[np.int64]: ...
 
 # --- metrics (shared/EVAL.md) ---
 def ranking_metrics(topk: _IntArray, test: _CsrLike, k: int = 10, n_items: int | None = None) -> dict[str, float]: ...

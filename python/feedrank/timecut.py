@@ -87,8 +87,8 @@ BLENDED = tuple(s for s in feedrank.source_names() if s != "fallback")
 # the synthetic data's fixed end, so that the table is reproducible
 SYNTHETIC_END = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 _NEVER = np.iinfo(np.int64).max
-# the API's AUTHOR_DIVERSITY_CAP default: at most this many posts of one author on a page
-AUTHOR_CAP = 3
+# the API's AUTHOR_DIVERSITY_CAP default (the core's): at most this many posts of one author on a page
+AUTHOR_CAP = feedrank.AUTHOR_CAP
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -425,24 +425,6 @@ def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarr
     return head[~np.isin(head, blocked)][:n]
 
 
-def _author_capped(ids: Sequence[int], post_author: np.ndarray, cap: int, k: int) -> list[int]:
-    """Positions of the first ``k`` of ``ids`` passing over a post whose author has ``cap`` of
-    them already: the API's author cap (``diversify`` in api/src/feed.rs) on the first ``k`` posts
-    of a page of ``limit >= k``, where a post passed over cannot come back before post ``limit``."""
-    kept: list[int] = []
-    counts: dict[int, int] = {}
-    for pos, p in enumerate(ids):
-        a = int(post_author[p])
-        if a >= 0:
-            if counts.get(a, 0) >= cap:
-                continue
-            counts[a] = counts.get(a, 0) + 1
-        kept.append(pos)
-        if len(kept) == k:
-            break
-    return kept
-
-
 def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float], post_author: np.ndarray,
                 k: int = 10, author_cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` posts the API serves each pair: ``feedrank.blend`` of its source lists (in
@@ -460,7 +442,8 @@ def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float
         while True:
             src, idx = feedrank.blend(ordered, weights, width)
             ids = [ordered[s][i] for s, i in zip(src, idx)]
-            kept = _author_capped(ids, post_author, cap, k)
+            # the API's author cap on a page of `k` posts (the same code: feedrank.diversify)
+            kept = feedrank.diversify(post_author[ids], window=k, cap=cap, max_out=k) if ids else []
             if len(kept) == k or width >= total:
                 break
             width = total

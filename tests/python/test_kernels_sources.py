@@ -328,6 +328,55 @@ def test_blend_names_bad_arguments():
         feedrank.blend([np.array([0.5])], [1.0], 3)
 
 
+# --- the author cap ------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    authors=st.lists(st.integers(-1, 6), max_size=80),
+    window=st.integers(1, 12),
+    cap=st.integers(1, 4),
+    max_out=st.integers(0, 90),
+)
+def test_diversify_caps_every_window_keeps_each_authors_order_and_is_prefix_stable(authors, window, cap, max_out):
+    a = np.array(authors, np.int64)
+    full = feedrank.diversify(a, window, cap)
+    assert full.dtype == np.int64 and len(set(full.tolist())) == len(full)
+    for start in range(len(full)):
+        placed = a[full[start : start + window]]
+        owned = placed[placed >= 0]
+        assert all((owned == x).sum() <= cap for x in set(owned.tolist()))  # nobody's (-1) is never capped
+    for x in set(authors):
+        mine = [p for p in full.tolist() if a[p] == x]
+        assert mine == sorted(mine)
+    # every post of nobody's and of an author with at most `cap` posts is placed
+    counts = {x: authors.count(x) for x in set(authors)}
+    assert all(p in full for p, x in enumerate(authors) if x < 0 or counts[x] <= cap)
+    assert feedrank.diversify(a, window, cap, max_out).tolist() == full[:max_out].tolist()
+
+
+def test_diversify_passes_over_a_full_author_and_brings_the_post_back_when_the_window_moves():
+    # the docstring's example, step by step: the third 7 waits until the first leaves the window
+    assert feedrank.diversify(np.array([7, 7, 7, 8, 7, 9]), window=4, cap=2).tolist() == [0, 1, 3, 5, 2, 4]
+    # the API's default cap, on a page of 10: an author's fourth post comes after the others
+    assert feedrank.AUTHOR_CAP == 3
+    assert feedrank.diversify(np.array([1, 1, 1, 1, 2, 3]), window=10).tolist() == [0, 1, 2, 4, 5]
+
+
+def test_diversify_names_bad_arguments():
+    a = np.array([1, 2])
+    with pytest.raises(ValueError, match=r"^window: must be >= 1, got 0"):
+        feedrank.diversify(a, 0)
+    with pytest.raises(ValueError, match=r"^cap: must be >= 1, got 0"):
+        feedrank.diversify(a, 3, 0)
+    with pytest.raises(ValueError, match=r"^max_out: must be >= 0, got -1"):
+        feedrank.diversify(a, 3, 1, -1)
+    with pytest.raises(TypeError, match=r"^authors: expected an integer array"):
+        feedrank.diversify(np.array([0.5]), 3)
+    with pytest.raises(ValueError, match=r"^authors: "):
+        feedrank.diversify(np.zeros((2, 2), np.int64), 3)
+
+
 # --- names and the config section ---------------------------------------------------------------
 
 

@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use super::{Candidate, Exclusions, Feeds, SourceInput};
 use crate::db;
-use crate::diversify::diversify;
 use crate::error::ApiResult;
 use crate::memo::{IdHasher, IdMap};
 use crate::redis_store::SEEN_RETENTION_MS;
+use feedrank_core::diversify::diversify;
 
 /// Seeds are kept within JavaScript's safe integers, so a browser can pass one back unchanged.
 pub const MAX_SEED: u64 = (1 << 53) - 1;

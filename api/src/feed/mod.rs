@@ -35,12 +35,12 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use feedrank_core::config::{BlendShares, Reason, Source};
+use feedrank_core::diversify::diversify_prefix;
 use uuid::Uuid;
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::db;
-use crate::diversify::diversify_prefix;
 use crate::error::{ApiError, ApiResult};
 use crate::experiments::{ConfigArm, RunExperiments};
 use crate::fresh_pool::FreshSnapshot;

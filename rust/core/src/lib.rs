@@ -3,10 +3,11 @@
 //! Pure Rust, no Python: `rust/python` wraps it for `import feedrank`, `api/` links it directly.
 //!
 //! Kernels: [`shuffle`], [`tfidf`], [`similarity`], [`weighting`], [`score`] (the hybrid) with
-//! its [`collaborative`] models, its candidate path [`retrieval`] and the ridge maths of [`recommenders`], [`metrics`]; for the
-//! feed's request-time sources, [`profile`] (a user's stored profile, written by the pipeline),
-//! [`fresh`] (scoring posts newer than the user's list) and [`blend`] (how the sources share a
-//! feed). Long kernels take a [`cancel::Cancel`] token.
+//! its [`collaborative`] models, its candidate path [`retrieval`] and the ridge maths of
+//! [`recommenders`], [`metrics`]; for the feed's request-time sources, [`profile`] (a user's
+//! stored profile, written by the pipeline), [`fresh`] (scoring posts newer than the user's list),
+//! [`blend`] (how the sources share a feed) and [`diversify`] (the author cap on a page). Long
+//! kernels take a [`cancel::Cancel`] token.
 //! Contracts (one implementation each, used by the writer and the reader alike):
 //! [`config`] (the scoring configuration, its defaults and checks, the named enums) and
 //! [`cache`] (the Redis entry of a user's recommendations), [`experiment`] (an A/B experiment's
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod cancel;
 pub mod collaborative;
 pub mod config;
+pub mod diversify;
 pub mod error;
 pub mod experiment;
 pub mod fresh;

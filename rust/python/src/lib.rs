@@ -54,5 +54,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sources::user_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(sources::fresh_topk, m)?)?;
     m.add_function(wrap_pyfunction!(sources::blend, m)?)?;
+    m.add_function(wrap_pyfunction!(sources::diversify, m)?)?;
+    m.add("AUTHOR_CAP", feedrank_core::diversify::AUTHOR_CAP)?;
     Ok(())
 }

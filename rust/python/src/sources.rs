@@ -1,9 +1,10 @@
 //! The feed's candidate sources for Python: the stored profiles the pipeline writes, the fresh
-//! source over many users (the offline replay of what the API serves), the blend and the
-//! sources' names. Each is one call into the core: the API runs the same functions.
+//! source over many users (the offline replay of what the API serves), the blend, the author cap
+//! and the sources' names. Each is one call into the core: the API runs the same functions.
 
 use feedrank_core::blend as core_blend;
 use feedrank_core::config::Source;
+use feedrank_core::diversify::{self as core_diversify, AUTHOR_CAP};
 use feedrank_core::fresh::{self, PostArrays, UserRows};
 use feedrank_core::profile;
 use feedrank_core::sparse::from_sorted_rows;
@@ -209,6 +210,51 @@ pub fn blend<'py>(
             PyArray1::from_vec(py, index),
         ],
     )
+}
+
+/// The author cap a feed page goes through, as the API applies it: no author has more than `cap`
+/// posts in any `window` consecutive posts (the API's window is the page's `limit`), a post passed
+/// over moves down as little as it can, and a post that cannot be placed is left out. `authors`
+/// (int64): each post's author, in feed order; a negative author is nobody's and never capped.
+/// `cap` defaults to `AUTHOR_CAP` (the API's default). Returns the positions (int64) of the first
+/// `max_out` posts placed, all of them when None.
+///
+/// >>> feedrank.diversify(np.array([7, 7, 7, 8, 7, 9]), window=4, cap=2)
+/// array([0, 1, 3, 5, 2, 4])
+#[pyfunction]
+#[pyo3(signature = (authors, window, cap = AUTHOR_CAP as i64, max_out = None))]
+pub fn diversify<'py>(
+    py: Python<'py>,
+    authors: &Bound<'py, PyAny>,
+    window: i64,
+    cap: i64,
+    max_out: Option<i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let authors = ids_1d("authors", authors)?;
+    let window = positive("window", window)?;
+    let cap = positive("cap", cap)?;
+    let max_out = match max_out {
+        None => authors.len(),
+        Some(m) if m >= 0 => m as usize,
+        Some(m) => return Err(value_error("max_out", format!("must be >= 0, got {m}"))),
+    };
+    // nobody's posts each get a key of their own: (true, position)
+    let keyed: Vec<(bool, i64)> = authors
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if a < 0 { (true, i as i64) } else { (false, a) })
+        .collect();
+    let placed = core_diversify::diversify_prefix(
+        (0..keyed.len()).collect::<Vec<usize>>(),
+        |&i| keyed[i],
+        window,
+        cap,
+        max_out,
+    );
+    Ok(PyArray1::from_vec(
+        py,
+        placed.into_iter().map(|i| i as i64).collect(),
+    ))
 }
 
 /// The feed's sources, in the core's order (`Source`): the names a response's `source` field

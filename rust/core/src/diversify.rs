@@ -1,10 +1,16 @@
-//! The author-diversity re-ranking every feed page goes through: no author has more than `cap`
-//! posts in any `window` consecutive posts, and every other post keeps its place as far as it can.
+//! The author cap every feed page goes through: no author has more than `cap` posts in any
+//! `window` consecutive posts, and every other post keeps its place as far as it can. The API
+//! applies it to each page (`window` = the page's `limit`); the offline replay of the served feed
+//! (`feedrank.diversify`, `timecut.py`) calls the same code.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::Hash;
 
-use crate::memo::IdMap;
+use rustc_hash::FxHashMap;
+
+/// The default cap: at most this many posts of one author on a page (the API's
+/// `AUTHOR_DIVERSITY_CAP`).
+pub const AUTHOR_CAP: usize = 3;
 
 /// Re-ranks `items` so that no author appears more than `cap` times in any `window` consecutive
 /// items, moving an item down as little as possible; items that cannot be placed (an author with
@@ -29,7 +35,7 @@ pub fn diversify_prefix<T, K: Hash + Eq>(
     max_out: usize,
 ) -> Vec<T> {
     let n = items.len();
-    let mut dense: IdMap<K, usize> = IdMap::default();
+    let mut dense: FxHashMap<K, usize> = FxHashMap::default();
     // Dense author ids, computed as the scan reaches each item.
     let mut authors: Vec<usize> = Vec::with_capacity(max_out.min(n) * 2);
     let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
@@ -103,13 +109,9 @@ pub fn diversify_prefix<T, K: Hash + Eq>(
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
-    use uuid::Uuid;
 
-    fn authors(v: &[u8]) -> Vec<(usize, Uuid)> {
-        v.iter()
-            .enumerate()
-            .map(|(i, a)| (i, Uuid::from_u128(*a as u128)))
-            .collect()
+    fn authors(v: &[u8]) -> Vec<(usize, u64)> {
+        v.iter().enumerate().map(|(i, a)| (i, *a as u64)).collect()
     }
 
     #[test]
@@ -118,7 +120,7 @@ mod tests {
         let items = authors(&[1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7]);
         let out = diversify(items, |x| x.1, 4, 2);
         for w in out.windows(4) {
-            let ones = w.iter().filter(|x| x.1 == Uuid::from_u128(1)).count();
+            let ones = w.iter().filter(|x| x.1 == 1).count();
             assert!(ones <= 2, "{out:?}");
         }
         assert_eq!(out[0].0, 0);
@@ -136,28 +138,25 @@ mod tests {
         // A power-law-ish author mix from a fixed LCG: some authors own many posts.
         let mut x: u64 = 12345;
         for (window, cap) in [(5, 1), (10, 2), (50, 3), (7, 3)] {
-            let items: Vec<(usize, Uuid)> = (0..2000)
+            let items: Vec<(usize, u64)> = (0..2000)
                 .map(|i| {
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     let r = (x >> 33) % 1000;
-                    (
-                        i,
-                        Uuid::from_u128(if r < 300 { r as u128 % 3 } else { r as u128 }),
-                    )
+                    (i, if r < 300 { r % 3 } else { r })
                 })
                 .collect();
             let out = diversify(items.clone(), |x| x.1, window, cap);
             for w in out.windows(window) {
-                let mut c: HashMap<Uuid, usize> = HashMap::new();
+                let mut c: HashMap<u64, usize> = HashMap::new();
                 for (_, a) in w {
                     *c.entry(*a).or_default() += 1;
                 }
                 assert!(c.values().all(|&n| n <= cap));
             }
             // Each author's posts keep their relative order; nothing is duplicated.
-            let mut last: HashMap<Uuid, usize> = HashMap::new();
+            let mut last: HashMap<u64, usize> = HashMap::new();
             let mut seen = HashSet::new();
             for (i, a) in &out {
                 assert!(seen.insert(*i));
