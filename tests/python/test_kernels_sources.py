@@ -338,29 +338,41 @@ def test_blend_names_bad_arguments():
     cap=st.integers(1, 4),
     max_out=st.integers(0, 90),
 )
-def test_diversify_caps_every_window_keeps_each_authors_order_and_is_prefix_stable(authors, window, cap, max_out):
+def test_diversify_caps_every_window_while_others_wait_keeps_each_authors_order_and_every_post(
+    authors, window, cap, max_out
+):
     a = np.array(authors, np.int64)
     full = feedrank.diversify(a, window, cap)
-    assert full.dtype == np.int64 and len(set(full.tolist())) == len(full)
-    for start in range(len(full)):
-        placed = a[full[start : start + window]]
-        owned = placed[placed >= 0]
-        assert all((owned == x).sum() <= cap for x in set(owned.tolist()))  # nobody's (-1) is never capped
+    assert full.dtype == np.int64 and sorted(full.tolist()) == list(range(len(a)))  # every post, once
+    left = set(range(len(a)))
+    for j, p in enumerate(full.tolist()):
+        before = a[full[max(0, j - window + 1) : j]]
+
+        def at_cap(x: int) -> bool:  # nobody's posts (-1) are never capped
+            return x >= 0 and (before == x).sum() >= cap
+
+        if at_cap(a[p]):  # only when every post left is by an author at the cap
+            assert all(at_cap(a[q]) for q in left), (j, full.tolist())
+        left.remove(p)
     for x in set(authors):
         mine = [p for p in full.tolist() if a[p] == x]
         assert mine == sorted(mine)
-    # every post of nobody's and of an author with at most `cap` posts is placed
-    counts = {x: authors.count(x) for x in set(authors)}
-    assert all(p in full for p, x in enumerate(authors) if x < 0 or counts[x] <= cap)
-    assert feedrank.diversify(a, window, cap, max_out).tolist() == full[:max_out].tolist()
+    # a prefix is the full result's, stopping early only where only authors at the cap are left
+    part = feedrank.diversify(a, window, cap, max_out).tolist()
+    assert part == full[: len(part)].tolist() and len(part) <= max_out
+    if len(part) < min(max_out, len(a)):
+        q = full[len(part)]
+        assert (a[full[max(0, len(part) - window + 1) : len(part)]] == a[q]).sum() >= cap
 
 
 def test_diversify_passes_over_a_full_author_and_brings_the_post_back_when_the_window_moves():
     # the docstring's example, step by step: the third 7 waits until the first leaves the window
     assert feedrank.diversify(np.array([7, 7, 7, 8, 7, 9]), window=4, cap=2).tolist() == [0, 1, 3, 5, 2, 4]
-    # the API's default cap, on a page of 10: an author's fourth post comes after the others
+    # the API's default cap, on a page of 10: an author's fourth post comes after the others, and
+    # when only theirs are left it follows anyway (the whole list); a prefix stops there
     assert feedrank.AUTHOR_CAP == 3
-    assert feedrank.diversify(np.array([1, 1, 1, 1, 2, 3]), window=10).tolist() == [0, 1, 2, 4, 5]
+    assert feedrank.diversify(np.array([1, 1, 1, 1, 2, 3]), window=10).tolist() == [0, 1, 2, 4, 5, 3]
+    assert feedrank.diversify(np.array([1, 1, 1, 1, 2, 3]), window=10, max_out=10).tolist() == [0, 1, 2, 4, 5]
 
 
 def test_diversify_names_bad_arguments():

@@ -216,8 +216,11 @@ pub fn blend<'py>(
 /// posts in any `window` consecutive posts (the API's window is the page's `limit`), a post passed
 /// over moves down as little as it can, and a post that cannot be placed is left out. `authors`
 /// (int64): each post's author, in feed order; a negative author is nobody's and never capped.
-/// `cap` defaults to `AUTHOR_CAP` (the API's default). Returns the positions (int64) of the first
-/// `max_out` posts placed, all of them when None.
+/// `cap` defaults to `AUTHOR_CAP` (the API's default). Returns the positions (int64) of the posts
+/// in their new order: all of them when `max_out` is None (when only authors at the cap are left,
+/// their posts follow in order: the cap never ends a feed), else the first `max_out`, or fewer
+/// where only authors at the cap are left (a longer list, as the API's fallback after its blend,
+/// would place another author's post there).
 ///
 /// >>> feedrank.diversify(np.array([7, 7, 7, 8, 7, 9]), window=4, cap=2)
 /// array([0, 1, 3, 5, 2, 4])
@@ -234,8 +237,8 @@ pub fn diversify<'py>(
     let window = positive("window", window)?;
     let cap = positive("cap", cap)?;
     let max_out = match max_out {
-        None => authors.len(),
-        Some(m) if m >= 0 => m as usize,
+        None => None,
+        Some(m) if m >= 0 => Some(m as usize),
         Some(m) => return Err(value_error("max_out", format!("must be >= 0, got {m}"))),
     };
     // nobody's posts each get a key of their own: (true, position)
@@ -244,13 +247,12 @@ pub fn diversify<'py>(
         .enumerate()
         .map(|(i, &a)| if a < 0 { (true, i as i64) } else { (false, a) })
         .collect();
-    let placed = core_diversify::diversify_prefix(
-        (0..keyed.len()).collect::<Vec<usize>>(),
-        |&i| keyed[i],
-        window,
-        cap,
-        max_out,
-    );
+    let positions: Vec<usize> = (0..keyed.len()).collect();
+    let author = |&i: &usize| keyed[i];
+    let placed = match max_out {
+        None => core_diversify::diversify(positions, author, window, cap),
+        Some(m) => core_diversify::diversify_prefix(positions, author, window, cap, m),
+    };
     Ok(PyArray1::from_vec(
         py,
         placed.into_iter().map(|i| i as i64).collect(),
