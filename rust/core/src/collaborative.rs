@@ -21,19 +21,38 @@ use crate::sparse::Csr;
 use crate::{Error, Result};
 
 /// Where a collaborative model writes one user's scores: a dense accumulator over posts that
-/// remembers which posts it touched (the block kernel keeps only those).
+/// remembers which posts it touched (the block kernel keeps only those), or the list of the
+/// `(post, value)` additions in the order they come (the candidate path, which sums them itself
+/// after a stable sort by post: the same sums in the same order, without an array over posts).
 pub struct Lane<'a> {
-    acc: &'a mut Accumulator,
+    sink: Sink<'a>,
+}
+
+enum Sink<'a> {
+    Dense(&'a mut Accumulator),
+    Pairs(&'a mut Vec<(u32, f32)>),
 }
 
 impl<'a> Lane<'a> {
     pub fn new(acc: &'a mut Accumulator) -> Self {
-        Lane { acc }
+        Lane {
+            sink: Sink::Dense(acc),
+        }
+    }
+
+    /// A lane that appends each addition to `out`, unsummed.
+    pub fn pairs(out: &'a mut Vec<(u32, f32)>) -> Self {
+        Lane {
+            sink: Sink::Pairs(out),
+        }
     }
 
     #[inline(always)]
     pub fn add(&mut self, post: usize, value: f32) {
-        self.acc.add(post as u32, value);
+        match &mut self.sink {
+            Sink::Dense(acc) => acc.add(post as u32, value),
+            Sink::Pairs(out) => out.push((post as u32, value)),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::collaborative::{CollaborativeScorer, Lane};
 use crate::config::RetrievalSettings;
-use crate::score::{content_profile, lane_range, score_in_blocks, HybridResult, Shared};
+use crate::score::{content_profile, score_in_blocks, HybridResult, Shared};
 use crate::similarity::Accumulator;
 use crate::topk::{write_row, Scored, TopK};
 use crate::Result;
@@ -49,21 +49,53 @@ use crate::Result;
 /// Users per parallel task (the cancel token is checked between them).
 const USERS_PER_TASK: usize = 32;
 
+/// Posts per [`Window`] (a power of two): two arrays of 16 KB and 512 bytes of marks, which
+/// stay in the fastest caches whatever the number of posts.
+const WINDOW: usize = 4096;
+
 /// What retrieval prepares once per model: the inverted index and the prior order.
+///
+/// Per user, nothing is sized by the number of posts: the user's excluded posts, collaborative
+/// scores, content matches and pool are short lists sorted by post, summed and joined one
+/// [`Window`] of posts at a time. (Arrays of one slot per post, written at scattered posts,
+/// fall out of the processor's caches as the catalogue grows: the time per user grew with the
+/// posts although the work did not; docs/scaling.md, issue 17.)
 pub(crate) struct Retriever {
     settings: RetrievalSettings,
     /// Term `t`'s postings are `post[start[t]..start[t + 1]]` with their weights (TF-IDF / the
-    /// post's norm) in `impact`: allowed posts only, by descending weight (ties: lower post), at
-    /// most `posting_limit`.
+    /// post's norm) in `impact`: allowed posts only, the `posting_limit` of highest weight
+    /// (ties: lower post), stored by ascending post so that a query reads them in post order.
     start: Vec<usize>,
     post: Vec<u32>,
     impact: Vec<f32>,
-    /// Every weight > 0 (TF-IDF always): the branchless accumulation applies.
+    /// Every weight > 0 (TF-IDF always): only the profile's positive terms add anything.
     positive: bool,
     /// Allowed posts having term `t`, before the cut.
     df: Vec<u32>,
     /// The allowed posts by descending prior (ties: lower post).
     by_prior: Vec<u32>,
+    /// `by_prior[..prior]`, by ascending post: the prior's candidates but for the excluded.
+    prior_head: Vec<u32>,
+    /// The recency and engagement of each of `prior_head`, read in order (most of a pool).
+    prior_values: Vec<[f32; 2]>,
+    /// Each post's position in `by_prior` (`u32::MAX`: not allowed).
+    prior_rank: Vec<u32>,
+    /// What scoring reads of a post, in one place: its TF-IDF row is `terms[posts[p].start..
+    /// posts[p + 1].start]`, (term, value) pairs. A user's scoring reads a few thousand posts
+    /// at scattered places; from these, each costs two or three cache lines instead of the
+    /// five of the separate arrays (row bounds, terms, values, norm, recency, engagement).
+    posts: Vec<PostData>,
+    terms: Vec<(u32, f32)>,
+}
+
+/// One post's data for scoring (see [`Retriever::posts`]); 32 bytes, two to a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct PostData {
+    start: usize,
+    inv_norm: f32,
+    recency: f32,
+    engagement: f32,
 }
 
 impl Retriever {
@@ -81,12 +113,11 @@ impl Retriever {
         let df: Vec<u32> = lists.iter().map(|l| l.len() as u32).collect();
         let limit = settings.posting_limit;
         lists.par_iter_mut().for_each(|l| {
-            let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
             if l.len() > limit {
-                l.select_nth_unstable_by(limit, order);
+                l.select_nth_unstable_by(limit, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 l.truncate(limit);
             }
-            l.sort_unstable_by(order);
+            l.sort_unstable_by_key(|e| e.0);
         });
         let mut start = Vec::with_capacity(n_terms + 1);
         start.push(0);
@@ -121,6 +152,33 @@ impl Retriever {
                 .total_cmp(&prior[a as usize])
                 .then(a.cmp(&b))
         });
+        let mut prior_head = by_prior[..settings.prior.min(by_prior.len())].to_vec();
+        prior_head.sort_unstable();
+        let prior_values = prior_head
+            .iter()
+            .map(|&p| [sh.recency[p as usize], sh.engagement[p as usize]])
+            .collect();
+        let mut prior_rank = vec![u32::MAX; sh.recency.len()];
+        for (r, &p) in by_prior.iter().enumerate() {
+            prior_rank[p as usize] = r as u32;
+        }
+        let n_posts = sh.recency.len();
+        let mut posts = Vec::with_capacity(n_posts + 1);
+        let mut terms = Vec::with_capacity(tfidf.indices.len());
+        for p in 0..n_posts {
+            posts.push(PostData {
+                start: terms.len(),
+                inv_norm: sh.inv_norm[p],
+                recency: sh.recency[p],
+                engagement: sh.engagement[p],
+            });
+            let (t, x) = tfidf.row(p);
+            terms.extend(t.iter().copied().zip(x.iter().copied()));
+        }
+        posts.push(PostData {
+            start: terms.len(),
+            ..PostData::default()
+        });
         Retriever {
             settings,
             start,
@@ -129,12 +187,25 @@ impl Retriever {
             positive,
             df,
             by_prior,
+            prior_head,
+            prior_values,
+            prior_rank,
+            posts,
+            terms,
         }
     }
 
-    fn postings(&self, t: u32) -> (&[u32], &[f32]) {
-        let range = self.start[t as usize]..self.start[t as usize + 1];
-        (&self.post[range.clone()], &self.impact[range])
+    /// Cosine between one user's profile (dense over terms, pre-divided by its norm) and post
+    /// `p`: the arithmetic of the exhaustive path's `Shared::content_lanes` (the same products
+    /// summed in the same order), so both paths agree bit for bit.
+    #[inline]
+    fn content_of(&self, profile: &[f32], p: usize) -> f32 {
+        let row = &self.terms[self.posts[p].start..self.posts[p + 1].start];
+        let mut c = 0f32;
+        for &(t, x) in row {
+            c += x * profile[t as usize];
+        }
+        c * self.posts[p].inv_norm
     }
 
     /// The top-k of each of `users` from their candidates (the same shape as the exhaustive
@@ -147,14 +218,13 @@ impl Retriever {
         users: &[usize],
         cancel: &Cancel,
     ) -> Result<HybridResult> {
-        let n_posts = sh.recency.len();
         let n_terms = sh.tfidf.ncols;
         score_in_blocks(
             k,
             users,
             USERS_PER_TASK,
             cancel,
-            || UserScratch::new(n_posts, n_terms, k, scorer),
+            || UserScratch::new(n_terms, k, scorer),
             |s, block, idx, sc, comp| {
                 for (i, &u) in block.iter().enumerate() {
                     self.score_user(
@@ -171,6 +241,44 @@ impl Retriever {
         )
     }
 
+    /// Adds `weight x impact` of each queried term's postings into `out`, one entry per post
+    /// reached and not excluded (`excl`, sorted), by ascending post; `query` holds each term's
+    /// range of postings still to read and the profile's weight.
+    ///
+    /// The postings being sorted by post, they are read one window of posts at a time: each
+    /// term's postings in the window are added into the window's sums, term by term in query
+    /// order, so that each post's sum is the very sum an accumulator over all posts computed.
+    fn query_content(
+        &self,
+        query: &mut [(usize, usize, f32)],
+        mut excl: &[u32],
+        win: &mut Window,
+        out: &mut Vec<(u32, f32, bool)>,
+    ) {
+        // the lowest post not yet read opens the next window (windows without postings are
+        // skipped)
+        while let Some(first) = query
+            .iter()
+            .filter(|q| q.0 < q.1)
+            .map(|q| self.post[q.0])
+            .min()
+        {
+            let base = first as usize & !(WINDOW - 1);
+            let end = base + WINDOW;
+            for q in query.iter_mut() {
+                let (mut i, w) = (q.0, q.2);
+                while i < q.1 && (self.post[i] as usize) < end {
+                    win.add(self.post[i] as usize - base, w * self.impact[i]);
+                    i += 1;
+                }
+                q.0 = i;
+            }
+            below(&mut excl, base, |&p| p);
+            win.unmark(base, below(&mut excl, end, |&p| p));
+            win.drain(|j, v| out.push(((base + j) as u32, v, false)));
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn score_user(
         &self,
@@ -184,43 +292,64 @@ impl Retriever {
     ) {
         let cfg = &self.settings;
 
-        // the posts never shown, and how many of the allowed posts they are
-        let mut n_excluded = 0usize;
-        {
-            let excluded = &mut s.excluded;
-            sh.excluded_posts(user, |p| {
-                if excluded[p as usize] == 0 {
-                    excluded[p as usize] = 1;
-                    n_excluded += sh.is_allowed(p) as usize;
-                }
-            });
-        }
+        // the posts never shown (sorted), and how many of the allowed posts they are
+        s.excl.clear();
+        sh.excluded_posts(user, |p| s.excl.push(p));
+        s.excl.sort_unstable();
+        s.excl.dedup();
+        let n_excluded = s.excl.iter().filter(|&&p| sh.is_allowed(p)).count();
         let n_shown = sh.allowed.len() - n_excluded;
 
-        // collaborative: the model's scores stay in `s.collab.acc` until the end
-        scorer.score_into(user, &mut s.model, &mut Lane::new(&mut s.collab));
-        let (mut collab_lo, mut collab_hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        let mut seen = 0usize;
-        s.collab_list.clear();
-        for &p in &s.collab.touched {
-            if s.excluded[p as usize] != 0 || !sh.is_allowed(p) {
-                continue;
+        // collaborative: the model's additions, grouped by window of posts (stably), summed per
+        // post in the window's sums (each post's additions in the order they came, as the
+        // exhaustive path's accumulator sums them); kept in `s.collab`, by post, for the posts
+        // the user may be shown
+        s.pairs.clear();
+        scorer.score_into(user, &mut s.model, &mut Lane::pairs(&mut s.pairs));
+        group_by_window(&s.pairs, &mut s.counts, &mut s.grouped);
+        s.collab.clear();
+        {
+            let mut excl = &s.excl[..];
+            for group in s
+                .grouped
+                .chunk_by(|a, b| a.0 as usize / WINDOW == b.0 as usize / WINDOW)
+            {
+                let base = group[0].0 as usize & !(WINDOW - 1);
+                for &(p, v) in group {
+                    s.win.add(p as usize - base, v);
+                }
+                below(&mut excl, base, |&p| p);
+                s.win.unmark(base, below(&mut excl, base + WINDOW, |&p| p));
+                let collab = &mut s.collab;
+                s.win.drain(|j, v| {
+                    let p = (base + j) as u32;
+                    if sh.is_allowed(p) {
+                        collab.push((p, v, false));
+                    }
+                });
             }
-            let v = s.collab.acc[p as usize];
-            seen += 1;
+        }
+        let (mut collab_lo, mut collab_hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        s.collab_list.clear();
+        for (i, &(_, v, _)) in s.collab.iter().enumerate() {
             collab_lo = collab_lo.min(v);
             collab_hi = collab_hi.max(v);
             if v > 0.0 {
-                s.collab_list.push((p, v));
+                // by position in `s.collab`, which orders ties as the posts do
+                s.collab_list.push((i as u32, v));
             }
         }
-        if seen < n_shown {
+        if s.collab.len() < n_shown {
             collab_lo = collab_lo.min(0.0);
             collab_hi = collab_hi.max(0.0);
         }
         strongest(&mut s.collab_list, cfg.collaborative);
+        for e in &s.collab_list {
+            s.collab[e.0 as usize].2 = true;
+        }
 
-        // content: the profile (dense, for the exact cosines) and the index's candidates
+        // content: the profile (dense over terms, for the exact cosines) and the index's
+        // candidates
         s.profile_terms.clear();
         {
             let (dense, terms) = (&mut s.profile_dense, &mut s.profile_terms);
@@ -238,60 +367,127 @@ impl Retriever {
             .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let queried = s.profile_terms.len().min(cfg.content_terms);
         let mut complete = queried == s.profile_terms.len();
+        s.query.clear();
         for &(t, w) in &s.profile_terms[..queried] {
-            let (posts, impacts) = self.postings(t);
-            complete &= posts.len() == self.df[t as usize] as usize;
-            if self.positive {
-                // the profile of positive TF-IDF rows is positive: every product is > 0 (a zero
-                // weight adds nothing; the two ways of recording touches must not mix)
-                if w > 0.0 {
-                    s.content.add_positive(posts, impacts, w);
-                }
-            } else {
-                for (&p, &x) in posts.iter().zip(impacts) {
-                    s.content.add(p, w * x);
-                }
+            let (from, to) = (self.start[t as usize], self.start[t as usize + 1]);
+            complete &= to - from == self.df[t as usize] as usize;
+            // positive impacts: a profile weight <= 0 adds nothing and is not read
+            if !self.positive || w > 0.0 {
+                s.query.push((from, to, w));
             }
         }
-        let n = s.content.count;
-        s.content.touched.extend_from_slice(&s.content.buf[..n]);
-        s.content.count = 0;
+        s.content.clear();
+        self.query_content(&mut s.query, &s.excl, &mut s.win, &mut s.content);
+        let reached = s.content.len();
         s.content_list.clear();
-        for &p in &s.content.touched {
-            if s.excluded[p as usize] == 0 {
-                s.content_list.push((p, s.content.acc[p as usize]));
-            }
-        }
-        let reached = s.content_list.len();
+        s.content_list
+            .extend(s.content.iter().enumerate().map(|(i, e)| (i as u32, e.1)));
         strongest(&mut s.content_list, cfg.content);
         // the content candidates' exact cosines replace the index's partial sums: the proxy
         // below and content's maximum read them
         let mut content_hi = f32::NEG_INFINITY;
         for e in s.content_list.iter_mut() {
-            e.1 = sh.content_of(&s.profile_dense, e.0 as usize);
-            s.content.acc[e.0 as usize] = e.1;
+            let entry = &mut s.content[e.0 as usize];
+            e.1 = self.content_of(&s.profile_dense, entry.0 as usize);
+            *entry = (entry.0, e.1, true);
             content_hi = content_hi.max(e.1);
         }
 
-        // the pool: every source's posts; past the budget, the best by a proxy of the score
-        // that is exact but for content (the index's partial dot product in its place)
-        s.union.clear();
-        let sources = s.collab_list.iter().chain(&s.content_list).map(|e| e.0);
-        let prior = self
-            .by_prior
-            .iter()
-            .copied()
-            .filter(|&p| s.excluded[p as usize] == 0)
-            .take(cfg.prior);
-        for p in sources.chain(prior) {
-            if !s.in_union[p as usize] {
-                s.in_union[p as usize] = true;
-                s.union.push(p);
+        // prior: the first `prior` posts of `by_prior` the user may be shown, that is
+        // `prior_head` but for the excluded, plus one post from further down for each excluded
+        // one in the window (found from the excluded posts' ranks, not by a walk)
+        s.ranks.clear();
+        s.ranks.extend(
+            s.excl
+                .iter()
+                .map(|&p| self.prior_rank[p as usize])
+                .filter(|&r| r != u32::MAX),
+        );
+        s.ranks.sort_unstable();
+        let head = self.prior_head.len();
+        let mut cut = head;
+        for &r in &s.ranks {
+            if (r as usize) >= cut {
+                break;
+            }
+            cut = (cut + 1).min(self.by_prior.len());
+        }
+        s.extra.clear();
+        s.extra.extend_from_slice(&self.by_prior[head..cut]);
+        s.extra.sort_unstable();
+
+        // the pool, by post: the chosen collaborative and content posts and the prior's, with
+        // each one's collaborative score and content (the exact cosine for the content
+        // candidates, the index's partial dot product or 0 for the others), assembled window
+        // by window as the content query is
+        s.pool.clear();
+        s.pool_collab.clear();
+        s.pool_content.clear();
+        s.pool_exact.clear();
+        {
+            let (mut content, mut collab) = (&s.content[..], &s.collab[..]);
+            let (mut head, mut extra, mut excl) = (&self.prior_head[..], &s.extra[..], &s.excl[..]);
+            let win = &mut s.win;
+            while let Some(first) = [
+                content.first().map(|e| e.0),
+                collab.first().map(|e| e.0),
+                head.first().copied(),
+                extra.first().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            {
+                let base = first as usize & !(WINDOW - 1);
+                let end = base + WINDOW;
+                let content = below(&mut content, end, |e| e.0);
+                let collab = below(&mut collab, end, |e| e.0);
+                for &(p, v, chosen) in content {
+                    // a chosen content candidate: marked, and flagged as holding its exact cosine
+                    win.set(p as usize - base, v, chosen);
+                }
+                for &(p, v, chosen) in collab {
+                    let j = p as usize - base;
+                    win.other[j] = v;
+                    win.mark(j, chosen);
+                }
+                for &p in below(&mut head, end, |&p| p)
+                    .iter()
+                    .chain(below(&mut extra, end, |&p| p))
+                {
+                    win.mark(p as usize - base, true);
+                }
+                // `prior_head` holds the user's excluded posts too
+                below(&mut excl, base, |&p| p);
+                win.unmark(base, below(&mut excl, end, |&p| p));
+                let (pool, pool_collab, pool_content, pool_exact) = (
+                    &mut s.pool,
+                    &mut s.pool_collab,
+                    &mut s.pool_content,
+                    &mut s.pool_exact,
+                );
+                win.drain_with_other(|j, v, o, exact| {
+                    pool.push((base + j) as u32);
+                    pool_content.push(v);
+                    pool_collab.push(o);
+                    pool_exact.push(exact);
+                });
+                // the slots set but not marked back to zero
+                for &(p, ..) in content {
+                    win.sums[p as usize - base] = 0.0;
+                }
+                for &(p, ..) in collab {
+                    win.other[p as usize - base] = 0.0;
+                }
             }
         }
-        let rec = lane_range(&sh.by_recency, &sh.recency, &s.excluded, 0);
-        let eng = lane_range(&sh.by_engagement, &sh.engagement, &s.excluded, 0);
-        if s.union.len() > cfg.budget {
+
+        // past the budget, the pool's best by a proxy of the score that is exact but for
+        // content; `kept` holds positions in the pool
+        let rec = range_shown(&sh.by_recency, &sh.recency, &s.excl);
+        let eng = range_shown(&sh.by_engagement, &sh.engagement, &s.excl);
+        s.kept.clear();
+        if s.pool.len() > cfg.budget {
             let approx_hi = s.content_list.iter().fold(0f32, |h, e| h.max(e.1));
             let inv = |(l, h): (f32, f32)| if h > l { 1.0 / (h - l) } else { 0.0 };
             let (c_inv, a_inv, r_inv, e_inv) = (
@@ -302,42 +498,47 @@ impl Retriever {
             );
             let w = sh.weights;
             s.proxy.clear();
-            for &p in &s.union {
-                let pu = p as usize;
+            let mut at = 0;
+            for (i, &p) in s.pool.iter().enumerate() {
+                // a prior post's values from `prior_values` (in order), another's from `posts`
+                while at < self.prior_head.len() && self.prior_head[at] < p {
+                    at += 1;
+                }
+                let [r, e] = match self.prior_head.get(at) {
+                    Some(&q) if q == p => self.prior_values[at],
+                    _ => [
+                        self.posts[p as usize].recency,
+                        self.posts[p as usize].engagement,
+                    ],
+                };
                 let score = w.combine([
-                    (s.collab.acc[pu] - collab_lo) * c_inv,
-                    s.content.acc[pu] * a_inv,
-                    (sh.recency[pu] - rec.0) * r_inv,
-                    (sh.engagement[pu] - eng.0) * e_inv,
+                    (s.pool_collab[i] - collab_lo) * c_inv,
+                    s.pool_content[i] * a_inv,
+                    (r - rec.0) * r_inv,
+                    (e - eng.0) * e_inv,
                 ]);
-                s.proxy.push((p, score));
+                // positions in the pool order ties as the posts do
+                s.proxy.push((i as u32, score));
             }
             strongest(&mut s.proxy, cfg.budget);
-            for &p in &s.union {
-                s.in_union[p as usize] = false;
-            }
-            s.union.clear();
-            for &(p, _) in &s.proxy {
-                s.in_union[p as usize] = true;
-                s.union.push(p);
-            }
+            s.kept.extend(s.proxy.iter().map(|e| e.0));
+        } else {
+            s.kept.extend(0..s.pool.len() as u32);
         }
 
-        // the exact content of the candidates, and its range
-        s.union_content.clear();
-        for &p in &s.union {
-            let c = sh.content_of(&s.profile_dense, p as usize);
-            content_hi = content_hi.max(c);
-            s.union_content.push(c);
+        // the exact content of the kept posts (the content candidates' is known), and its range
+        for &i in &s.kept {
+            if !s.pool_exact[i as usize] {
+                let c = self.content_of(&s.profile_dense, s.pool[i as usize] as usize);
+                content_hi = content_hi.max(c);
+                s.pool_content[i as usize] = c;
+            }
         }
         let content_lo = if reached == n_shown && complete && !s.profile_terms.is_empty() {
             // every post the user may be shown shares a term with the profile
             let mut lo = f32::INFINITY;
-            for &p in &s.content.touched {
-                if s.excluded[p as usize] != 0 {
-                    continue;
-                }
-                let c = sh.content_of(&s.profile_dense, p as usize);
+            for &(p, ..) in &s.content {
+                let c = self.content_of(&s.profile_dense, p as usize);
                 lo = lo.min(c);
                 content_hi = content_hi.max(c);
             }
@@ -356,52 +557,42 @@ impl Retriever {
             }
         }
         let norm = |c: usize, v: f32| (v - lo4[c]) * scale[c];
+        let raw = |i: usize| {
+            let p = s.pool[i] as usize;
+            [
+                s.pool_collab[i],
+                s.pool_content[i],
+                self.posts[p].recency,
+                self.posts[p].engagement,
+            ]
+        };
         let w = sh.weights;
         s.top.clear();
-        for (&p, &content) in s.union.iter().zip(&s.union_content) {
-            let pu = p as usize;
-            let score = w.combine([
-                norm(0, s.collab.acc[pu]),
-                norm(1, content),
-                norm(2, sh.recency[pu]),
-                norm(3, sh.engagement[pu]),
-            ]);
-            s.top.push(p, score);
+        for &i in &s.kept {
+            let r = raw(i as usize);
+            let score = w.combine([norm(0, r[0]), norm(1, r[1]), norm(2, r[2]), norm(3, r[3])]);
+            // by position in the pool, which orders ties as the posts do
+            s.top.push(i, score);
         }
         s.top.drain_sorted(&mut s.sorted);
-        write_row(&s.sorted, idx_out, sc_out);
-        for (slot, e) in s.sorted.iter().enumerate() {
-            let p = e.index as usize;
-            let raw = [
-                s.collab.acc[p],
-                sh.content_of(&s.profile_dense, p),
-                sh.recency[p],
-                sh.engagement[p],
-            ];
+        for (slot, e) in s.sorted.iter_mut().enumerate() {
+            let r = raw(e.index as usize);
             for c in 0..4 {
-                comp_out[slot * 4 + c] = norm(c, raw[c]);
+                comp_out[slot * 4 + c] = norm(c, r[c]);
             }
+            e.index = s.pool[e.index as usize];
         }
+        write_row(&s.sorted, idx_out, sc_out);
 
-        // the scratch back to zero for the next user
-        sh.excluded_posts(user, |p| s.excluded[p as usize] = 0);
-        for acc in [&mut s.collab, &mut s.content] {
-            for i in 0..acc.touched.len() {
-                let p = acc.touched[i];
-                acc.take(p);
-            }
-            acc.touched.clear();
-        }
+        // the profile back to zero for the next user
         for &(t, _) in &s.profile_terms {
             s.profile_dense[t as usize] = 0.0;
-        }
-        for &p in &s.union {
-            s.in_union[p as usize] = false;
         }
     }
 }
 
-/// Keeps the `cap` largest values of `list` (ties: the lower post), in no particular order.
+/// Keeps the `cap` largest values of `list` (ties: the lower first field), in no particular
+/// order.
 fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
     if list.len() > cap {
         list.select_nth_unstable_by(cap, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -409,43 +600,187 @@ fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
     }
 }
 
-/// Per-thread scratch of the candidate path: dense arrays over posts and terms, reset after
-/// each user by walking only what that user touched.
+/// Splits off and returns the front of `list` (sorted by `post`) whose posts are below `end`.
+#[inline]
+fn below<'a, T>(list: &mut &'a [T], end: usize, post: impl Fn(&T) -> u32) -> &'a [T] {
+    let n = list.partition_point(|e| (post(e) as usize) < end);
+    let (front, rest) = list.split_at(n);
+    *list = rest;
+    front
+}
+
+/// `pairs` grouped by window of posts, each window's in their order (a counting sort by
+/// window; `counts` has one slot per window).
+fn group_by_window(pairs: &[(u32, f32)], counts: &mut Vec<usize>, out: &mut Vec<(u32, f32)>) {
+    let windows = pairs.iter().map(|e| e.0 as usize / WINDOW + 1).max();
+    counts.clear();
+    counts.resize(windows.unwrap_or(0) + 1, 0);
+    for e in pairs {
+        counts[e.0 as usize / WINDOW + 1] += 1;
+    }
+    for w in 1..counts.len() {
+        counts[w] += counts[w - 1];
+    }
+    out.clear();
+    out.resize(pairs.len(), (0, 0.0));
+    for &e in pairs {
+        let w = e.0 as usize / WINDOW;
+        out[counts[w]] = e;
+        counts[w] += 1;
+    }
+}
+
+/// The minimum and maximum of `values` over the posts not in `excluded` (sorted), `order`
+/// being the allowed posts by ascending value ([`crate::score::lane_range`] with the excluded
+/// posts as a list).
+fn range_shown(order: &[u32], values: &[f32], excluded: &[u32]) -> (f32, f32) {
+    let keep = |p: &&u32| excluded.binary_search(p).is_err();
+    match (order.iter().find(keep), order.iter().rev().find(keep)) {
+        (Some(&a), Some(&b)) => (values[a as usize], values[b as usize]),
+        _ => (f32::INFINITY, f32::NEG_INFINITY),
+    }
+}
+
+/// Dense arrays over one window of [`WINDOW`] posts (`base..base + WINDOW`, slot `p - base`):
+/// a value or sum per post, a second value, and marks. The lists that feed it are sorted by
+/// post and read one window at a time, so an array over every post (which leaves the caches
+/// as posts grow) is never needed; each slot sums its additions in the order they come, as
+/// such an array would.
+struct Window {
+    sums: Vec<f32>,
+    other: Vec<f32>,
+    marks: Vec<u64>,
+    /// A second mark per slot, read back with the slot.
+    flags: Vec<u64>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            sums: vec![0.0; WINDOW],
+            other: vec![0.0; WINDOW],
+            marks: vec![0; WINDOW / 64],
+            flags: vec![0; WINDOW / 64],
+        }
+    }
+
+    #[inline(always)]
+    fn mark(&mut self, j: usize, on: bool) {
+        self.marks[j / 64] |= (on as u64) << (j % 64);
+    }
+
+    #[inline(always)]
+    fn add(&mut self, j: usize, v: f32) {
+        self.mark(j, true);
+        self.sums[j] += v;
+    }
+
+    /// Sets slot `j`'s value, marked and flagged if `mark`.
+    #[inline(always)]
+    fn set(&mut self, j: usize, v: f32, mark: bool) {
+        self.mark(j, mark);
+        self.flags[j / 64] |= (mark as u64) << (j % 64);
+        self.sums[j] = v;
+    }
+
+    /// Drops the slots of `posts` (in this window at `base`): unmarked, their sums zero.
+    fn unmark(&mut self, base: usize, posts: &[u32]) {
+        for &p in posts {
+            let j = p as usize - base;
+            self.marks[j / 64] &= !(1 << (j % 64));
+            self.sums[j] = 0.0;
+        }
+    }
+
+    /// Calls `f(slot, sum)` for each marked slot in ascending order, and empties them.
+    #[inline(always)]
+    fn drain(&mut self, mut f: impl FnMut(usize, f32)) {
+        self.drain_with_other(|j, v, _, _| f(j, v));
+    }
+
+    /// [`Window::drain`] with the slot's second value and flag too (emptied as well).
+    #[inline(always)]
+    fn drain_with_other(&mut self, mut f: impl FnMut(usize, f32, f32, bool)) {
+        for m in 0..self.marks.len() {
+            let mut bits = std::mem::take(&mut self.marks[m]);
+            let flags = std::mem::take(&mut self.flags[m]);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let j = m * 64 + b;
+                f(
+                    j,
+                    std::mem::take(&mut self.sums[j]),
+                    std::mem::take(&mut self.other[j]),
+                    flags >> b & 1 == 1,
+                );
+            }
+        }
+    }
+}
+
+/// Per-thread scratch of the candidate path: short lists reused from user to user, and dense
+/// arrays over terms and over one window of posts only.
 struct UserScratch {
-    collab: Accumulator,
     model: Accumulator,
+    /// The collaborative model's additions, grouped by window (`counts`: one slot a window).
+    pairs: Vec<(u32, f32)>,
+    grouped: Vec<(u32, f32)>,
+    counts: Vec<usize>,
+    /// The collaborative score of each post the user may be shown, by post; `true`: chosen.
+    collab: Vec<(u32, f32, bool)>,
+    /// Positions in `collab` (in `content` for `content_list`) with their values.
     collab_list: Vec<(u32, f32)>,
     profile_acc: Accumulator,
     profile_dense: Vec<f32>,
     profile_terms: Vec<(u32, f32)>,
-    content: Accumulator,
+    query: Vec<(usize, usize, f32)>,
+    win: Window,
+    /// The posts the index reached (not excluded), by post, with their partial dot product or,
+    /// for the chosen (`true`), their exact cosine.
+    content: Vec<(u32, f32, bool)>,
     content_list: Vec<(u32, f32)>,
-    /// 1: the post is never shown to the current user (bit 0, as [`lane_range`] reads it).
-    excluded: Vec<u32>,
-    in_union: Vec<bool>,
-    union: Vec<u32>,
+    /// The posts never shown to the current user, sorted.
+    excl: Vec<u32>,
+    ranks: Vec<u32>,
+    extra: Vec<u32>,
+    /// The pool by post, with each post's collaborative score and content.
+    pool: Vec<u32>,
+    pool_collab: Vec<f32>,
+    pool_content: Vec<f32>,
+    /// `pool_content` is already the exact cosine (a content candidate).
+    pool_exact: Vec<bool>,
     proxy: Vec<(u32, f32)>,
-    union_content: Vec<f32>,
+    kept: Vec<u32>,
     top: TopK,
     sorted: Vec<Scored>,
 }
 
 impl UserScratch {
-    fn new(n_posts: usize, n_terms: usize, k: usize, scorer: &dyn CollaborativeScorer) -> Self {
+    fn new(n_terms: usize, k: usize, scorer: &dyn CollaborativeScorer) -> Self {
         UserScratch {
-            collab: Accumulator::new(n_posts, 1),
             model: scorer.scratch(),
+            pairs: Vec::new(),
+            grouped: Vec::new(),
+            counts: Vec::new(),
+            collab: Vec::new(),
             collab_list: Vec::new(),
             profile_acc: Accumulator::new(n_terms, 1),
             profile_dense: vec![0.0; n_terms],
             profile_terms: Vec::new(),
-            content: Accumulator::new(n_posts, 1),
+            query: Vec::new(),
+            win: Window::new(),
+            content: Vec::new(),
             content_list: Vec::new(),
-            excluded: vec![0; n_posts],
-            in_union: vec![false; n_posts],
-            union: Vec::new(),
+            excl: Vec::new(),
+            ranks: Vec::new(),
+            extra: Vec::new(),
+            pool: Vec::new(),
+            pool_collab: Vec::new(),
+            pool_content: Vec::new(),
+            pool_exact: Vec::new(),
             proxy: Vec::new(),
-            union_content: Vec::new(),
+            kept: Vec::new(),
             top: TopK::new(k),
             sorted: Vec::with_capacity(k),
         }

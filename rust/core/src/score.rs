@@ -212,18 +212,6 @@ impl Shared {
         }
         c * self.inv_norm[p]
     }
-
-    /// Cosine between one user's profile (dense over terms, pre-divided by its norm) and post
-    /// `p`: the arithmetic of [`Shared::content_lanes`], so both paths agree bit for bit.
-    #[inline]
-    pub(crate) fn content_of(&self, profile: &[f32], p: usize) -> f32 {
-        let (terms, vals) = self.tfidf.view().row(p);
-        let mut c = 0f32;
-        for (&t, &x) in terms.iter().zip(vals) {
-            c += x * profile[t as usize];
-        }
-        c * self.inv_norm[p]
-    }
 }
 
 /// A user's content profile, the one definition (the hybrid's content component and the stored

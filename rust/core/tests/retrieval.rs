@@ -321,3 +321,66 @@ fn a_one_post_budget_is_refused_below_top_k_and_scores_the_best_candidate() {
     assert_valid(&d, &cfg, &res, &[0, 3]);
     assert!(res.indices.iter().all(|&p| p >= 0));
 }
+
+/// More posts than one window of the candidate path's per-window arrays (4,096 posts): users'
+/// histories, hidden posts, authored posts and terms spread over all the windows, scored with
+/// covering settings, must still give the exhaustive lists bit for bit; with the default sizes
+/// (which cut the postings, the pool and the prior here) the lists stay valid.
+#[test]
+fn many_windows_of_posts_give_the_exhaustive_lists_exactly() {
+    const USERS: usize = 24;
+    const POSTS: usize = 3 * 4096 + 123;
+    const TERMS: usize = 30;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let cells: Vec<(usize, usize, u8)> = (0..USERS * 40)
+        .map(|i| (i % USERS, next(POSTS), 1 + next(4) as u8))
+        .collect();
+    let hidden: Vec<(usize, usize, u8)> = (0..USERS * 5)
+        .map(|i| (i % USERS, next(POSTS), 1))
+        .collect();
+    let terms: Vec<(usize, usize, u8)> = (0..POSTS * 3)
+        .map(|i| (i / 3, next(TERMS), 1 + next(5) as u8))
+        .collect();
+    let d = Data {
+        x: csr(USERS, POSTS, &cells),
+        exclude: csr(USERS, POSTS, &hidden),
+        tfidf: Arc::new(csr(POSTS, TERMS, &terms)),
+        ages: (0..POSTS).map(|_| next(1000) as f32 / 10.0).collect(),
+        engagement: (0..POSTS).map(|_| next(500) as f32 / 10.0).collect(),
+        // a quarter of the posts by one of the users, the others by nobody known
+        authors: (0..POSTS)
+            .map(|_| match next(USERS * 4) {
+                a if a < USERS => a as i64,
+                _ => -1,
+            })
+            .collect(),
+    };
+    let users: Vec<usize> = (0..USERS).collect();
+    let every_third: Vec<usize> = (0..POSTS).step_by(3).collect();
+    for model in MODELS {
+        let cfg = config(model, 50, [0.4, 0.3, 0.2, 0.1]);
+        for cands in [None, Some(&every_third[..])] {
+            let (exhaustive, retrieved) = d.both(&cfg, unlimited(), cands, &users);
+            assert_eq!(retrieved, exhaustive, "{model:?}");
+        }
+        let small = RetrievalSettings {
+            mode: RetrievalMode::Candidates,
+            budget: 300,
+            collaborative: 100,
+            content: 100,
+            content_terms: 3,
+            posting_limit: 500,
+            prior: 200,
+        };
+        let mut cut = cfg.clone();
+        cut.retrieval = small;
+        let res = d.topk(&cut, None, &users);
+        assert_valid(&d, &cut, &res, &users);
+    }
+}
