@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -176,14 +175,12 @@ def test_after_a_run_the_feed_takes_new_posts_and_likes_pages_without_end_and_ex
                 "INSERT INTO posts (user_id, content) VALUES (%s, %s) RETURNING id::text",
                 (author, f"just posted {words} #{TOPICS[favourite][0].replace('-', '')}"),
             ).fetchone()
-        t0 = time.monotonic()
         page = wait_until(
             "the new post is on the user's first page",
             lambda: (p := first_page(api, user)) and any(x["id"] == new_post for x in p) and p,
             timeout=60, every=0.5,
         )
         assert next(x for x in page if x["id"] == new_post)["source"] == "fresh"
-        assert time.monotonic() - t0 < 60
 
         # three likes of a topic absent from the first page bring it onto the next first page
         shown = {topic_of(x["content"]) for x in page}
