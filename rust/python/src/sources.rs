@@ -213,8 +213,8 @@ pub fn blend<'py>(
 }
 
 /// The author cap a feed page goes through, as the API applies it: no author has more than `cap`
-/// posts in any `window` consecutive posts (the API's window is the page's `limit`), a post passed
-/// over moves down as little as it can, and a post that cannot be placed is left out. `authors`
+/// posts in any `window` consecutive posts (the API's window is the page's `limit`) while another
+/// author's post is left, and a post passed over moves down as little as it can. `authors`
 /// (int64): each post's author, in feed order; a negative author is nobody's and never capped.
 /// `cap` defaults to `AUTHOR_CAP` (the API's default). Returns the positions (int64) of the posts
 /// in their new order: all of them when `max_out` is None (when only authors at the cap are left,
