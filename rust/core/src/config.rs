@@ -472,6 +472,22 @@ impl Sources {
 }
 
 named_enum! {
+    /// How the hybrid's content component (the cosine between the user's profile and the post)
+    /// is scaled before the weights combine it with the others (`score.rs`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ContentNormalization {
+        /// Min-max over the posts the user may be shown, like the other components: the user's
+        /// best match scores 1. Needs every post's cosine, so a candidate index can only
+        /// approximate it (`retrieval.rs`).
+        MinMax = "min_max",
+        /// The cosine itself, in [0, 1] (TF-IDF weights are >= 0), as the API's `fresh` source
+        /// scores it: a post's content score depends on that post alone, so a candidate's
+        /// score is exact whichever other posts were retrieved.
+        Cosine = "cosine",
+    }
+}
+
+named_enum! {
     /// How [`crate::score::HybridModel::topk`] chooses the posts it scores for a user.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum RetrievalMode {
@@ -588,6 +604,8 @@ pub struct ScoringConfig {
     pub profile_authors: usize,
     /// Which posts are scored per user: all (`exhaustive`) or retrieved candidates.
     pub retrieval: RetrievalSettings,
+    /// How the content component is scaled: `min_max` per user (the default) or the `cosine`.
+    pub content_normalization: ContentNormalization,
 }
 
 impl Default for ScoringConfig {
@@ -611,6 +629,7 @@ impl Default for ScoringConfig {
             profile_terms: 256,
             profile_authors: 32,
             retrieval: RetrievalSettings::default(),
+            content_normalization: ContentNormalization::MinMax,
         }
     }
 }
@@ -1070,6 +1089,24 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "sources.blend.trending: must be finite and >= 0, got NaN"
+        );
+    }
+
+    #[test]
+    fn content_normalization_defaults_to_min_max_and_names_a_bad_value() {
+        assert_eq!(
+            ScoringConfig::default().content_normalization,
+            ContentNormalization::MinMax
+        );
+        let c = ScoringConfig::from_json(r#"{"content_normalization": "cosine"}"#).unwrap();
+        assert_eq!(c.content_normalization, ContentNormalization::Cosine);
+        assert_eq!(ScoringConfig::from_json(&c.to_json()).unwrap(), c);
+        assert_eq!(ContentNormalization::NAMES, ["min_max", "cosine"]);
+        assert!(
+            ScoringConfig::from_json(r#"{"content_normalization": "max"}"#)
+                .unwrap_err()
+                .to_string()
+                .starts_with("content_normalization: unknown variant `max`")
         );
     }
 

@@ -2,35 +2,45 @@
 //! mode of [`crate::score::HybridModel::topk`] (`config.retrieval`, [`RetrievalSettings`]).
 //! Cost per user ~ the settings' sizes instead of the number of posts.
 //!
-//! A user's pool is the union of three sources, each cut to its strongest posts:
+//! A user's pool is the union of three sources, each cut to the posts best by the part of the
+//! score it can tell before content is known exactly ("the prior" below is the non-personal
+//! part, `weights.recency x recency + weights.engagement x engagement`, both min-max normalized
+//! over all allowed posts: the fresh and the popular):
 //! - collaborative (`collaborative`): the posts the collaborative model scores > 0 (neighbours
-//!   of the history for item-item and ridge, the neighbours' histories for user-user);
+//!   of the history for item-item and ridge, the neighbours' histories for user-user), best by
+//!   their weighted, normalized collaborative score plus the prior;
 //! - content (`content`): an inverted index over the posts' TF-IDF rows (weights pre-divided by
-//!   the post's norm, so a dot product with the profile is the cosine), each term's postings
-//!   ordered by weight and cut to `posting_limit`, queried with the user's `content_terms`
-//!   strongest profile terms ([`content_profile`], the one definition); the best partial dot
-//!   products are kept and their exact cosines computed;
-//! - prior (`prior`): the posts best by `weights.recency x recency + weights.engagement x
-//!   engagement`, both min-max normalized over all allowed posts (the fresh and the popular).
+//!   the post's norm, so a dot product with the profile is the cosine), each term's postings cut
+//!   to the `posting_limit` posts that would score best for a profile of that term alone
+//!   (`weights.content x weight + prior`), queried with the user's `content_terms` strongest
+//!   profile terms ([`content_profile`], the one definition); the best by `weights.content x
+//!   the partial dot product + prior` are kept and their exact cosines computed;
+//! - prior (`prior`): the posts best by the prior.
+//!
+//! (Cutting and choosing by content alone kept the posts that use a term most and missed the
+//! fresh posts that match the user well: 37% of the exhaustive top-200 at 300,000 users on the
+//! benchmark's data with the cosine normalization; docs/scaling.md has the figures.)
 //!
 //! Posts the user may not be shown never enter. When the pool is larger than `budget`, the
-//! `budget` posts best by a proxy of the score are kept: the exact score but for content, which
-//! is the exact cosine for the content candidates and the index's partial dot product (or 0) for
-//! the others. The kept posts are then scored exactly as the exhaustive path scores them, each
+//! exact cosine of every post in the pool is computed and the `budget` posts best by the score
+//! with content's scale estimated are kept (the exact score with `content_normalization =
+//! "cosine"`). The kept posts are then scored exactly as the exhaustive path scores them, each
 //! component normalized per user:
 //! - recency, engagement: over every post the user may be shown (exact: the allowed posts
 //!   sorted by each, as the exhaustive path reads them);
 //! - collaborative: over every post the model scores, plus 0 when some post the user may be
 //!   shown has no score (exact: the model's list is complete);
-//! - content, maximum: over the content candidates and the scored posts. Exact when the best
-//!   match is among them, which a complete query guarantees (every profile term queried with
+//! - content with `content_normalization = "cosine"`: the cosine itself (exact: each post's
+//!   score then depends on that post alone, whatever else was retrieved);
+//! - content with `min_max`, maximum: over the posts in the pool. Exact when the best match
+//!   is among them, which a complete query guarantees (every profile term queried with
 //!   untruncated postings and `content` at least the posts they reach); otherwise a lower
 //!   bound, which stretches every content value of the user (APPROXIMATE);
-//! - content, minimum: 0 when some post the user may be shown shares no term with the profile
-//!   (exact: its cosine is 0, TF-IDF weights being >= 0). When every such post shares a term, a
-//!   complete query computes the minimum exactly; an incomplete one takes 0 (APPROXIMATE: on
-//!   text where common words reach every post, the exhaustive minimum is a small positive
-//!   cosine).
+//! - content with `min_max`, minimum: 0 when some post the user may be shown shares no term
+//!   with the profile (exact: its cosine is 0, TF-IDF weights being >= 0). When every such post
+//!   shares a term, a complete query computes the minimum exactly; an incomplete one takes 0
+//!   (APPROXIMATE: on text where common words reach every post, the exhaustive minimum is a
+//!   small positive cosine).
 //!
 //! With `budget`, `collaborative`, `content` and `prior` at least the number of posts and
 //! complete queries, the result is the exhaustive one bit for bit (`tests/retrieval.rs`).
@@ -78,6 +88,9 @@ pub(crate) struct Retriever {
     prior_head: Vec<u32>,
     /// The recency and engagement of each of `prior_head`, read in order (most of a pool).
     prior_values: Vec<[f32; 2]>,
+    /// Each post's prior (recency and engagement by their weights, normalized over the
+    /// allowed posts).
+    prior: Vec<f32>,
     /// Each post's position in `by_prior` (`u32::MAX`: not allowed).
     prior_rank: Vec<u32>,
     /// What scoring reads of a post, in one place: its TF-IDF row is `terms[posts[p].start..
@@ -100,36 +113,6 @@ struct PostData {
 
 impl Retriever {
     pub(crate) fn new(sh: &Shared, settings: RetrievalSettings) -> Retriever {
-        let tfidf = sh.tfidf.view();
-        let n_terms = tfidf.ncols;
-        let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_terms];
-        for &p in &sh.allowed {
-            let (terms, vals) = tfidf.row(p as usize);
-            let inv = sh.inv_norm[p as usize];
-            for (&t, &x) in terms.iter().zip(vals) {
-                lists[t as usize].push((p, x * inv));
-            }
-        }
-        let df: Vec<u32> = lists.iter().map(|l| l.len() as u32).collect();
-        let limit = settings.posting_limit;
-        lists.par_iter_mut().for_each(|l| {
-            if l.len() > limit {
-                l.select_nth_unstable_by(limit, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                l.truncate(limit);
-            }
-            l.sort_unstable_by_key(|e| e.0);
-        });
-        let mut start = Vec::with_capacity(n_terms + 1);
-        start.push(0);
-        let nnz = lists.iter().map(Vec::len).sum();
-        let (mut post, mut impact) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
-        for l in lists {
-            post.extend(l.iter().map(|e| e.0));
-            impact.extend(l.iter().map(|e| e.1));
-            start.push(post.len());
-        }
-        let positive = impact.iter().all(|&x| x > 0.0);
-
         // the prior: recency and engagement by their weights, normalized over the allowed posts
         let range = |v: &[f32]| {
             sh.allowed
@@ -146,6 +129,43 @@ impl Retriever {
         let rec = scaled(&sh.recency, sh.weights.recency);
         let eng = scaled(&sh.engagement, sh.weights.engagement);
         let prior: Vec<f32> = rec.iter().zip(&eng).map(|(r, e)| r + e).collect();
+        let tfidf = sh.tfidf.view();
+        let n_terms = tfidf.ncols;
+        let mut lists: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_terms];
+        for &p in &sh.allowed {
+            let (terms, vals) = tfidf.row(p as usize);
+            let inv = sh.inv_norm[p as usize];
+            for (&t, &x) in terms.iter().zip(vals) {
+                lists[t as usize].push((p, x * inv));
+            }
+        }
+        let df: Vec<u32> = lists.iter().map(|l| l.len() as u32).collect();
+        let limit = settings.posting_limit;
+        // each term keeps the posts that would score best for a profile of that term alone
+        // (its content weight x the post's weight, plus the prior): the fresh and popular
+        // posts about the term, not only the ones that use it most
+        let w_content = sh.weights.content;
+        let key = |e: &(u32, f32)| w_content * e.1 + prior[e.0 as usize];
+        lists.par_iter_mut().for_each(|l| {
+            if l.len() > limit {
+                l.select_nth_unstable_by(limit, |a, b| {
+                    key(b).total_cmp(&key(a)).then(a.0.cmp(&b.0))
+                });
+                l.truncate(limit);
+            }
+            l.sort_unstable_by_key(|e| e.0);
+        });
+        let mut start = Vec::with_capacity(n_terms + 1);
+        start.push(0);
+        let nnz = lists.iter().map(Vec::len).sum();
+        let (mut post, mut impact) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
+        for l in lists {
+            post.extend(l.iter().map(|e| e.0));
+            impact.extend(l.iter().map(|e| e.1));
+            start.push(post.len());
+        }
+        let positive = impact.iter().all(|&x| x > 0.0);
+
         let mut by_prior = sh.allowed.clone();
         by_prior.par_sort_unstable_by(|&a, &b| {
             prior[b as usize]
@@ -189,6 +209,7 @@ impl Retriever {
             by_prior,
             prior_head,
             prior_values,
+            prior,
             prior_rank,
             posts,
             terms,
@@ -330,18 +351,28 @@ impl Retriever {
             }
         }
         let (mut collab_lo, mut collab_hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        s.collab_list.clear();
-        for (i, &(_, v, _)) in s.collab.iter().enumerate() {
+        for &(_, v, _) in &s.collab {
             collab_lo = collab_lo.min(v);
             collab_hi = collab_hi.max(v);
-            if v > 0.0 {
-                // by position in `s.collab`, which orders ties as the posts do
-                s.collab_list.push((i as u32, v));
-            }
         }
         if s.collab.len() < n_shown {
             collab_lo = collab_lo.min(0.0);
             collab_hi = collab_hi.max(0.0);
+        }
+        // the best by the part of the score known without content: collaborative (normalized)
+        // and prior
+        let collab_inv = if collab_hi > collab_lo {
+            sh.weights.collaborative / (collab_hi - collab_lo)
+        } else {
+            0.0
+        };
+        s.collab_list.clear();
+        for (i, &(p, v, _)) in s.collab.iter().enumerate() {
+            if v > 0.0 {
+                // by position in `s.collab`, which orders ties as the posts do
+                let key = (v - collab_lo) * collab_inv + self.prior[p as usize];
+                s.collab_list.push((i as u32, key));
+            }
         }
         strongest(&mut s.collab_list, cfg.collaborative);
         for e in &s.collab_list {
@@ -380,8 +411,14 @@ impl Retriever {
         self.query_content(&mut s.query, &s.excl, &mut s.win, &mut s.content);
         let reached = s.content.len();
         s.content_list.clear();
-        s.content_list
-            .extend(s.content.iter().enumerate().map(|(i, e)| (i as u32, e.1)));
+        // the best by the part of the score the index estimates: content (partial) and prior
+        let w_content = sh.weights.content;
+        s.content_list.extend(
+            s.content
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i as u32, w_content * e.1 + self.prior[e.0 as usize])),
+        );
         strongest(&mut s.content_list, cfg.content);
         // the content candidates' exact cosines replace the index's partial sums: the proxy
         // below and content's maximum read them
@@ -482,17 +519,28 @@ impl Retriever {
             }
         }
 
-        // past the budget, the pool's best by a proxy of the score that is exact but for
-        // content; `kept` holds positions in the pool
+        // past the budget, the pool's best by the score with every exact cosine and content's
+        // maximum so far (exact with the cosine normalization); `kept` holds positions in the
+        // pool
         let rec = range_shown(&sh.by_recency, &sh.recency, &s.excl);
         let eng = range_shown(&sh.by_engagement, &sh.engagement, &s.excl);
         s.kept.clear();
         if s.pool.len() > cfg.budget {
+            // every exact cosine: the posts from the other sources match the user's profile
+            // as well as the index's candidates often (a partial sum or 0 dropped them)
+            for i in 0..s.pool.len() {
+                if !s.pool_exact[i] {
+                    let c = self.content_of(&s.profile_dense, s.pool[i] as usize);
+                    content_hi = content_hi.max(c);
+                    s.pool_content[i] = c;
+                    s.pool_exact[i] = true;
+                }
+            }
             let approx_hi = s.content_list.iter().fold(0f32, |h, e| h.max(e.1));
             let inv = |(l, h): (f32, f32)| if h > l { 1.0 / (h - l) } else { 0.0 };
             let (c_inv, a_inv, r_inv, e_inv) = (
                 inv((collab_lo, collab_hi)),
-                inv((0.0, approx_hi)),
+                inv(sh.content_range((0.0, approx_hi))),
                 inv(rec),
                 inv(eng),
             );
@@ -547,7 +595,12 @@ impl Retriever {
             0.0f32.min(content_hi)
         };
 
-        let ranges = [(collab_lo, collab_hi), (content_lo, content_hi), rec, eng];
+        let ranges = [
+            (collab_lo, collab_hi),
+            sh.content_range((content_lo, content_hi)),
+            rec,
+            eng,
+        ];
         let mut lo4 = [0f32; 4];
         let mut scale = [0f32; 4];
         for (c, (l, h)) in ranges.into_iter().enumerate() {

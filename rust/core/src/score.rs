@@ -1,6 +1,7 @@
 //! The hybrid score: collaborative, content, recency and engagement components, each min-max
-//! normalized per user over the posts that user may be shown, combined by
-//! [`HybridWeights::combine`], top-k per user with every component kept beside the score.
+//! normalized per user over the posts that user may be shown (content: or the cosine itself,
+//! `content_normalization = "cosine"`), combined by [`HybridWeights::combine`], top-k per user
+//! with every component kept beside the score.
 //!
 //! - collaborative: the [`CollaborativeScorer`] that `config.collaborative` names
 //!   (`collaborative.rs`: user-user, item-item, ridge);
@@ -29,7 +30,9 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::collaborative::{build_scorer, CollaborativeScorer, Lane};
-use crate::config::{HybridWeights, InteractionWeighting, RetrievalMode, ScoringConfig};
+use crate::config::{
+    ContentNormalization, HybridWeights, InteractionWeighting, RetrievalMode, ScoringConfig,
+};
 use crate::error::{check_all_non_negative, check_index_or_none, check_len};
 use crate::retrieval::Retriever;
 use crate::similarity::Accumulator;
@@ -156,6 +159,8 @@ pub(crate) struct Shared {
     pub(crate) by_engagement: Vec<u32>,
     by_author: BTreeMap<usize, Vec<u32>>,
     pub(crate) weights: HybridWeights,
+    /// Content is the cosine itself (`content_normalization = "cosine"`), not min-max scaled.
+    pub(crate) content_is_cosine: bool,
 }
 
 impl Shared {
@@ -178,6 +183,16 @@ impl Shared {
 
     /// Post `p` is among the allowed posts (`candidates`).
     #[inline]
+    /// The range content is scaled by, given the min and max of the user's cosines: those, or
+    /// [0, 1] when content is the cosine itself.
+    pub(crate) fn content_range(&self, min_max: (f32, f32)) -> (f32, f32) {
+        if self.content_is_cosine {
+            (0.0, 1.0)
+        } else {
+            min_max
+        }
+    }
+
     pub(crate) fn is_allowed(&self, p: u32) -> bool {
         match &self.allowed_bits {
             Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
@@ -393,6 +408,7 @@ impl HybridModel {
             allowed_bits,
             by_author,
             weights: config.weights,
+            content_is_cosine: config.content_normalization == ContentNormalization::Cosine,
         };
         let retriever = (config.retrieval.mode == RetrievalMode::Candidates)
             .then(|| Retriever::new(&shared, config.retrieval));
@@ -613,7 +629,8 @@ fn score_block(
     for j in 0..active {
         let rec = lane_range(&sh.by_recency, &sh.recency, &s.excluded, j);
         let eng = lane_range(&sh.by_engagement, &sh.engagement, &s.excluded, j);
-        let ranges = [(lo[0][j], hi[0][j]), (lo[1][j], hi[1][j]), rec, eng];
+        let content = sh.content_range((lo[1][j], hi[1][j]));
+        let ranges = [(lo[0][j], hi[0][j]), content, rec, eng];
         for (c, (l, h)) in ranges.into_iter().enumerate() {
             lo4[c][j] = l;
             if h > l {

@@ -1,7 +1,8 @@
 //! Property tests of the hybrid score: exclusions always hold, components are normalized to
 //! [0, 1], scores are `HybridWeights::combine` of the components, results are sorted, and each
 //! user's list equals a sequential brute force (`brute_force`: every post the user may be shown
-//! scored one at a time by the formula of `score.rs`'s documentation, in f64, then sorted):
+//! scored one at a time by the formula of `score.rs`'s documentation, in f64, then sorted;
+//! content min-max normalized or the cosine itself, as `content_normalization` says):
 //! the same scores slot by slot, the same posts up to ties, the same components.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use feedrank_core::cancel::Cancel;
 use feedrank_core::config::{
-    CollaborativeModel, HybridWeights, InteractionWeighting, ScoringConfig,
+    CollaborativeModel, ContentNormalization, HybridWeights, InteractionWeighting, ScoringConfig,
 };
 use feedrank_core::score::{hybrid_topk, Posts};
 use feedrank_core::similarity::item_neighbors;
@@ -47,6 +48,8 @@ struct Formula {
     neighbors: usize,
     recency_tau_days: f64,
     item_item: bool,
+    /// `content_normalization = "cosine"`: content is the cosine, not min-max normalized.
+    cosine: bool,
 }
 
 /// One post as the brute force scores it for one user.
@@ -173,7 +176,8 @@ fn brute_force(
             (posts.engagement[p] as f64).ln_1p(),
         ]
     };
-    // each component min-max normalized over the posts this user may be shown (0 if constant)
+    // each component min-max normalized over the posts this user may be shown (0 if constant),
+    // content but with the cosine normalization
     let mut lo = [f64::INFINITY; 4];
     let mut hi = [f64::NEG_INFINITY; 4];
     for &p in &allowed {
@@ -187,6 +191,9 @@ fn brute_force(
         .map(|&p| {
             let mut components = raw(p);
             for c in 0..4 {
+                if c == 1 && formula.cosine {
+                    continue;
+                }
                 components[c] = if hi[c] > lo[c] {
                     (components[c] - lo[c]) / (hi[c] - lo[c])
                 } else {
@@ -224,6 +231,7 @@ proptest! {
         weights in (0f32..1.0, 0f32..1.0, 0f32..1.0, 0f32..1.0)
             .prop_filter("one weight > 0", |w| w.0 + w.1 + w.2 + w.3 > 0.01),
         neighbors in 1usize..14,
+        cosine in any::<bool>(),
     ) {
         let (n_users, n_posts) = (12, 25);
         let x = csr(n_users, n_posts, &cells);
@@ -236,6 +244,7 @@ proptest! {
             top_k: k, weights, neighbors, recency_tau_days: 30.0,
             collaborative: if item_item { CollaborativeModel::ItemItem } else { CollaborativeModel::UserUser },
             weighting: InteractionWeighting::None,
+            content_normalization: if cosine { ContentNormalization::Cosine } else { ContentNormalization::MinMax },
             ..ScoringConfig::default()
         };
         let cands: Vec<usize> = (0..n_posts).filter(|p| p % 2 == 0).collect();
@@ -280,7 +289,7 @@ proptest! {
             // the brute force: the same scores slot by slot, each returned post scored the same
             // (so the posts are the same up to ties at the cut), the same components
             let formula = Formula {
-                weights: weights.as_array(), neighbors, recency_tau_days: 30.0, item_item,
+                weights: weights.as_array(), neighbors, recency_tau_days: 30.0, item_item, cosine,
             };
             let expected = brute_force(&x, &ex, &posts, candidates_even.then_some(&cands[..]), &formula, u);
             let by_post: BTreeMap<usize, BruteForcePost> = expected.iter().map(|e| (e.post, *e)).collect();

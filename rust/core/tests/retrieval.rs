@@ -3,14 +3,15 @@
 //! give the same lists bit for bit (indices, scores, components) for each collaborative model;
 //! the edge cases (no history, posts without terms, no terms at all, everything excluded) give
 //! the same answers; with small budgets the lists still only hold allowed posts, sorted, scored
-//! by `combine` of their components.
+//! by `combine` of their components, and with `content_normalization = "cosine"` every post
+//! they hold has the very score the exhaustive path gives it.
 
 use std::sync::Arc;
 
 use feedrank_core::cancel::Cancel;
 use feedrank_core::config::{
-    CollaborativeModel, HybridWeights, InteractionWeighting, RetrievalMode, RetrievalSettings,
-    ScoringConfig,
+    CollaborativeModel, ContentNormalization, HybridWeights, InteractionWeighting, RetrievalMode,
+    RetrievalSettings, ScoringConfig,
 };
 use feedrank_core::score::{HybridModel, HybridResult, Posts};
 use feedrank_core::sparse::Csr;
@@ -133,6 +134,20 @@ fn config(model: CollaborativeModel, k: usize, weights: [f32; 4]) -> ScoringConf
     }
 }
 
+/// Candidate settings of the property tests: `budget`, then the collaborative, content and
+/// prior caps, the query terms and the posting limit.
+fn small(budget: usize, caps: (usize, usize, usize, usize, usize)) -> RetrievalSettings {
+    RetrievalSettings {
+        mode: RetrievalMode::Candidates,
+        budget,
+        collaborative: caps.0,
+        content: caps.1,
+        prior: caps.2,
+        content_terms: caps.3,
+        posting_limit: caps.4,
+    }
+}
+
 const N_USERS: usize = 40; // more than one block of the exhaustive kernel
 const N_POSTS: usize = 60;
 const N_TERMS: usize = 10;
@@ -185,10 +200,14 @@ proptest! {
         k in 1usize..70,
         model in 0usize..3,
         candidates_even in any::<bool>(),
+        cosine in any::<bool>(),
         weights in (0f32..1.0, 0f32..1.0, 0f32..1.0, 0f32..1.0)
             .prop_filter("one weight > 0", |w| w.0 + w.1 + w.2 + w.3 > 0.01),
     ) {
-        let cfg = config(MODELS[model], k, [weights.0, weights.1, weights.2, weights.3]);
+        let mut cfg = config(MODELS[model], k, [weights.0, weights.1, weights.2, weights.3]);
+        if cosine {
+            cfg.content_normalization = ContentNormalization::Cosine;
+        }
         let users: Vec<usize> = (0..N_USERS).collect();
         let even: Vec<usize> = (0..N_POSTS).step_by(2).collect();
         let cands = candidates_even.then_some(&even[..]);
@@ -198,26 +217,45 @@ proptest! {
         prop_assert_eq!(&retrieved.components, &exhaustive.components);
     }
 
+    /// Small settings still give allowed, sorted lists scored by `combine` of their
+    /// components. With content as the cosine itself, no component's scale depends on which
+    /// posts were retrieved either: each post a candidate list holds has the exhaustive path's
+    /// score and components for that user, bit for bit.
     #[test]
-    fn small_budgets_still_give_allowed_sorted_lists_scored_by_combine(
+    fn small_budgets_give_valid_lists_and_with_cosine_content_the_exhaustive_scores(
         d in data(),
         model in 0usize..3,
         budget in 5usize..30,
         caps in (1usize..20, 1usize..20, 1usize..20, 1usize..4, 1usize..10),
+        cosine in any::<bool>(),
     ) {
-        let mut cfg = config(MODELS[model], 5, [0.4, 0.3, 0.2, 0.1]);
-        cfg.retrieval = RetrievalSettings {
-            mode: RetrievalMode::Candidates,
-            budget,
-            collaborative: caps.0,
-            content: caps.1,
-            prior: caps.2,
-            content_terms: caps.3,
-            posting_limit: caps.4,
-        };
+        let mut every = config(MODELS[model], N_POSTS, [0.4, 0.3, 0.2, 0.1]);
+        if cosine {
+            every.content_normalization = ContentNormalization::Cosine;
+        }
+        let cut = ScoringConfig { top_k: 5, retrieval: small(budget, caps), ..every.clone() };
         let users: Vec<usize> = (0..N_USERS).collect();
-        let res = d.topk(&cfg, None, &users);
-        assert_valid(&d, &cfg, &res, &users);
+        let all = d.topk(&every, None, &users);
+        let res = d.topk(&cut, None, &users);
+        assert_valid(&d, &cut, &res, &users);
+        if !cosine {
+            return Ok(());
+        }
+        for r in 0..users.len() {
+            let row = &all.indices[r * N_POSTS..(r + 1) * N_POSTS];
+            for slot in 0..5 {
+                let p = res.indices[r * 5 + slot];
+                if p < 0 {
+                    break;
+                }
+                let at = row.iter().position(|&q| q == p).expect("an allowed post");
+                prop_assert_eq!(res.scores[r * 5 + slot], all.scores[r * N_POSTS + at]);
+                prop_assert_eq!(
+                    &res.components[(r * 5 + slot) * 4..(r * 5 + slot + 1) * 4],
+                    &all.components[(r * N_POSTS + at) * 4..(r * N_POSTS + at + 1) * 4]
+                );
+            }
+        }
     }
 }
 
