@@ -507,10 +507,11 @@ named_enum! {
 pub struct RetrievalSettings {
     pub mode: RetrievalMode,
     /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
-    /// The default mode stays `exhaustive`: on the benchmark's synthetic data the default sizes
-    /// keep 99.8% of the exhaustive top-200 on average at 30,000 users x 60,000 posts (96.5% at
-    /// the 1st percentile) and 85% at 100,000 x 200,000, and take longer than the exhaustive
-    /// kernel (scripts/bench_retrieval.py; docs/scaling.md).
+    /// The default mode stays `exhaustive`: on the benchmark's synthetic data, with
+    /// `content_normalization = "cosine"`, the default sizes keep 99.94% of the exhaustive
+    /// top-200 on average at 300,000 users x 600,000 posts (98.5% at the 1st percentile) in
+    /// 0.9x its time, but take longer than the exhaustive kernel at 100,000 users and below
+    /// (scripts/bench_retrieval.py; docs/scaling.md).
     pub budget: usize,
     /// The collaborative model's strongest posts kept as candidates (the posts it scores:
     /// neighbours of the history, or the neighbours' histories for `user_user`).
@@ -522,7 +523,8 @@ pub struct RetrievalSettings {
     /// Each term's postings keep its this many highest-weight posts (L).
     pub posting_limit: usize,
     /// The best posts by the non-personal part of the score (recency and engagement by their
-    /// weights, normalized over all posts): the fresh and the popular.
+    /// weights, normalized over all posts): the fresh and the popular. Their exact cosines come
+    /// from an index of their own; the `budget` best by content and prior join the pool.
     pub prior: usize,
 }
 
@@ -535,7 +537,7 @@ impl Default for RetrievalSettings {
             content: 1000,
             content_terms: 8,
             posting_limit: 4000,
-            prior: 10_000,
+            prior: 40_000,
         }
     }
 }
