@@ -85,7 +85,7 @@ def test_validate_config_knows_the_bm25_settings():
 def test_the_retrieval_settings_round_trip_and_bad_values_name_the_field():
     cfg = feedrank.default_config()
     assert cfg["retrieval"] == {"mode": "exhaustive", "budget": 2000, "collaborative": 1000, "content": 1000,
-                                "content_terms": 8, "posting_limit": 4000, "prior": 10000}
+                                "content_terms": 8, "posting_limit": 4000, "prior": 40000}
     tuned = feedrank.validate_config({"retrieval": {"mode": "candidates", "posting_limit": np.int64(50)}})
     assert tuned["retrieval"] == {**cfg["retrieval"], "mode": "candidates", "posting_limit": 50}
     assert feedrank.validate_config(tuned) == tuned
@@ -93,6 +93,10 @@ def test_the_retrieval_settings_round_trip_and_bad_values_name_the_field():
         feedrank.validate_config({"retrieval": {"content_terms": 0}})
     with pytest.raises(ValueError, match=r"^retrieval.mode: unknown variant `all`"):
         feedrank.validate_config({"retrieval": {"mode": "all"}})
+    assert cfg["content_normalization"] == "min_max"
+    assert feedrank.validate_config({"content_normalization": "cosine"})["content_normalization"] == "cosine"
+    with pytest.raises(ValueError, match=r"^content_normalization: unknown variant `max`"):
+        feedrank.validate_config({"content_normalization": "max"})
     with pytest.raises(ValueError, match=r"^retrieval.budgit: unknown field"):
         feedrank.validate_config({"retrieval": {"budgit": 3}})
     with pytest.raises(ValueError, match=r"^retrieval.budget: must be >= top_k \(300\) in candidates mode, got 200"):
