@@ -151,10 +151,11 @@ bench-api: api develop services
 # path's settings (docs/scaling.md, issue 17).
 # GROWTH=30000,100000,300000 measures both paths at those user counts instead (posts 2x,
 # interactions 50x; 3,000 sampled users each) and prints each path's growth exponent.
+# CONFIG=docs/configs/candidates.json: both paths with that ScoringConfig (its mode aside).
 RETRIEVAL ?= {}
 GROWTH ?=
 bench-retrieval: develop
-	@PYTHONPATH=$(CURDIR) $(PY) -W ignore scripts/bench_retrieval.py --retrieval '$(RETRIEVAL)' \
+	@PYTHONPATH=$(CURDIR) $(PY) -W ignore scripts/bench_retrieval.py --retrieval '$(RETRIEVAL)' $(if $(CONFIG),--config $(CONFIG)) \
 	  $(if $(GROWTH),--growth $(GROWTH) --sample 3000) --json artifacts/bench-retrieval.json
 
 # `feedrank demo-data` bulk load of 10,000,000 interactions into a throw-away database.
@@ -166,9 +167,10 @@ bench-load: api develop services
 # incremental refresh of 1,000 users who liked a post since (issue 13's "under 60 s").
 # GROWTH=30000,100000,300000 runs the graph at those user counts instead (posts 2x, interactions
 # 50x) and prints the growth table: whole graph, scoring, peak RSS, exponents (issue 17).
+# CONFIG=docs/configs/candidates.json scores with the candidate path (any ScoringConfig file).
 bench-pipeline: api develop services
 	@FEEDRANK_API_BIN=$(CURDIR)/target/release/feedrank-api $(PY) -W ignore -m dagster_pipeline.bench \
-	  $(if $(GROWTH),--growth $(GROWTH) --top-k 200,--users 100000 --posts 200000 --interactions 5000000 \
+	  $(if $(CONFIG),--config $(CONFIG)) $(if $(GROWTH),--growth $(GROWTH) --top-k 200,--users 100000 --posts 200000 --interactions 5000000 \
 	  --top-k 200 --refresh-users 1000 --json artifacts/bench-pipeline.json)
 
 # The same graph on Celery (two local workers, RabbitMQ, moto's S3 server) against the

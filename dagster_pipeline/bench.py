@@ -1,7 +1,7 @@
 """`make bench-pipeline`: the whole graph on a large synthetic data set, timed per asset.
 
     python -m dagster_pipeline.bench [--users 100000] [--posts 200000] [--interactions 5000000]
-                                     [--top-k 200] [--refresh-users N] [--json PATH]
+                                     [--top-k 200] [--config PATH] [--refresh-users N] [--json PATH]
                                      [--executor celery --workers 2]
 
 (``--executor celery``: the graph on Celery against the multiprocess executor, bench_celery.py.)
@@ -20,6 +20,8 @@ Python glue. "process" is the step process's wall time, including Python and Dag
 interactions 50x the users, each size in a process and a database of its own, its results in
 ``artifacts/bench-pipeline-<users>.json``), then a table of the whole graph's time, the scoring
 asset's, and peak RSS by size, with the growth exponent of each time (time ~ users^e; issue 17).
+``--config docs/configs/candidates.json`` scores with the candidate path (any ScoringConfig file;
+``top_k`` is ``--top-k``'s).
 
 ``--refresh-users N``: after the graph, N random users each like a post (now), and the
 incremental refresh (``refreshed_recommendations``, refresh.py) runs in a process of its own, as
@@ -29,7 +31,6 @@ the sensor's run would: its end-to-end time (process start to exit) is the issue
 
 import argparse
 import json
-import math
 import os
 import secrets
 import subprocess
@@ -37,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from feedrank import growth
 
 ASSETS = (
     "user_interactions_snapshot",
@@ -72,7 +75,7 @@ def _step(args: argparse.Namespace) -> int:
             "redis": RedisResource(redis_url=db.redis_url(), key_prefix=args.prefix),
             "notifier": AlertNotifier(),
             "io_manager": BundleIOManager(base_dir=args.storage),
-            "scoring": ScoringResource(overrides={"top_k": args.top_k}),
+            "scoring": ScoringResource(config_path=args.config, overrides={"top_k": args.top_k}),
         },
     )
     run_seconds = time.perf_counter() - t0
@@ -121,7 +124,7 @@ def _run_step(args: argparse.Namespace, asset: str, tmp: str, prefix: str) -> tu
     code, wall, rss = _run_child(
         [sys.executable, "-m", "dagster_pipeline.bench", "--step", asset,
          "--storage", str(Path(tmp) / "storage"), "--prefix", prefix,
-         "--out", str(out), "--top-k", str(args.top_k)]
+         "--out", str(out), "--top-k", str(args.top_k), *(["--config", args.config] if args.config else [])]
     )
     if code != 0:
         raise RuntimeError(f"bench-pipeline: {asset} failed (exit {code})")
@@ -142,11 +145,11 @@ def _refresh(args: argparse.Namespace, url: str, tmp: str, prefix: str) -> dict:
 def _growth(args: argparse.Namespace) -> int:
     """``--growth``: the graph at each size, one child process each, then the growth table."""
     runs = []
-    for users in (int(x) for x in args.growth.split(",")):
+    for users, posts, interactions in (growth.size(int(x)) for x in args.growth.split(",")):
         out = Path(f"artifacts/bench-pipeline-{users}.json")
         cmd = [sys.executable, "-W", "ignore", "-m", "dagster_pipeline.bench", "--users", str(users),
-               "--posts", str(2 * users), "--interactions", str(50 * users), "--top-k", str(args.top_k),
-               "--seed", str(args.seed), "--json", str(out)]
+               "--posts", str(posts), "--interactions", str(interactions), "--top-k", str(args.top_k),
+               "--seed", str(args.seed), "--json", str(out), *(["--config", args.config] if args.config else [])]
         print(f"==> growth: {' '.join(cmd[3:])}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             print(f"bench-pipeline: the run at {users:,} users failed", file=sys.stderr)
@@ -170,7 +173,7 @@ def growth_table(runs: list[dict]) -> str:
                 max(r["rss"] for r in rows.values()))
 
     def exponent(a: tuple, b: tuple, i: int) -> str:
-        return f"{math.log(b[i] / a[i]) / math.log(b[0] / a[0]):.2f}"
+        return f"{growth.exponent(a[0], a[i], b[0], b[i]):.2f}"
 
     sizes = [times(r) for r in runs]
     lines = ["| users x posts x interactions | whole graph s | scoring s | writing s | peak RSS GiB "
@@ -178,9 +181,9 @@ def growth_table(runs: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---|"]
     for i, (run, t) in enumerate(zip(runs, sizes)):
         a = run["args"]
-        growth = f"{exponent(sizes[i - 1], t, 1)} / {exponent(sizes[i - 1], t, 2)}" if i else ""
+        exponents = f"{exponent(sizes[i - 1], t, 1)} / {exponent(sizes[i - 1], t, 2)}" if i else ""
         lines.append(f"| {a['users']:,} x {a['posts']:,} x {a['interactions']:,} | {t[1]:.1f} | {t[2]:.1f} "
-                     f"| {t[3]:.1f} | {t[4] / 2**30:.2f} | {growth} |")
+                     f"| {t[3]:.1f} | {t[4] / 2**30:.2f} | {exponents} |")
     if len(sizes) > 2:
         lines.append(f"| first to last | | | | | {exponent(sizes[0], sizes[-1], 1)} / "
                      f"{exponent(sizes[0], sizes[-1], 2)} |")
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactions", type=int, default=5_000_000)
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--config", default=None,
+                        help="a ScoringConfig JSON file for the run (e.g. docs/configs/candidates.json); top_k is --top-k's")
     parser.add_argument("--refresh-users", type=int, default=0, help="then refresh this many active users")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--growth", default=None, metavar="USERS,USERS,...",
@@ -242,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config:
+        # checked here, before any data is made; the step processes read it by absolute path
+        from feedrank.config import load_config
+
+        args.config = str(Path(args.config).resolve())
+        load_config(args.config)
     if args.asset:
         return _step(args)
     if args.growth:

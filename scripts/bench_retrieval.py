@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 
 import feedrank
+from feedrank import growth
 from feedrank.config import load_config
 from feedrank.demo_data import INTERACTION_TYPES, generate_synthetic
 
@@ -143,8 +144,8 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
 
 def exponents(a: dict, b: dict) -> str:
     """Each path's growth exponent e from run a to run b (time ~ users^e), "exhaustive / candidates"."""
-    k = np.log(b["data"]["users"] / a["data"]["users"])
-    e = [np.log(b[f"{m}_topk_all_users_seconds"] / a[f"{m}_topk_all_users_seconds"]) / k
+    e = [growth.exponent(a["data"]["users"], a[f"{m}_topk_all_users_seconds"],
+                         b["data"]["users"], b[f"{m}_topk_all_users_seconds"])
          for m in ("exhaustive", "candidates")]
     return f"{e[0]:.2f} / {e[1]:.2f}"
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.growth:
-        runs = [measure(n, 2 * n, 50 * n, args) for n in (int(x) for x in args.growth.split(","))]
+        runs = [measure(*growth.size(int(x)), args) for x in args.growth.split(",")]
         print(growth_table(runs))
         figures: dict | list = runs
     else:
