@@ -20,8 +20,8 @@ issue 13's offline proof). ``feedrank evaluate --protocol time-cut`` prints its 
    - ``because_you_liked``: the neighbours of the user's latest likes and shares since the cut;
    - ``trending``: the posts with the most weighted events in the trending window, decayed.
    Every source leaves out the posts the user interacted with by ``t`` and the user's own; the
-   blended list then passes the API's author cap (at most ``AUTHOR_CAP`` posts of one author on
-   a page). ``nightly_only`` is the personalized list alone, capped too (the feed before issue 13).
+   blended list then passes the API's author cap (at most ``feedrank.AUTHOR_CAP`` posts of one
+   author on a page). ``nightly_only`` is the personalized list alone, capped too (the feed before issue 13).
 4. **Ground truth** of ``(user, t)``: the posts the user first interacts with (any type but
    ``hide``) in ``(t, t + step]``. Pairs with any are evaluated, for users with at least
    ``min_history`` posts engaged with before the cut.
@@ -56,7 +56,6 @@ import feedrank
 from feedrank import demo_data
 
 __all__ = [
-    "AUTHOR_CAP",
     "BLENDED",
     "EventLog",
     "Planted",
@@ -87,8 +86,6 @@ BLENDED = tuple(s for s in feedrank.source_names() if s != "fallback")
 # the synthetic data's fixed end, so that the table is reproducible
 SYNTHETIC_END = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 _NEVER = np.iinfo(np.int64).max
-# the API's AUTHOR_DIVERSITY_CAP default (the core's): at most this many posts of one author on a page
-AUTHOR_CAP = feedrank.AUTHOR_CAP
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -428,10 +425,10 @@ def _first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarr
 def blend_lists(sources: Sequence[dict[str, np.ndarray]], shares: Sequence[float], post_author: np.ndarray,
                 k: int = 10, author_cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` posts the API serves each pair: ``feedrank.blend`` of its source lists (in
-    ``BLENDED`` order) by ``shares``, then the author cap (``author_cap``, default the API's
-    ``AUTHOR_CAP``). Returns the posts and the source (an index into ``BLENDED``) of each slot,
-    int64 [pairs, k], -1 padded."""
-    cap = AUTHOR_CAP if author_cap is None else author_cap
+    ``BLENDED`` order) by ``shares``, then the author cap (``author_cap``, default the API's:
+    ``feedrank.AUTHOR_CAP``). Returns the posts and the source (an index into ``BLENDED``) of
+    each slot, int64 [pairs, k], -1 padded."""
+    cap = feedrank.AUTHOR_CAP if author_cap is None else author_cap
     weights = np.asarray(shares, np.float32)
     ids_out = np.full((len(sources), k), -1, np.int64)
     src_out = np.full((len(sources), k), -1, np.int64)
@@ -521,7 +518,7 @@ class ReplayResult:
     tfidf: sp.csr_matrix  # posts x terms (the run's vocabulary), for diversity
     post_author: np.ndarray
     k: int = 10
-    author_cap: int = AUTHOR_CAP
+    author_cap: int = feedrank.AUTHOR_CAP
 
     @property
     def n_posts(self) -> int:
@@ -537,7 +534,7 @@ class ReplayResult:
 
 
 def replay(log: EventLog, window: Window, config: dict[str, Any], *, min_history: int = 5, k: int = 10,
-           author_cap: int = AUTHOR_CAP, oracle: bool = True,
+           author_cap: int = feedrank.AUTHOR_CAP, oracle: bool = True,
            log_fn: Callable[[str], None] | None = None) -> ReplayResult:
     """Replays ``window``: the nightly model at its cut, then each serve time's sources for the
     users with ground truth in the next step (users with >= ``min_history`` posts engaged with

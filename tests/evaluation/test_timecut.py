@@ -109,10 +109,10 @@ def test_the_list_scored_is_feedrank_blend_of_the_source_lists_under_the_author_
         for s, i in zip(src, idx):  # the API's cap: an author's 4th post is passed over
             a = log.post_author[ordered[s][i]]
             per_author[a] = per_author.get(a, 0) + 1
-            if per_author[a] <= timecut.AUTHOR_CAP and len(want) < 10:
+            if per_author[a] <= feedrank.AUTHOR_CAP and len(want) < 10:
                 want.append(ordered[s][i])
                 want_sources.append(s)
-            capped += per_author[a] == timecut.AUTHOR_CAP + 1 and len(want) < 10
+            capped += per_author[a] == feedrank.AUTHOR_CAP + 1 and len(want) < 10
         assert row[: len(want)].tolist() == want and (row[len(want) :] == -1).all()
         assert row_sources[: len(want)].tolist() == want_sources
     assert capped > 0  # the data has authors the cap holds back

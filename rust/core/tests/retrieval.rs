@@ -306,18 +306,22 @@ fn edge_cases_give_the_exhaustive_answers() {
     let shared = fixed(&shared_term, 3);
     let users = [0, 1, 2, 3, 3, 0];
     for d in [&with_terms, &no_terms, &empty_rows, &shared] {
-        for model in MODELS {
+        for (model, normalization) in MODELS
+            .into_iter()
+            .flat_map(|m| ContentNormalization::ALL.map(|n| (m, n)))
+        {
             for k in [1, 3, 6] {
-                let cfg = config(model, k, [0.4, 0.3, 0.2, 0.1]);
+                let mut cfg = config(model, k, [0.4, 0.3, 0.2, 0.1]);
+                cfg.content_normalization = normalization;
                 let (exhaustive, retrieved) = d.both(&cfg, unlimited(), None, &users);
-                assert_eq!(retrieved, exhaustive, "{model:?} k {k}");
+                assert_eq!(retrieved, exhaustive, "{model:?} {normalization:?} k {k}");
                 // the default sizes are far above this data's: the same lists
                 let defaults = RetrievalSettings {
                     mode: RetrievalMode::Candidates,
                     ..RetrievalSettings::default()
                 };
                 let (_, by_default) = d.both(&cfg, defaults, None, &users);
-                assert_eq!(by_default, exhaustive, "{model:?} k {k}");
+                assert_eq!(by_default, exhaustive, "{model:?} {normalization:?} k {k}");
             }
         }
     }
