@@ -87,6 +87,11 @@ def _step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_args(args: argparse.Namespace) -> list[str]:
+    """``--config`` for a child process, when the run has one."""
+    return ["--config", args.config] if args.config else []
+
+
 def _run_child(argv: list[str]) -> tuple[int, float, int]:
     """Runs a child process; returns (exit status, wall seconds, peak RSS bytes)."""
     t0 = time.perf_counter()
@@ -124,7 +129,7 @@ def _run_step(args: argparse.Namespace, asset: str, tmp: str, prefix: str) -> tu
     code, wall, rss = _run_child(
         [sys.executable, "-m", "dagster_pipeline.bench", "--step", asset,
          "--storage", str(Path(tmp) / "storage"), "--prefix", prefix,
-         "--out", str(out), "--top-k", str(args.top_k), *(["--config", args.config] if args.config else [])]
+         "--out", str(out), "--top-k", str(args.top_k), *_config_args(args)]
     )
     if code != 0:
         raise RuntimeError(f"bench-pipeline: {asset} failed (exit {code})")
@@ -149,7 +154,7 @@ def _growth(args: argparse.Namespace) -> int:
         out = Path(f"artifacts/bench-pipeline-{users}.json")
         cmd = [sys.executable, "-W", "ignore", "-m", "dagster_pipeline.bench", "--users", str(users),
                "--posts", str(posts), "--interactions", str(interactions), "--top-k", str(args.top_k),
-               "--seed", str(args.seed), "--json", str(out), *(["--config", args.config] if args.config else [])]
+               "--seed", str(args.seed), "--json", str(out), *_config_args(args)]
         print(f"==> growth: {' '.join(cmd[3:])}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             print(f"bench-pipeline: the run at {users:,} users failed", file=sys.stderr)

@@ -181,8 +181,6 @@ impl Shared {
         }
     }
 
-    /// Post `p` is among the allowed posts (`candidates`).
-    #[inline]
     /// The range content is scaled by, given the min and max of the user's cosines: those, or
     /// [0, 1] when content is the cosine itself.
     pub(crate) fn content_range(&self, min_max: (f32, f32)) -> (f32, f32) {
@@ -193,6 +191,8 @@ impl Shared {
         }
     }
 
+    /// Post `p` is among the allowed posts (`candidates`).
+    #[inline]
     pub(crate) fn is_allowed(&self, p: u32) -> bool {
         match &self.allowed_bits {
             Some(bits) => bits[p as usize / 64] & (1 << (p % 64)) != 0,
