@@ -269,6 +269,43 @@ impl Retriever {
         c * self.posts[p].inv_norm
     }
 
+    /// [`Retriever::content_of`] of each of `posts`, into `out` (cleared first). The posts lie
+    /// at scattered places: each one's data is prefetched `AHEAD` posts before its turn and its
+    /// row half as far, so that their cache misses overlap instead of following one another.
+    fn cosines(&self, profile: &[f32], posts: &[u32], out: &mut Vec<f32>) {
+        const AHEAD: usize = 16;
+        out.clear();
+        for (n, &p) in posts.iter().enumerate() {
+            if let Some(&q) = posts.get(n + AHEAD) {
+                prefetch(&self.posts[q as usize]);
+            }
+            if let Some(&q) = posts.get(n + AHEAD / 2) {
+                let row = self.posts[q as usize].start;
+                if let Some(first) = self.terms.get(row) {
+                    prefetch(first);
+                }
+                // a row of more than 8 terms spans a second cache line
+                if let Some(next) = self.terms.get(row + 8) {
+                    prefetch(next);
+                }
+            }
+            out.push(self.content_of(profile, p as usize));
+        }
+    }
+
+    /// The exact cosines of the pool's posts at positions `s.todo_at`, into `s.pool_content`
+    /// (flagged exact), raising `content_hi` to their maximum.
+    fn pool_cosines(&self, s: &mut UserScratch, content_hi: &mut f32) {
+        s.todo.clear();
+        s.todo.extend(s.todo_at.iter().map(|&i| s.pool[i as usize]));
+        self.cosines(&s.profile_dense, &s.todo, &mut s.cos);
+        for (&i, &c) in s.todo_at.iter().zip(&s.cos) {
+            *content_hi = content_hi.max(c);
+            s.pool_content[i as usize] = c;
+            s.pool_exact[i as usize] = true;
+        }
+    }
+
     /// The top-k of each of `users` from their candidates (the same shape as the exhaustive
     /// path's result).
     pub(crate) fn topk(
@@ -453,21 +490,26 @@ impl Retriever {
         s.content_list.clear();
         // the best by the part of the score the index estimates: content (partial) and prior
         let w_content = sh.weights.content;
-        s.content_list.extend(
-            s.content
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (i as u32, w_content * e.1 + self.prior[e.0 as usize])),
-        );
+        for (i, e) in s.content.iter().enumerate() {
+            if let Some(ahead) = s.content.get(i + 16) {
+                prefetch(&self.prior[ahead.0 as usize]);
+            }
+            let key = w_content * e.1 + self.prior[e.0 as usize];
+            s.content_list.push((i as u32, key));
+        }
         strongest(&mut s.content_list, cfg.content);
         // the content candidates' exact cosines replace the index's partial sums: the proxy
         // below and content's maximum read them
         let mut content_hi = f32::NEG_INFINITY;
-        for e in s.content_list.iter_mut() {
+        s.todo.clear();
+        s.todo
+            .extend(s.content_list.iter().map(|e| s.content[e.0 as usize].0));
+        self.cosines(&s.profile_dense, &s.todo, &mut s.cos);
+        for (e, &c) in s.content_list.iter_mut().zip(&s.cos) {
             let entry = &mut s.content[e.0 as usize];
-            e.1 = self.content_of(&s.profile_dense, entry.0 as usize);
-            *entry = (entry.0, e.1, true);
-            content_hi = content_hi.max(e.1);
+            e.1 = c;
+            *entry = (entry.0, c, true);
+            content_hi = content_hi.max(c);
         }
 
         // prior: the first `prior` posts of `by_prior` the user may be shown, that is
@@ -502,13 +544,15 @@ impl Retriever {
         s.terms_by_id.clear();
         s.terms_by_id.extend_from_slice(&s.profile_terms);
         s.terms_by_id.sort_unstable_by_key(|e| e.0);
+        // (a slice of its own: through `s`, the sums' address would be read again at each step)
+        let head_cos = &mut s.head_cos[..];
         for &(t, w) in &s.terms_by_id {
             let (from, to) = (self.head_start[t as usize], self.head_start[t as usize + 1]);
             for (&i, &x) in self.head_post[from..to]
                 .iter()
                 .zip(&self.head_weight[from..to])
             {
-                s.head_cos[i as usize] += x * w;
+                head_cos[i as usize] += x * w;
             }
         }
         for (c, &inv) in s.head_cos.iter_mut().zip(&self.head_inv_norm) {
@@ -610,14 +654,10 @@ impl Retriever {
         if s.pool.len() > cfg.budget {
             // every exact cosine: the posts from the other sources match the user's profile
             // as well as the index's candidates often (a partial sum or 0 dropped them)
-            for i in 0..s.pool.len() {
-                if !s.pool_exact[i] {
-                    let c = self.content_of(&s.profile_dense, s.pool[i] as usize);
-                    content_hi = content_hi.max(c);
-                    s.pool_content[i] = c;
-                    s.pool_exact[i] = true;
-                }
-            }
+            s.todo_at.clear();
+            s.todo_at
+                .extend((0..s.pool.len() as u32).filter(|&i| !s.pool_exact[i as usize]));
+            self.pool_cosines(s, &mut content_hi);
             let inv = |(l, h): (f32, f32)| if h > l { 1.0 / (h - l) } else { 0.0 };
             let (c_inv, a_inv, r_inv, e_inv) = (
                 inv((collab_lo, collab_hi)),
@@ -629,6 +669,9 @@ impl Retriever {
             s.proxy.clear();
             let mut at = 0;
             for (i, &p) in s.pool.iter().enumerate() {
+                if let Some(&ahead) = s.pool.get(i + 16) {
+                    prefetch(&self.posts[ahead as usize]);
+                }
                 // a prior post's values from `prior_values` (in order), another's from `posts`
                 while at < self.prior_head.len() && self.prior_head[at] < p {
                     at += 1;
@@ -656,18 +699,17 @@ impl Retriever {
         }
 
         // the exact content of the kept posts (the content candidates' is known), and its range
-        for &i in &s.kept {
-            if !s.pool_exact[i as usize] {
-                let c = self.content_of(&s.profile_dense, s.pool[i as usize] as usize);
-                content_hi = content_hi.max(c);
-                s.pool_content[i as usize] = c;
-            }
-        }
+        s.todo_at.clear();
+        s.todo_at
+            .extend(s.kept.iter().filter(|&&i| !s.pool_exact[i as usize]));
+        self.pool_cosines(s, &mut content_hi);
         let content_lo = if reached == n_shown && complete && !s.profile_terms.is_empty() {
             // every post the user may be shown shares a term with the profile
+            s.todo.clear();
+            s.todo.extend(s.content.iter().map(|e| e.0));
+            self.cosines(&s.profile_dense, &s.todo, &mut s.cos);
             let mut lo = f32::INFINITY;
-            for &(p, ..) in &s.content {
-                let c = self.content_of(&s.profile_dense, p as usize);
+            for &c in &s.cos {
                 lo = lo.min(c);
                 content_hi = content_hi.max(c);
             }
@@ -734,10 +776,32 @@ fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
     }
 }
 
+/// Asks the processor to start loading `x`'s cache line (a hint: it changes no result).
+#[inline(always)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing into the program and never faults.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(x as *const T as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Splits off and returns the front of `list` (sorted by `post`) whose posts are below `end`.
+/// The front is usually short and the list long: the search gallops from the front (steps of
+/// 1, 2, 4, ...) and bisects the last step only, reading the memory it is about to use.
 #[inline]
 fn below<'a, T>(list: &mut &'a [T], end: usize, post: impl Fn(&T) -> u32) -> &'a [T] {
-    let n = list.partition_point(|e| (post(e) as usize) < end);
+    let is_below = |e: &T| (post(e) as usize) < end;
+    let (mut lo, mut step) = (0, 1);
+    while lo + step < list.len() && is_below(&list[lo + step]) {
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step + 1).min(list.len());
+    let n = lo + list[lo..hi].partition_point(is_below);
     let (front, rest) = list.split_at(n);
     *list = rest;
     front
@@ -891,6 +955,10 @@ struct UserScratch {
     terms_by_id: Vec<(u32, f32)>,
     /// Positions in `prior_head` of the prior posts that join the pool.
     head_pick: Vec<(u32, f32)>,
+    /// Posts whose exact cosines are wanted, their positions in the pool, and the cosines.
+    todo: Vec<u32>,
+    todo_at: Vec<u32>,
+    cos: Vec<f32>,
     top: TopK,
     sorted: Vec<Scored>,
 }
@@ -923,6 +991,9 @@ impl UserScratch {
             head_cos: Vec::new(),
             terms_by_id: Vec::new(),
             head_pick: Vec::new(),
+            todo: Vec::new(),
+            todo_at: Vec::new(),
+            cos: Vec::new(),
             top: TopK::new(k),
             sorted: Vec::with_capacity(k),
         }
