@@ -103,6 +103,12 @@ pub(crate) struct Retriever {
     /// 1 / the TF-IDF norm, and the prior, of each of `prior_head`.
     head_inv_norm: Vec<f32>,
     head_prior: Vec<f32>,
+    /// The `budget`-th highest of `head_prior` (-inf when the head is no longer): with every
+    /// content value >= 0, at least `budget` prior posts score that much, so a post below it
+    /// cannot be among the `budget` best and is never sorted.
+    head_floor: f32,
+    /// Every TF-IDF weight of `prior_head` is >= 0 (TF-IDF always).
+    head_nonneg: bool,
     /// Each post's prior (recency and engagement by their weights, normalized over the
     /// allowed posts).
     prior: Vec<f32>,
@@ -212,7 +218,9 @@ impl Retriever {
             .iter()
             .map(|&p| sh.inv_norm[p as usize])
             .collect();
-        let head_prior = prior_head.iter().map(|&p| prior[p as usize]).collect();
+        let head_prior: Vec<f32> = prior_head.iter().map(|&p| prior[p as usize]).collect();
+        let head_floor = nth_highest(&head_prior, settings.budget);
+        let head_nonneg = head_weight.iter().all(|&x| x >= 0.0);
         let mut prior_rank = vec![u32::MAX; sh.recency.len()];
         for (r, &p) in by_prior.iter().enumerate() {
             prior_rank[p as usize] = r as u32;
@@ -249,6 +257,8 @@ impl Retriever {
             head_weight,
             head_inv_norm,
             head_prior,
+            head_floor,
+            head_nonneg,
             prior,
             prior_rank,
             posts,
@@ -561,13 +571,22 @@ impl Retriever {
         // of those, the `budget` best by content and prior join the pool (by position, that
         // is by post): the others could only enter the top-k through a collaborative score,
         // and the collaborative source holds those
+        // (with no content value below 0, the posts under `head_floor` are left out first)
+        let nonneg =
+            w_content >= 0.0 && self.head_nonneg && s.profile_terms.iter().all(|e| e.1 >= 0.0);
+        let floor = if nonneg {
+            self.head_floor
+        } else {
+            f32::NEG_INFINITY
+        };
         s.head_pick.clear();
         s.head_pick.extend(
             s.head_cos
                 .iter()
                 .zip(&self.head_prior)
                 .enumerate()
-                .map(|(i, (&c, &prior))| (i as u32, w_content * c + prior)),
+                .map(|(i, (&c, &prior))| (i as u32, w_content * c + prior))
+                .filter(|e| e.1 >= floor),
         );
         strongest(&mut s.head_pick, cfg.budget);
         s.head_pick.sort_unstable_by_key(|e| e.0);
@@ -774,6 +793,17 @@ fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
         list.select_nth_unstable_by(cap, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         list.truncate(cap);
     }
+}
+
+/// The `n`-th highest of `values` (n >= 1; -inf when there are no more than `n`): a floor
+/// under the `n` best by any key >= the value, which [`strongest`] may drop beforehand.
+fn nth_highest(values: &[f32], n: usize) -> f32 {
+    if values.len() <= n {
+        return f32::NEG_INFINITY;
+    }
+    let mut sorted = values.to_vec();
+    sorted.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    sorted[n - 1]
 }
 
 /// Asks the processor to start loading `x`'s cache line (a hint: it changes no result).
@@ -997,5 +1027,52 @@ impl UserScratch {
             top: TopK::new(k),
             sorted: Vec::with_capacity(k),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Leaving out what lies under the floor of the prior changes nothing in the `cap` best
+        /// by `w x content + prior` when content and `w` are >= 0 (the prior head's pick).
+        #[test]
+        fn the_floor_of_the_prior_drops_none_of_the_best(
+            rows in prop::collection::vec((0u8..20, 0u8..20), 1..200),
+            cap in 1usize..50,
+            w in 0f32..2.0,
+        ) {
+            // small integers in a coarse grid: many ties, as posts of equal prior have
+            let keyed: Vec<(u32, f32)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, &(prior, c))| (i as u32, w * (c as f32 / 20.0) + prior as f32 / 20.0))
+                .collect();
+            let priors: Vec<f32> = rows.iter().map(|&(prior, _)| prior as f32 / 20.0).collect();
+            let floor = nth_highest(&priors, cap);
+            let mut all = keyed.clone();
+            strongest(&mut all, cap);
+            let mut above: Vec<(u32, f32)> = keyed.into_iter().filter(|e| e.1 >= floor).collect();
+            strongest(&mut above, cap);
+            all.sort_unstable_by_key(|e| e.0);
+            above.sort_unstable_by_key(|e| e.0);
+            prop_assert_eq!(all, above);
+        }
+    }
+
+    #[test]
+    fn below_splits_off_exactly_the_posts_under_the_end() {
+        let posts: Vec<u32> = (0..100).map(|i| i * 3).collect();
+        for end in 0..310 {
+            let mut rest = &posts[..];
+            let front = below(&mut rest, end, |&p| p);
+            assert!(front.iter().all(|&p| (p as usize) < end), "end {end}");
+            assert!(rest.iter().all(|&p| (p as usize) >= end), "end {end}");
+            assert_eq!(front.len() + rest.len(), posts.len());
+        }
+        let mut empty: &[u32] = &[];
+        assert!(below(&mut empty, 10, |&p| p).is_empty());
     }
 }
