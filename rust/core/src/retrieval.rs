@@ -521,6 +521,11 @@ impl Retriever {
             *entry = (entry.0, c, true);
             content_hi = content_hi.max(c);
         }
+        // the chosen ones, by post (the others' partial sums are never read again: every post
+        // of the pool not holding its exact cosine gets it below)
+        s.chosen.clear();
+        s.chosen
+            .extend(s.content.iter().filter(|e| e.2).map(|e| (e.0, e.1)));
 
         // prior: the first `prior` posts of `by_prior` the user may be shown, that is
         // `prior_head` but for the excluded, plus one post from further down for each excluded
@@ -589,24 +594,24 @@ impl Retriever {
                 .filter(|e| e.1 >= floor),
         );
         strongest(&mut s.head_pick, cfg.budget);
-        s.head_pick.sort_unstable_by_key(|e| e.0);
+        positions_in_order(&s.head_pick, &mut s.head_bits, &mut s.head_order);
 
         // the pool, by post: the chosen collaborative and content posts and the prior's, with
         // each one's collaborative score and content (the exact cosine for the content
-        // candidates and the prior's, the index's partial dot product or 0 for the others),
-        // assembled window by window as the content query is
+        // candidates and the prior's, 0 until computed below for the others), assembled
+        // window by window as the content query is
         s.pool.clear();
         s.pool_collab.clear();
         s.pool_content.clear();
         s.pool_exact.clear();
         {
-            let (mut content, mut collab) = (&s.content[..], &s.collab[..]);
-            let (mut head, mut extra, mut excl) = (&s.head_pick[..], &s.extra[..], &s.excl[..]);
+            let (mut content, mut collab) = (&s.chosen[..], &s.collab[..]);
+            let (mut head, mut extra, mut excl) = (&s.head_order[..], &s.extra[..], &s.excl[..]);
             let win = &mut s.win;
             while let Some(first) = [
                 content.first().map(|e| e.0),
                 collab.first().map(|e| e.0),
-                head.first().map(|e| self.prior_head[e.0 as usize]),
+                head.first().map(|&i| self.prior_head[i as usize]),
                 extra.first().copied(),
             ]
             .into_iter()
@@ -617,16 +622,16 @@ impl Retriever {
                 let end = base + WINDOW;
                 let content = below(&mut content, end, |e| e.0);
                 let collab = below(&mut collab, end, |e| e.0);
-                for &(p, v, chosen) in content {
-                    // a chosen content candidate: marked, and flagged as holding its exact cosine
-                    win.set(p as usize - base, v, chosen);
+                for &(p, v) in content {
+                    // marked, and flagged as holding its exact cosine
+                    win.set(p as usize - base, v, true);
                 }
                 for &(p, v, chosen) in collab {
                     let j = p as usize - base;
                     win.other[j] = v;
                     win.mark(j, chosen);
                 }
-                for &(i, _) in below(&mut head, end, |e| self.prior_head[e.0 as usize]) {
+                for &i in below(&mut head, end, |&i| self.prior_head[i as usize]) {
                     let p = self.prior_head[i as usize] as usize;
                     win.set(p - base, s.head_cos[i as usize], true);
                 }
@@ -649,9 +654,6 @@ impl Retriever {
                     pool_exact.push(exact);
                 });
                 // the slots set but not marked back to zero
-                for &(p, ..) in content {
-                    win.sums[p as usize - base] = 0.0;
-                }
                 for &(p, ..) in collab {
                     win.other[p as usize - base] = 0.0;
                 }
@@ -793,6 +795,30 @@ fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
         list.select_nth_unstable_by(cap, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         list.truncate(cap);
     }
+}
+
+/// The first fields of `list`, distinct small positions (a few thousand of a few tens of
+/// thousands), in ascending order into `out`: one bit each in `bits` (left zeroed), read in
+/// order, instead of a sort.
+fn positions_in_order(list: &[(u32, f32)], bits: &mut Vec<u64>, out: &mut Vec<u32>) {
+    out.clear();
+    let Some(max) = list.iter().map(|e| e.0 as usize).max() else {
+        return;
+    };
+    if bits.len() <= max / 64 {
+        bits.resize(max / 64 + 1, 0);
+    }
+    for e in list {
+        bits[e.0 as usize / 64] |= 1 << (e.0 % 64);
+    }
+    for (w, word) in bits.iter_mut().enumerate() {
+        let mut b = std::mem::take(word);
+        while b != 0 {
+            out.push((w * 64 + b.trailing_zeros() as usize) as u32);
+            b &= b - 1;
+        }
+    }
+    debug_assert_eq!(out.len(), list.len(), "positions are distinct");
 }
 
 /// The `n`-th highest of `values` (n >= 1; -inf when there are no more than `n`): a floor
@@ -985,6 +1011,11 @@ struct UserScratch {
     terms_by_id: Vec<(u32, f32)>,
     /// Positions in `prior_head` of the prior posts that join the pool.
     head_pick: Vec<(u32, f32)>,
+    /// `head_pick`'s positions in order, and one bit per position to order them.
+    head_order: Vec<u32>,
+    head_bits: Vec<u64>,
+    /// The chosen content candidates, by post, with their exact cosines.
+    chosen: Vec<(u32, f32)>,
     /// Posts whose exact cosines are wanted, their positions in the pool, and the cosines.
     todo: Vec<u32>,
     todo_at: Vec<u32>,
@@ -1021,6 +1052,9 @@ impl UserScratch {
             head_cos: Vec::new(),
             terms_by_id: Vec::new(),
             head_pick: Vec::new(),
+            head_order: Vec::new(),
+            head_bits: Vec::new(),
+            chosen: Vec::new(),
             todo: Vec::new(),
             todo_at: Vec::new(),
             cos: Vec::new(),
@@ -1060,6 +1094,20 @@ mod tests {
             above.sort_unstable_by_key(|e| e.0);
             prop_assert_eq!(all, above);
         }
+    }
+
+    #[test]
+    fn positions_in_order_sorts_and_leaves_the_bits_zeroed() {
+        let mut bits = Vec::new();
+        let mut out = Vec::new();
+        let list = [(700u32, 0.5f32), (3, 0.1), (64, 0.9), (63, 0.2), (0, 0.0)];
+        positions_in_order(&list, &mut bits, &mut out);
+        assert_eq!(out, [0, 3, 63, 64, 700]);
+        assert!(bits.iter().all(|&w| w == 0));
+        positions_in_order(&[(5, 1.0)], &mut bits, &mut out);
+        assert_eq!(out, [5]);
+        positions_in_order(&[], &mut bits, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
