@@ -283,7 +283,7 @@ impl Retriever {
     /// at scattered places: each one's data is prefetched `AHEAD` posts before its turn and its
     /// row half as far, so that their cache misses overlap instead of following one another.
     fn cosines(&self, profile: &[f32], posts: &[u32], out: &mut Vec<f32>) {
-        const AHEAD: usize = 16;
+        const AHEAD: usize = 32;
         out.clear();
         for (n, &p) in posts.iter().enumerate() {
             if let Some(&q) = posts.get(n + AHEAD) {
@@ -501,7 +501,7 @@ impl Retriever {
         // the best by the part of the score the index estimates: content (partial) and prior
         let w_content = sh.weights.content;
         for (i, e) in s.content.iter().enumerate() {
-            if let Some(ahead) = s.content.get(i + 16) {
+            if let Some(ahead) = s.content.get(i + 64) {
                 prefetch(&self.prior[ahead.0 as usize]);
             }
             let key = w_content * e.1 + self.prior[e.0 as usize];
@@ -906,7 +906,14 @@ struct Window {
     marks: Vec<u64>,
     /// A second mark per slot, read back with the slot.
     flags: Vec<u64>,
+    /// One bit per word of `marks` that may hold a mark: a drain visits those words only, so
+    /// its cost follows the slots marked, not the window's size (windows are many and sparse
+    /// when the posts are many).
+    words: u64,
 }
+
+// one bit of `Window::words` per word of marks
+const _: () = assert!(WINDOW / 64 <= 64);
 
 impl Window {
     fn new() -> Self {
@@ -915,12 +922,14 @@ impl Window {
             other: vec![0.0; WINDOW],
             marks: vec![0; WINDOW / 64],
             flags: vec![0; WINDOW / 64],
+            words: 0,
         }
     }
 
     #[inline(always)]
     fn mark(&mut self, j: usize, on: bool) {
         self.marks[j / 64] |= (on as u64) << (j % 64);
+        self.words |= (on as u64) << (j / 64);
     }
 
     #[inline(always)]
@@ -937,11 +946,13 @@ impl Window {
         self.sums[j] = v;
     }
 
-    /// Drops the slots of `posts` (in this window at `base`): unmarked, their sums zero.
+    /// Drops the slots of `posts` (in this window at `base`): unmarked and unflagged, their
+    /// sums zero.
     fn unmark(&mut self, base: usize, posts: &[u32]) {
         for &p in posts {
             let j = p as usize - base;
             self.marks[j / 64] &= !(1 << (j % 64));
+            self.flags[j / 64] &= !(1 << (j % 64));
             self.sums[j] = 0.0;
         }
     }
@@ -955,7 +966,10 @@ impl Window {
     /// [`Window::drain`] with the slot's second value and flag too (emptied as well).
     #[inline(always)]
     fn drain_with_other(&mut self, mut f: impl FnMut(usize, f32, f32, bool)) {
-        for m in 0..self.marks.len() {
+        let mut words = std::mem::take(&mut self.words);
+        while words != 0 {
+            let m = words.trailing_zeros() as usize;
+            words &= words - 1;
             let mut bits = std::mem::take(&mut self.marks[m]);
             let flags = std::mem::take(&mut self.flags[m]);
             while bits != 0 {
@@ -1108,6 +1122,29 @@ mod tests {
         assert_eq!(out, [5]);
         positions_in_order(&[], &mut bits, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_window_drains_its_marked_slots_in_order_and_is_left_empty() {
+        let mut win = Window::new();
+        win.add(4000, 1.0);
+        win.add(3, 0.5);
+        win.add(3, 0.25);
+        win.set(64, 2.0, true);
+        win.set(65, 9.0, false); // set, not marked: never drained, cleared by the caller
+        win.other[65] = 0.0;
+        win.sums[65] = 0.0;
+        win.set(700, 3.0, true);
+        win.unmark(0, &[700]); // dropped: neither drained nor left flagged
+        let mut got = Vec::new();
+        win.drain_with_other(|j, v, _, exact| got.push((j, v, exact)));
+        assert_eq!(got, [(3, 0.75, false), (64, 2.0, true), (4000, 1.0, false)]);
+        assert!(win.sums.iter().chain(&win.other).all(|&x| x == 0.0));
+        assert!(win.marks.iter().chain(&win.flags).all(|&w| w == 0) && win.words == 0);
+        win.mark(700, true);
+        let mut again = Vec::new();
+        win.drain_with_other(|j, _, _, exact| again.push((j, exact)));
+        assert_eq!(again, [(700, false)]);
     }
 
     #[test]
