@@ -103,12 +103,9 @@ pub(crate) struct Retriever {
     /// 1 / the TF-IDF norm, and the prior, of each of `prior_head`.
     head_inv_norm: Vec<f32>,
     head_prior: Vec<f32>,
-    /// The `budget`-th highest of `head_prior` (-inf when the head is no longer): with every
-    /// content value >= 0, at least `budget` prior posts score that much, so a post below it
-    /// cannot be among the `budget` best and is never sorted.
-    head_floor: f32,
-    /// Every TF-IDF weight of `prior_head` is >= 0 (TF-IDF always).
-    head_nonneg: bool,
+    /// Positions in `prior_head` of its `2 x budget` highest priors, ascending (empty when the
+    /// head holds no more than `budget` posts): a sample of the posts likely to be picked.
+    head_sample: Vec<u32>,
     /// Each post's prior (recency and engagement by their weights, normalized over the
     /// allowed posts).
     prior: Vec<f32>,
@@ -166,7 +163,7 @@ impl Retriever {
         // (its content weight x the post's weight, plus the prior): the fresh and popular
         // posts about the term, not only the ones that use it most
         let w_content = sh.weights.content;
-        let key = |e: &(u32, f32)| w_content * e.1 + prior[e.0 as usize];
+        let key = |e: &(u32, f32)| content_and_prior(w_content, e.1, prior[e.0 as usize]);
         lists.par_iter_mut().for_each(|l| {
             if l.len() > limit {
                 l.select_nth_unstable_by(limit, |a, b| {
@@ -219,8 +216,20 @@ impl Retriever {
             .map(|&p| sh.inv_norm[p as usize])
             .collect();
         let head_prior: Vec<f32> = prior_head.iter().map(|&p| prior[p as usize]).collect();
-        let head_floor = nth_highest(&head_prior, settings.budget);
-        let head_nonneg = head_weight.iter().all(|&x| x >= 0.0);
+        let head_sample = if prior_head.len() > settings.budget {
+            let n = (2 * settings.budget).min(prior_head.len());
+            let mut sample: Vec<u32> = by_prior[..n]
+                .iter()
+                .map(|p| {
+                    let i = prior_head.binary_search(p);
+                    i.expect("the head holds the prior's first posts") as u32
+                })
+                .collect();
+            sample.sort_unstable();
+            sample
+        } else {
+            Vec::new()
+        };
         let mut prior_rank = vec![u32::MAX; sh.recency.len()];
         for (r, &p) in by_prior.iter().enumerate() {
             prior_rank[p as usize] = r as u32;
@@ -257,8 +266,7 @@ impl Retriever {
             head_weight,
             head_inv_norm,
             head_prior,
-            head_floor,
-            head_nonneg,
+            head_sample,
             prior,
             prior_rank,
             posts,
@@ -504,7 +512,7 @@ impl Retriever {
             if let Some(ahead) = s.content.get(i + 64) {
                 prefetch(&self.prior[ahead.0 as usize]);
             }
-            let key = w_content * e.1 + self.prior[e.0 as usize];
+            let key = content_and_prior(w_content, e.1, self.prior[e.0 as usize]);
             s.content_list.push((i as u32, key));
         }
         strongest(&mut s.content_list, cfg.content);
@@ -576,21 +584,21 @@ impl Retriever {
         // of those, the `budget` best by content and prior join the pool (by position, that
         // is by post): the others could only enter the top-k through a collaborative score,
         // and the collaborative source holds those
-        // (with no content value below 0, the posts under `head_floor` are left out first)
-        let nonneg =
-            w_content >= 0.0 && self.head_nonneg && s.profile_terms.iter().all(|e| e.1 >= 0.0);
-        let floor = if nonneg {
-            self.head_floor
-        } else {
-            f32::NEG_INFINITY
-        };
+        // (first a floor: the `budget`-th best of the sample; the sample alone has `budget`
+        // posts that score that much, so a post below it cannot be picked and is never sorted)
+        s.sample_keys.clear();
+        s.sample_keys.extend(self.head_sample.iter().map(|&i| {
+            let i = i as usize;
+            content_and_prior(w_content, s.head_cos[i], self.head_prior[i])
+        }));
+        let floor = nth_highest(&mut s.sample_keys, cfg.budget);
         s.head_pick.clear();
         s.head_pick.extend(
             s.head_cos
                 .iter()
                 .zip(&self.head_prior)
                 .enumerate()
-                .map(|(i, (&c, &prior))| (i as u32, w_content * c + prior))
+                .map(|(i, (&c, &prior))| (i as u32, content_and_prior(w_content, c, prior)))
                 .filter(|e| e.1 >= floor),
         );
         strongest(&mut s.head_pick, cfg.budget);
@@ -788,6 +796,14 @@ impl Retriever {
     }
 }
 
+/// The part of a post's score known without its collaborative score: `weights.content x
+/// content + prior`, what each source's postings and picks are ordered by. (With content and
+/// its weight >= 0 it is never below the prior: the prior head's floor relies on it.)
+#[inline(always)]
+fn content_and_prior(w_content: f32, content: f32, prior: f32) -> f32 {
+    w_content * content + prior
+}
+
 /// Keeps the `cap` largest values of `list` (ties: the lower first field), in no particular
 /// order.
 fn strongest(list: &mut Vec<(u32, f32)>, cap: usize) {
@@ -821,15 +837,15 @@ fn positions_in_order(list: &[(u32, f32)], bits: &mut Vec<u64>, out: &mut Vec<u3
     debug_assert_eq!(out.len(), list.len(), "positions are distinct");
 }
 
-/// The `n`-th highest of `values` (n >= 1; -inf when there are no more than `n`): a floor
-/// under the `n` best by any key >= the value, which [`strongest`] may drop beforehand.
-fn nth_highest(values: &[f32], n: usize) -> f32 {
-    if values.len() <= n {
+/// The `n`-th highest of `values` (reordered; -inf when there are fewer than `n`): when
+/// `values` are the keys of some of a list's entries, a floor under the list's `n` best,
+/// below which [`strongest`] can drop entries beforehand.
+fn nth_highest(values: &mut [f32], n: usize) -> f32 {
+    if n == 0 || values.len() < n {
         return f32::NEG_INFINITY;
     }
-    let mut sorted = values.to_vec();
-    sorted.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
-    sorted[n - 1]
+    values.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    values[n - 1]
 }
 
 /// Asks the processor to start loading `x`'s cache line (a hint: it changes no result).
@@ -1028,6 +1044,8 @@ struct UserScratch {
     /// `head_pick`'s positions in order, and one bit per position to order them.
     head_order: Vec<u32>,
     head_bits: Vec<u64>,
+    /// The keys of `Retriever::head_sample`.
+    sample_keys: Vec<f32>,
     /// The chosen content candidates, by post, with their exact cosines.
     chosen: Vec<(u32, f32)>,
     /// Posts whose exact cosines are wanted, their positions in the pool, and the cosines.
@@ -1068,6 +1086,7 @@ impl UserScratch {
             head_pick: Vec::new(),
             head_order: Vec::new(),
             head_bits: Vec::new(),
+            sample_keys: Vec::new(),
             chosen: Vec::new(),
             todo: Vec::new(),
             todo_at: Vec::new(),
@@ -1084,22 +1103,20 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Leaving out what lies under the floor of the prior changes nothing in the `cap` best
-        /// by `w x content + prior` when content and `w` are >= 0 (the prior head's pick).
+        /// Leaving out what lies under the `cap`-th best of a sample of at least `cap` entries
+        /// changes nothing in the `cap` best (the prior head's pick), whatever the signs.
         #[test]
-        fn the_floor_of_the_prior_drops_none_of_the_best(
-            rows in prop::collection::vec((0u8..20, 0u8..20), 1..200),
-            cap in 1usize..50,
-            w in 0f32..2.0,
+        fn a_floor_from_a_sample_drops_none_of_the_best(
+            rows in prop::collection::vec((-20i8..20, any::<bool>()), 1..300),
+            cap in 1usize..60,
         ) {
-            // small integers in a coarse grid: many ties, as posts of equal prior have
-            let keyed: Vec<(u32, f32)> = rows
-                .iter()
-                .enumerate()
-                .map(|(i, &(prior, c))| (i as u32, w * (c as f32 / 20.0) + prior as f32 / 20.0))
-                .collect();
-            let priors: Vec<f32> = rows.iter().map(|&(prior, _)| prior as f32 / 20.0).collect();
-            let floor = nth_highest(&priors, cap);
+            // small integers: many ties, as posts of equal prior and content have
+            let keyed: Vec<(u32, f32)> =
+                rows.iter().enumerate().map(|(i, &(k, _))| (i as u32, k as f32 / 8.0)).collect();
+            let mut sample: Vec<f32> =
+                rows.iter().filter(|r| r.1).map(|&(k, _)| k as f32 / 8.0).collect();
+            let floor = nth_highest(&mut sample, cap);
+            prop_assert_eq!(floor == f32::NEG_INFINITY, sample.len() < cap);
             let mut all = keyed.clone();
             strongest(&mut all, cap);
             let mut above: Vec<(u32, f32)> = keyed.into_iter().filter(|e| e.1 >= floor).collect();
