@@ -63,8 +63,8 @@ use crate::Result;
 /// Users per parallel task (the cancel token is checked between them).
 const USERS_PER_TASK: usize = 32;
 
-/// Posts per [`Window`] (a power of two): two arrays of 16 KB and 512 bytes of marks, which
-/// stay in the fastest caches whatever the number of posts.
+/// Posts per [`Window`] (a power of two): two arrays of 16 KB and 1 KB of marks and flags,
+/// which stay in the fastest caches whatever the number of posts.
 const WINDOW: usize = 4096;
 
 /// What retrieval prepares once per model: the inverted index and the prior order.
@@ -302,7 +302,7 @@ impl Retriever {
                 if let Some(first) = self.terms.get(row) {
                     prefetch(first);
                 }
-                // a row of more than 8 terms spans a second cache line
+                // and 64 bytes further: a row often reaches into the next cache line
                 if let Some(next) = self.terms.get(row + 8) {
                     prefetch(next);
                 }
@@ -369,7 +369,7 @@ impl Retriever {
         query: &mut [(usize, usize, f32)],
         mut excl: &[u32],
         win: &mut Window,
-        out: &mut Vec<(u32, f32, bool)>,
+        out: &mut Vec<(u32, f32)>,
     ) {
         // the lowest post not yet read opens the next window (windows without postings are
         // skipped)
@@ -391,7 +391,7 @@ impl Retriever {
             }
             below(&mut excl, base, |&p| p);
             win.unmark(base, below(&mut excl, end, |&p| p));
-            win.drain(|j, v| out.push(((base + j) as u32, v, false)));
+            win.drain(|j, v| out.push(((base + j) as u32, v)));
         }
     }
 
@@ -518,22 +518,20 @@ impl Retriever {
         strongest(&mut s.content_list, cfg.content);
         // the content candidates' exact cosines replace the index's partial sums: the proxy
         // below and content's maximum read them
-        let mut content_hi = f32::NEG_INFINITY;
+        // (the chosen in post order, positions in `content` being by post; the others'
+        // partial sums are never read again: every post of the pool not holding its exact
+        // cosine gets it below)
+        positions_in_order(&s.content_list, &mut s.bits, &mut s.order);
         s.todo.clear();
         s.todo
-            .extend(s.content_list.iter().map(|e| s.content[e.0 as usize].0));
+            .extend(s.order.iter().map(|&i| s.content[i as usize].0));
         self.cosines(&s.profile_dense, &s.todo, &mut s.cos);
-        for (e, &c) in s.content_list.iter_mut().zip(&s.cos) {
-            let entry = &mut s.content[e.0 as usize];
-            e.1 = c;
-            *entry = (entry.0, c, true);
+        let mut content_hi = f32::NEG_INFINITY;
+        s.chosen.clear();
+        for (&p, &c) in s.todo.iter().zip(&s.cos) {
+            s.chosen.push((p, c));
             content_hi = content_hi.max(c);
         }
-        // the chosen ones, by post (the others' partial sums are never read again: every post
-        // of the pool not holding its exact cosine gets it below)
-        s.chosen.clear();
-        s.chosen
-            .extend(s.content.iter().filter(|e| e.2).map(|e| (e.0, e.1)));
 
         // prior: the first `prior` posts of `by_prior` the user may be shown, that is
         // `prior_head` but for the excluded, plus one post from further down for each excluded
@@ -592,6 +590,8 @@ impl Retriever {
             content_and_prior(w_content, s.head_cos[i], self.head_prior[i])
         }));
         let floor = nth_highest(&mut s.sample_keys, cfg.budget);
+        // (in `strongest`'s order, so that the filter drops only what it would drop)
+        let above = |v: f32| floor.is_none_or(|f| v.total_cmp(&f).is_ge());
         s.head_pick.clear();
         s.head_pick.extend(
             s.head_cos
@@ -599,10 +599,10 @@ impl Retriever {
                 .zip(&self.head_prior)
                 .enumerate()
                 .map(|(i, (&c, &prior))| (i as u32, content_and_prior(w_content, c, prior)))
-                .filter(|e| e.1 >= floor),
+                .filter(|e| above(e.1)),
         );
         strongest(&mut s.head_pick, cfg.budget);
-        positions_in_order(&s.head_pick, &mut s.head_bits, &mut s.head_order);
+        positions_in_order(&s.head_pick, &mut s.bits, &mut s.head_order);
 
         // the pool, by post: the chosen collaborative and content posts and the prior's, with
         // each one's collaborative score and content (the exact cosine for the content
@@ -632,7 +632,7 @@ impl Retriever {
                 let collab = below(&mut collab, end, |e| e.0);
                 for &(p, v) in content {
                     // marked, and flagged as holding its exact cosine
-                    win.set(p as usize - base, v, true);
+                    win.set_exact(p as usize - base, v);
                 }
                 for &(p, v, chosen) in collab {
                     let j = p as usize - base;
@@ -641,7 +641,7 @@ impl Retriever {
                 }
                 for &i in below(&mut head, end, |&i| self.prior_head[i as usize]) {
                     let p = self.prior_head[i as usize] as usize;
-                    win.set(p - base, s.head_cos[i as usize], true);
+                    win.set_exact(p - base, s.head_cos[i as usize]);
                 }
                 for &p in below(&mut extra, end, |&p| p) {
                     win.mark(p as usize - base, true);
@@ -797,8 +797,7 @@ impl Retriever {
 }
 
 /// The part of a post's score known without its collaborative score: `weights.content x
-/// content + prior`, what each source's postings and picks are ordered by. (With content and
-/// its weight >= 0 it is never below the prior: the prior head's floor relies on it.)
+/// content + prior`, by which the postings are cut and the content and prior sources pick.
 #[inline(always)]
 fn content_and_prior(w_content: f32, content: f32, prior: f32) -> f32 {
     w_content * content + prior
@@ -827,7 +826,7 @@ fn positions_in_order(list: &[(u32, f32)], bits: &mut Vec<u64>, out: &mut Vec<u3
     for e in list {
         bits[e.0 as usize / 64] |= 1 << (e.0 % 64);
     }
-    for (w, word) in bits.iter_mut().enumerate() {
+    for (w, word) in bits[..=max / 64].iter_mut().enumerate() {
         let mut b = std::mem::take(word);
         while b != 0 {
             out.push((w * 64 + b.trailing_zeros() as usize) as u32);
@@ -837,15 +836,15 @@ fn positions_in_order(list: &[(u32, f32)], bits: &mut Vec<u64>, out: &mut Vec<u3
     debug_assert_eq!(out.len(), list.len(), "positions are distinct");
 }
 
-/// The `n`-th highest of `values` (reordered; -inf when there are fewer than `n`): when
+/// The `n`-th highest of `values` (reordered; `None` when there are fewer than `n`): when
 /// `values` are the keys of some of a list's entries, a floor under the list's `n` best,
 /// below which [`strongest`] can drop entries beforehand.
-fn nth_highest(values: &mut [f32], n: usize) -> f32 {
+fn nth_highest(values: &mut [f32], n: usize) -> Option<f32> {
     if n == 0 || values.len() < n {
-        return f32::NEG_INFINITY;
+        return None;
     }
     values.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
-    values[n - 1]
+    Some(values[n - 1])
 }
 
 /// Asks the processor to start loading `x`'s cache line (a hint: it changes no result).
@@ -872,7 +871,8 @@ fn below<'a, T>(list: &mut &'a [T], end: usize, post: impl Fn(&T) -> u32) -> &'a
         lo += step;
         step *= 2;
     }
-    let hi = (lo + step + 1).min(list.len());
+    // the split is in lo..=lo + step, and `list[lo + step]` (if any) is not below
+    let hi = (lo + step).min(list.len());
     let n = lo + list[lo..hi].partition_point(is_below);
     let (front, rest) = list.split_at(n);
     *list = rest;
@@ -954,11 +954,11 @@ impl Window {
         self.sums[j] += v;
     }
 
-    /// Sets slot `j`'s value, marked and flagged if `mark`.
+    /// Sets slot `j`'s value, marked and flagged (an exact value).
     #[inline(always)]
-    fn set(&mut self, j: usize, v: f32, mark: bool) {
-        self.mark(j, mark);
-        self.flags[j / 64] |= (mark as u64) << (j % 64);
+    fn set_exact(&mut self, j: usize, v: f32) {
+        self.mark(j, true);
+        self.flags[j / 64] |= 1 << (j % 64);
         self.sums[j] = v;
     }
 
@@ -1020,9 +1020,8 @@ struct UserScratch {
     profile_terms: Vec<(u32, f32)>,
     query: Vec<(usize, usize, f32)>,
     win: Window,
-    /// The posts the index reached (not excluded), by post, with their partial dot product or,
-    /// for the chosen (`true`), their exact cosine.
-    content: Vec<(u32, f32, bool)>,
+    /// The posts the index reached (not excluded), by post, with their partial dot product.
+    content: Vec<(u32, f32)>,
     content_list: Vec<(u32, f32)>,
     /// The posts never shown to the current user, sorted.
     excl: Vec<u32>,
@@ -1032,7 +1031,7 @@ struct UserScratch {
     pool: Vec<u32>,
     pool_collab: Vec<f32>,
     pool_content: Vec<f32>,
-    /// `pool_content` is already the exact cosine (a content candidate).
+    /// `pool_content` is already the exact cosine (a content candidate or a prior post).
     pool_exact: Vec<bool>,
     proxy: Vec<(u32, f32)>,
     kept: Vec<u32>,
@@ -1041,9 +1040,12 @@ struct UserScratch {
     terms_by_id: Vec<(u32, f32)>,
     /// Positions in `prior_head` of the prior posts that join the pool.
     head_pick: Vec<(u32, f32)>,
-    /// `head_pick`'s positions in order, and one bit per position to order them.
+    /// `head_pick`'s positions in order.
     head_order: Vec<u32>,
-    head_bits: Vec<u64>,
+    /// The positions of a pick in order (`content_list`'s), and the bits that order them
+    /// ([`positions_in_order`]; left zeroed).
+    order: Vec<u32>,
+    bits: Vec<u64>,
     /// The keys of `Retriever::head_sample`.
     sample_keys: Vec<f32>,
     /// The chosen content candidates, by post, with their exact cosines.
@@ -1085,7 +1087,8 @@ impl UserScratch {
             terms_by_id: Vec::new(),
             head_pick: Vec::new(),
             head_order: Vec::new(),
-            head_bits: Vec::new(),
+            order: Vec::new(),
+            bits: Vec::new(),
             sample_keys: Vec::new(),
             chosen: Vec::new(),
             todo: Vec::new(),
@@ -1116,7 +1119,8 @@ mod tests {
             let mut sample: Vec<f32> =
                 rows.iter().filter(|r| r.1).map(|&(k, _)| k as f32 / 8.0).collect();
             let floor = nth_highest(&mut sample, cap);
-            prop_assert_eq!(floor == f32::NEG_INFINITY, sample.len() < cap);
+            prop_assert_eq!(floor.is_none(), sample.len() < cap);
+            let floor = floor.unwrap_or(f32::NEG_INFINITY);
             let mut all = keyed.clone();
             strongest(&mut all, cap);
             let mut above: Vec<(u32, f32)> = keyed.into_iter().filter(|e| e.1 >= floor).collect();
@@ -1147,11 +1151,8 @@ mod tests {
         win.add(4000, 1.0);
         win.add(3, 0.5);
         win.add(3, 0.25);
-        win.set(64, 2.0, true);
-        win.set(65, 9.0, false); // set, not marked: never drained, cleared by the caller
-        win.other[65] = 0.0;
-        win.sums[65] = 0.0;
-        win.set(700, 3.0, true);
+        win.set_exact(64, 2.0);
+        win.set_exact(700, 3.0);
         win.unmark(0, &[700]); // dropped: neither drained nor left flagged
         let mut got = Vec::new();
         win.drain_with_other(|j, v, _, exact| got.push((j, v, exact)));
