@@ -214,13 +214,23 @@ def _attach_while(url: str, picks, conn, first, then) -> list[str]:
 
 
 @pytest.mark.parametrize("named", ["posts", "users", "recommendation_runs"])
-def test_an_attach_caught_in_a_deadlock_with_a_reader_tries_again_and_completes(world, named):
+def test_an_attach_caught_in_a_deadlock_with_a_reader_tries_again_and_completes(world, named, monkeypatch):
     """ATTACH locks the default partition, then the tables the foreign keys reference; a reader
     that read one of those and then reads the recommendations takes them in the opposite order.
     The server aborts the one that waited first (here the attach): in a clean-clone CI run that
     failed the run. Now the attach tries again, and the reader is served."""
     url, picks = world
+    # The server aborts the session whose deadlock_timeout (default 1 s) runs out first after
+    # the cycle closes, and a session checks once. A busy machine once let more than 1 s pass
+    # between the attach's wait and the reader's query: the attach's check found no cycle yet,
+    # the reader's found it, and the reader was aborted (a clean-clone CI run, 2026-12-04). The
+    # attach checks after 4 s here and the reader after 60 s; the attach's lock timeout is raised
+    # past both, so that the attach gives up for the deadlock and not for the wait.
+    monkeypatch.setattr(swap, "LOCK_TIMEOUT", "20s")
     with psycopg.connect(url) as conn, psycopg.connect(url) as reader:
+        for session, timeout in ((conn, "4s"), (reader, "60s")):
+            session.execute(f"SET deadlock_timeout = '{timeout}'")
+            session.commit()
 
         def read_the_recommendations() -> None:
             reader.execute("SELECT count(*) FROM user_recommendations")
