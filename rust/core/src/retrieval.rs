@@ -56,6 +56,7 @@ use crate::cancel::Cancel;
 use crate::collaborative::{CollaborativeScorer, Lane};
 use crate::config::RetrievalSettings;
 use crate::score::{content_profile, score_in_blocks, HybridResult, Shared};
+use crate::shuffle::prefetch;
 use crate::similarity::Accumulator;
 use crate::topk::{write_row, Scored, TopK};
 use crate::Result;
@@ -516,11 +517,9 @@ impl Retriever {
             s.content_list.push((i as u32, key));
         }
         strongest(&mut s.content_list, cfg.content);
-        // the content candidates' exact cosines replace the index's partial sums: the proxy
-        // below and content's maximum read them
-        // (the chosen in post order, positions in `content` being by post; the others'
-        // partial sums are never read again: every post of the pool not holding its exact
-        // cosine gets it below)
+        // the chosen ones' exact cosines, in post order (positions in `content` are by post):
+        // the pool, the proxy and content's maximum read them; the others' partial sums are
+        // never read again (every post of the pool without its exact cosine gets it below)
         positions_in_order(&s.content_list, &mut s.bits, &mut s.order);
         s.todo.clear();
         s.todo
@@ -845,19 +844,6 @@ fn nth_highest(values: &mut [f32], n: usize) -> Option<f32> {
     }
     values.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
     Some(values[n - 1])
-}
-
-/// Asks the processor to start loading `x`'s cache line (a hint: it changes no result).
-#[inline(always)]
-fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing into the program and never faults.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(x as *const T as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
 }
 
 /// Splits off and returns the front of `list` (sorted by `post`) whose posts are below `end`.

@@ -39,8 +39,10 @@ fn bounded(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
     (m >> 64) as u64
 }
 
+/// Asks the processor to start loading the cache line at `p` (a hint: it changes no result;
+/// also used by [`crate::retrieval`] for posts read at scattered places).
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint; it never faults, whatever the address.
     unsafe {
