@@ -98,6 +98,9 @@ pub fn build_scorer(
 pub struct UserUser {
     x: Arc<Csr<f32>>,
     w: Arc<Csr<f32>>,
+    /// The weighted matrix transposed (post x user), each value divided by its user's norm:
+    /// the accumulator then sums cosines' numerators already scaled, and the neighbour
+    /// candidates' norms are never read at their scattered places.
     wt: Csr<f32>,
     inv_norm: Vec<f32>,
     k: usize,
@@ -107,19 +110,25 @@ pub struct UserUser {
 
 impl UserUser {
     pub fn new(interactions: &Arc<Csr<f32>>, weighted: &Arc<Csr<f32>>, neighbors: usize) -> Self {
-        let inv_norm = weighted
+        let inv_norm: Vec<f32> = weighted
             .view()
             .row_norms()
             .into_iter()
             .map(|n| if n > 0.0 { 1.0 / n } else { 0.0 })
             .collect();
+        let mut wt = weighted.view().transpose();
+        for (v, &o) in wt.data.iter_mut().zip(&wt.indices) {
+            *v *= inv_norm[o as usize];
+        }
+        // (of the values the accumulator adds)
+        let positive = wt.data.iter().all(|&v| v > 0.0);
         UserUser {
             x: interactions.clone(),
             w: weighted.clone(),
-            wt: weighted.view().transpose(),
+            wt,
             inv_norm,
             k: neighbors,
-            positive: weighted.data.iter().all(|&v| v > 0.0),
+            positive,
         }
     }
 }
@@ -149,9 +158,13 @@ impl CollaborativeScorer for UserUser {
         let ui = self.inv_norm[user];
         for t in 0..a.touched.len() {
             let o = a.touched[t] as usize;
-            let s = a.acc[o] * ui * self.inv_norm[o];
+            let s = a.acc[o] * ui;
             a.acc[o] = 0.0;
-            a.seen[o] = false;
+            // (`add_positive` never sets the flag: one scattered store fewer per neighbour
+            // candidate, which is felt once the users outgrow the caches)
+            if !self.positive {
+                a.seen[o] = false;
+            }
             if o != user && s > 0.0 {
                 a.topk.push(o as u32, s);
             }

@@ -672,6 +672,26 @@ impl Retriever {
                 content_hi = content_hi.max(c);
             }
         }
+        // each pool post's recency and engagement, read once for the cut and the scores: a
+        // prior post's from `prior_values` (found by galloping through `prior_head`, not by a
+        // walk over it), another's from `posts`, prefetched
+        s.pool_values.clear();
+        {
+            let (mut head, mut at) = (&self.prior_head[..], 0);
+            for (i, &p) in s.pool.iter().enumerate() {
+                if let Some(&ahead) = s.pool.get(i + 16) {
+                    prefetch(&self.posts[ahead as usize]);
+                }
+                at += below(&mut head, p as usize, |&q| q).len();
+                s.pool_values.push(match head.first() {
+                    Some(&q) if q == p => self.prior_values[at],
+                    _ => [
+                        self.posts[p as usize].recency,
+                        self.posts[p as usize].engagement,
+                    ],
+                });
+            }
+        }
 
         // past the budget, the pool's best by the score with every exact cosine and content's
         // maximum over the pool (exact with the cosine normalization); `kept` holds positions
@@ -695,22 +715,7 @@ impl Retriever {
             );
             let w = sh.weights;
             s.proxy.clear();
-            let mut at = 0;
-            for (i, &p) in s.pool.iter().enumerate() {
-                if let Some(&ahead) = s.pool.get(i + 16) {
-                    prefetch(&self.posts[ahead as usize]);
-                }
-                // a prior post's values from `prior_values` (in order), another's from `posts`
-                while at < self.prior_head.len() && self.prior_head[at] < p {
-                    at += 1;
-                }
-                let [r, e] = match self.prior_head.get(at) {
-                    Some(&q) if q == p => self.prior_values[at],
-                    _ => [
-                        self.posts[p as usize].recency,
-                        self.posts[p as usize].engagement,
-                    ],
-                };
+            for (i, &[r, e]) in s.pool_values.iter().enumerate() {
                 let score = w.combine([
                     (s.pool_collab[i] - collab_lo) * c_inv,
                     s.pool_content[i] * a_inv,
@@ -762,13 +767,8 @@ impl Retriever {
         }
         let norm = |c: usize, v: f32| (v - lo4[c]) * scale[c];
         let raw = |i: usize| {
-            let p = s.pool[i] as usize;
-            [
-                s.pool_collab[i],
-                s.pool_content[i],
-                self.posts[p].recency,
-                self.posts[p].engagement,
-            ]
+            let [r, e] = s.pool_values[i];
+            [s.pool_collab[i], s.pool_content[i], r, e]
         };
         let w = sh.weights;
         s.top.clear();
@@ -1019,6 +1019,8 @@ struct UserScratch {
     pool_content: Vec<f32>,
     /// `pool_content` is already the exact cosine (a content candidate or a prior post).
     pool_exact: Vec<bool>,
+    /// The recency and engagement of each pool post.
+    pool_values: Vec<[f32; 2]>,
     proxy: Vec<(u32, f32)>,
     kept: Vec<u32>,
     /// The exact cosine of each of `prior_head`, and the profile's terms by term.
@@ -1067,6 +1069,7 @@ impl UserScratch {
             pool_collab: Vec::new(),
             pool_content: Vec::new(),
             pool_exact: Vec::new(),
+            pool_values: Vec::new(),
             proxy: Vec::new(),
             kept: Vec::new(),
             head_cos: Vec::new(),
