@@ -104,7 +104,8 @@ pub struct UserUser {
     wt: Csr<f32>,
     inv_norm: Vec<f32>,
     k: usize,
-    /// All weighted values > 0: the branchless accumulator applies.
+    /// All weighted values > 0: the branchless accumulator applies (no flag per neighbour
+    /// candidate is read or written, which is felt once the users outgrow the caches).
     positive: bool,
 }
 
@@ -143,33 +144,15 @@ impl CollaborativeScorer for UserUser {
         let (posts, vals) = self.w.view().row(user);
         for (&p, &v) in posts.iter().zip(vals) {
             let (users, ws) = wt.row(p as usize);
-            if self.positive {
-                a.add_positive(users, ws, v);
-            } else {
-                for (&o, &w) in users.iter().zip(ws) {
-                    a.add(o, v * w);
-                }
-            }
-        }
-        if self.positive {
-            a.touched.extend_from_slice(&a.buf[..a.count]);
-            a.count = 0;
+            a.add_row(users, ws, v, self.positive);
         }
         let ui = self.inv_norm[user];
-        for t in 0..a.touched.len() {
-            let o = a.touched[t] as usize;
-            let s = a.acc[o] * ui;
-            a.acc[o] = 0.0;
-            // (`add_positive` never sets the flag: one scattered store fewer per neighbour
-            // candidate, which is felt once the users outgrow the caches)
-            if !self.positive {
-                a.seen[o] = false;
+        a.drain(|topk, o, dot| {
+            let s = dot * ui;
+            if o as usize != user && s > 0.0 {
+                topk.push(o, s);
             }
-            if o != user && s > 0.0 {
-                a.topk.push(o as u32, s);
-            }
-        }
-        a.touched.clear();
+        });
         let mut nb = std::mem::take(&mut a.sorted);
         a.topk.drain_sorted(&mut nb);
         for e in &nb {

@@ -259,17 +259,14 @@ pub(crate) fn content_profile(
     let norm2: f64 = acc
         .touched
         .iter()
-        .map(|&t| ((acc.acc[t as usize] * inv) as f64).powi(2))
+        .map(|&t| ((acc.get(t) * inv) as f64).powi(2))
         .sum();
     let norm = norm2.sqrt() as f32;
-    for ti in 0..acc.touched.len() {
-        let t = acc.touched[ti];
-        let m = acc.take(t) * inv;
+    acc.drain(|_, t, sum| {
         if norm > 0.0 {
-            emit(t, m / norm);
+            emit(t, sum * inv / norm);
         }
-    }
-    acc.touched.clear();
+    });
 }
 
 /// The hybrid top-k of each of `users`. See the module documentation. A convenience that copies
@@ -562,14 +559,12 @@ fn score_block(
         scorer.score_into(u, &mut s.model, &mut Lane::new(&mut s.collab_acc));
         let acc = &mut s.collab_acc;
         acc.touched.sort_unstable();
-        for t in 0..acc.touched.len() {
-            let p = acc.touched[t];
-            let value = acc.take(p);
+        let collab = &mut s.collab;
+        acc.drain(|_, p, value| {
             if sh.is_allowed(p) {
-                s.collab.push((p, value));
+                collab.push((p, value));
             }
-        }
-        acc.touched.clear();
+        });
         content_profile(
             sh.interactions.view().row(u),
             sh.tfidf.view(),

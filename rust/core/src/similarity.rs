@@ -67,14 +67,22 @@ impl TopKRows {
     }
 }
 
-/// Per-thread scratch of the sparse accumulator.
+/// Per-thread scratch of the sparse accumulator: one slot per index, and the list of the slots
+/// touched so that emptying it costs the touches, not the slots.
+///
+/// Two ways in, one way out: [`Accumulator::add`] (any values; a flag per slot marks first
+/// touches), [`Accumulator::add_row`] (rows whose products the caller knows are all > 0 take
+/// the branchless path, where a zero slot means "untouched" and no flag is read or written),
+/// then [`Accumulator::drain`], which hands out each touched slot's sum once and resets only
+/// what the way in set.
 pub struct Accumulator {
-    pub acc: Vec<f32>,
-    pub seen: Vec<bool>,
+    acc: Vec<f32>,
+    seen: Vec<bool>,
+    /// Slots first touched by [`Accumulator::add`] (their `seen` flags set).
     pub touched: Vec<u32>,
-    /// Branchless first-touch list of [`Accumulator::add_positive`]: `buf[..count]`.
-    pub buf: Vec<u32>,
-    pub count: usize,
+    /// Slots first touched by the branchless path: `buf[..count]` (no flags set).
+    buf: Vec<u32>,
+    count: usize,
     pub topk: TopK,
     pub sorted: Vec<Scored>,
 }
@@ -92,10 +100,16 @@ impl Accumulator {
         }
     }
 
-    /// `acc[idx] += v * ws` for strictly positive products: a zero accumulator means "not
-    /// touched yet", so first touches are recorded without a branch in `buf[..count]`.
+    /// `acc[idx[j]] += v * ws[j]`. `positive`: every product is > 0 (the caller checked the
+    /// values once), so first touches are recorded without a branch or a flag.
     #[inline]
-    pub fn add_positive(&mut self, idx: &[u32], ws: &[f32], v: f32) {
+    pub fn add_row(&mut self, idx: &[u32], ws: &[f32], v: f32, positive: bool) {
+        if !positive {
+            for (&j, &w) in idx.iter().zip(ws) {
+                self.add(j, v * w);
+            }
+            return;
+        }
         let acc = &mut self.acc[..];
         let buf = &mut self.buf[..];
         let mut count = self.count;
@@ -109,14 +123,6 @@ impl Accumulator {
         self.count = count;
     }
 
-    /// The value at `i`, reset to untouched (the caller clears `touched` when done).
-    #[inline]
-    pub fn take(&mut self, i: u32) -> f32 {
-        let iu = i as usize;
-        self.seen[iu] = false;
-        std::mem::take(&mut self.acc[iu])
-    }
-
     #[inline]
     pub fn add(&mut self, i: u32, v: f32) {
         let iu = i as usize;
@@ -125,6 +131,37 @@ impl Accumulator {
             self.touched.push(i);
         }
         self.acc[iu] += v;
+    }
+
+    /// The sum at slot `i` (0 when untouched).
+    #[inline]
+    pub fn get(&self, i: u32) -> f32 {
+        self.acc[i as usize]
+    }
+
+    /// Overwrites the sum at slot `i` (e.g. NaN, to mark it for the caller's `visit`). An
+    /// untouched slot is not drained: the caller sets it back to 0 before adding again.
+    #[inline]
+    pub fn set(&mut self, i: u32, v: f32) {
+        self.acc[i as usize] = v;
+    }
+
+    /// Calls `visit(topk, slot, sum)` once per touched slot, in the order of `touched` (which
+    /// the caller may sort first), then the branchless path's in their order of first touch;
+    /// leaves every slot zero and nothing touched.
+    #[inline]
+    pub fn drain(&mut self, mut visit: impl FnMut(&mut TopK, u32, f32)) {
+        for t in 0..self.touched.len() {
+            let i = self.touched[t];
+            self.seen[i as usize] = false;
+            visit(&mut self.topk, i, std::mem::take(&mut self.acc[i as usize]));
+        }
+        self.touched.clear();
+        for t in 0..self.count {
+            let i = self.buf[t];
+            visit(&mut self.topk, i, std::mem::take(&mut self.acc[i as usize]));
+        }
+        self.count = 0;
     }
 }
 
@@ -203,34 +240,18 @@ pub fn cosine_topk(
                 let first = block * BLOCK;
                 for (r, (io, so)) in idx_out.chunks_mut(k).zip(sc_out.chunks_mut(k)).enumerate() {
                     let q = first + r;
-                    if positive {
-                        let (feats, vals) = queries.row(q);
-                        for (&f, &v) in feats.iter().zip(vals) {
-                            let (items, ws) = it.row(f as usize);
-                            a.add_positive(items, ws, v);
-                        }
-                        a.touched.extend_from_slice(&a.buf[..a.count]);
-                        a.count = 0;
-                    } else {
-                        let (feats, vals) = queries.row(q);
-                        for (&f, &v) in feats.iter().zip(vals) {
-                            let (users, ws) = it.row(f as usize);
-                            for (&i, &w) in users.iter().zip(ws) {
-                                a.add(i, v * w);
-                            }
-                        }
+                    let (feats, vals) = queries.row(q);
+                    for (&f, &v) in feats.iter().zip(vals) {
+                        let (items, ws) = it.row(f as usize);
+                        a.add_row(items, ws, v, positive);
                     }
-                    for t in 0..a.touched.len() {
-                        let i = a.touched[t];
+                    a.drain(|topk, i, dot| {
                         let iu = i as usize;
-                        let s = (a.acc[iu] as f64 * q_inv[q] * i_inv[iu]) as f32;
-                        a.acc[iu] = 0.0;
-                        a.seen[iu] = false;
+                        let s = (dot as f64 * q_inv[q] * i_inv[iu]) as f32;
                         if s.abs() > ZERO && !(same && exclude_self && iu == q) {
-                            a.topk.push(i, s);
+                            topk.push(i, s);
                         }
-                    }
-                    a.touched.clear();
+                    });
                     let mut sorted = std::mem::take(&mut a.sorted);
                     a.topk.drain_sorted(&mut sorted);
                     write_row(&sorted, io, so);
@@ -336,40 +357,27 @@ fn self_row(
         let (rows, ws) = mt.row(f as usize);
         // entry (i, f) sits at positions[base + o] of the transpose: rows j > i follow it
         let start = positions[base + o] + 1 - mt.indptr[f as usize];
-        if positive {
-            a.add_positive(&rows[start..], &ws[start..], v);
-        } else {
-            for (&j, &w) in rows[start..].iter().zip(&ws[start..]) {
-                a.add(j, v * w);
-            }
-        }
-    }
-    if positive {
-        a.touched.extend_from_slice(&a.buf[..a.count]);
-        a.count = 0;
+        a.add_row(&rows[start..], &ws[start..], v, positive);
     }
     let ii = inv[i];
+    let tops = &mut st.tops;
     if !exclude_self && ii > 0.0 {
         let norm2: f64 = vals.iter().map(|&x| x as f64 * x as f64).sum();
-        st.tops.push(i, i as u32, (norm2 * ii * ii) as f32);
+        tops.push(i, i as u32, (norm2 * ii * ii) as f32);
     }
-    for t in 0..a.touched.len() {
-        let j = a.touched[t];
+    a.drain(|_, j, dot| {
         let ju = j as usize;
-        let s = (a.acc[ju] as f64 * ii * inv[ju]) as f32;
-        a.acc[ju] = 0.0;
-        a.seen[ju] = false;
+        let s = (dot as f64 * ii * inv[ju]) as f32;
         if s.abs() <= ZERO {
-            continue;
+            return;
         }
-        if s >= st.tops.thresholds[i] {
-            st.tops.push(i, j, s);
+        if s >= tops.thresholds[i] {
+            tops.push(i, j, s);
         }
-        if s >= st.tops.thresholds[ju] {
-            st.tops.push(ju, i as u32, s);
+        if s >= tops.thresholds[ju] {
+            tops.push(ju, i as u32, s);
         }
-    }
-    a.touched.clear();
+    });
 }
 
 /// The top-k cosine neighbours of every item (columns of the users x items `interactions`,
@@ -445,39 +453,24 @@ pub fn recommend_items(
                     let (items, vals) = interactions.row(u);
                     for (&i, &x) in items.iter().zip(vals) {
                         let (nb, sims) = neighbors.row(i as usize);
-                        if positive {
-                            a.add_positive(nb, sims, x);
-                        } else {
-                            for (&j, &s) in nb.iter().zip(sims) {
-                                a.add(j, x * s);
-                            }
-                        }
-                    }
-                    if positive {
-                        a.touched.extend_from_slice(&a.buf[..a.count]);
-                        a.count = 0;
+                        a.add_row(nb, sims, x, positive);
                     }
                     if exclude_interacted {
                         for &i in items {
-                            // seen but zeroed: never pushed below
-                            a.acc[i as usize] = f32::NAN;
+                            // drained (if touched) but never pushed
+                            a.set(i, f32::NAN);
                         }
                     }
-                    for t in 0..a.touched.len() {
-                        let j = a.touched[t] as usize;
-                        let s = a.acc[j];
-                        a.acc[j] = 0.0;
-                        a.seen[j] = false;
+                    a.drain(|topk, j, s| {
                         if s != 0.0 && !s.is_nan() {
-                            a.topk.push(j as u32, s);
+                            topk.push(j, s);
                         }
-                    }
+                    });
                     if exclude_interacted {
                         for &i in items {
-                            a.acc[i as usize] = 0.0;
+                            a.set(i, 0.0); // the untouched ones
                         }
                     }
-                    a.touched.clear();
                     let mut sorted = std::mem::take(&mut a.sorted);
                     a.topk.drain_sorted(&mut sorted);
                     write_row(&sorted, io, so);
@@ -609,6 +602,34 @@ mod tests {
                 if let Some(&top) = best.first() { prop_assert!((rs[0] as f64 - top).abs() < 1e-4); }
             }
         }
+    }
+
+    #[test]
+    fn an_accumulator_drains_each_touched_slot_once_and_is_left_empty() {
+        let mut a = Accumulator::new(6, 1);
+        let drained = |a: &mut Accumulator| {
+            let mut out = Vec::new();
+            a.drain(|_, i, v| out.push((i, v)));
+            out
+        };
+        // both ways in, one slot touched twice: sums in order of first touch, flagged first
+        a.add_row(&[4, 1], &[1.0, 2.0], 0.5, true);
+        a.add_row(&[1], &[1.0], 1.0, true);
+        a.add_row(&[3, 0], &[-1.0, 2.0], 2.0, false);
+        assert_eq!(
+            drained(&mut a),
+            vec![(3, -2.0), (0, 4.0), (4, 0.5), (1, 2.0)]
+        );
+        // empty after: nothing drained again, and a slot touched before counts as new
+        assert_eq!(drained(&mut a), vec![]);
+        a.add(0, 1.0);
+        a.add_row(&[4], &[3.0], 1.0, true);
+        assert_eq!(drained(&mut a), vec![(0, 1.0), (4, 3.0)]);
+        // a slot set to NaN is drained as NaN and zero afterwards
+        a.add(2, 1.0);
+        a.set(2, f32::NAN);
+        assert!(drained(&mut a)[0].1.is_nan());
+        assert_eq!(a.get(2), 0.0);
     }
 
     #[test]
