@@ -85,7 +85,7 @@ def test_validate_config_knows_the_bm25_settings():
 def test_the_retrieval_settings_round_trip_and_bad_values_name_the_field():
     cfg = feedrank.default_config()
     assert cfg["retrieval"] == {"mode": "exhaustive", "budget": 2000, "collaborative": 1000, "content": 1000,
-                                "content_terms": 8, "posting_limit": 4000, "prior": 40000}
+                                "content_terms": 8, "posting_limit": 500, "prior": 60000}
     tuned = feedrank.validate_config({"retrieval": {"mode": "candidates", "posting_limit": np.int64(50)}})
     assert tuned["retrieval"] == {**cfg["retrieval"], "mode": "candidates", "posting_limit": 50}
     assert feedrank.validate_config(tuned) == tuned

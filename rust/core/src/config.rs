@@ -508,9 +508,9 @@ pub struct RetrievalSettings {
     pub mode: RetrievalMode,
     /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
     /// The default mode stays `exhaustive`: on the benchmark's synthetic data, with
-    /// `content_normalization = "cosine"`, the default sizes keep 99.94% of the exhaustive
-    /// top-200 on average at 300,000 users x 600,000 posts (98.5% at the 1st percentile) in
-    /// 0.9x its time, but take longer than the exhaustive kernel at 100,000 users and below
+    /// `content_normalization = "cosine"`, the default sizes keep 99.99% of the exhaustive
+    /// top-200 on average at 300,000 users x 600,000 posts (99.5% at the 1st percentile) in
+    /// 0.7x its time, but take longer than the exhaustive kernel at 100,000 users and below
     /// (scripts/bench_retrieval.py; docs/scaling.md).
     pub budget: usize,
     /// The collaborative model's strongest posts kept as candidates (the posts it scores:
@@ -520,7 +520,8 @@ pub struct RetrievalSettings {
     pub content: usize,
     /// The user's this many strongest profile terms query the index (m).
     pub content_terms: usize,
-    /// Each term's postings keep its this many highest-weight posts (L).
+    /// Each term's postings keep its this many highest-weight posts (L). (Small: the posts that
+    /// longer postings add are mostly found by the prior, whose head is the better buy.)
     pub posting_limit: usize,
     /// The best posts by the non-personal part of the score (recency and engagement by their
     /// weights, normalized over all posts): the fresh and the popular. Their exact cosines come
@@ -536,8 +537,8 @@ impl Default for RetrievalSettings {
             collaborative: 1000,
             content: 1000,
             content_terms: 8,
-            posting_limit: 4000,
-            prior: 40_000,
+            posting_limit: 500,
+            prior: 60_000,
         }
     }
 }
@@ -1122,7 +1123,7 @@ mod tests {
                 c.retrieval.content_terms,
                 c.retrieval.posting_limit
             ),
-            (2000, 8, 4000)
+            (2000, 8, 500)
         );
         let tuned = ScoringConfig::from_json(
             r#"{"retrieval": {"mode": "candidates", "budget": 500, "posting_limit": 50}}"#,
