@@ -74,7 +74,8 @@ impl TopKRows {
 /// touches), [`Accumulator::add_row`] (rows whose products the caller knows are all > 0 take
 /// the branchless path, where a zero slot means "untouched" and no flag is read or written),
 /// then [`Accumulator::drain`], which hands out each touched slot's sum once and resets only
-/// what the way in set.
+/// what the way in set. Between two drains a slot takes one way in only (each caller picks one
+/// per matrix): a slot touched by the branchless path and then by `add` would be drained twice.
 pub struct Accumulator {
     acc: Vec<f32>,
     seen: Vec<bool>,
