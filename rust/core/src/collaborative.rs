@@ -122,7 +122,7 @@ impl UserUser {
             *v *= inv_norm[o as usize];
         }
         // (of the values the accumulator adds)
-        let positive = wt.data.iter().all(|&v| v > 0.0);
+        let positive = wt.view().all_positive();
         UserUser {
             x: interactions.clone(),
             w: weighted.clone(),

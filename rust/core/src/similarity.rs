@@ -219,7 +219,7 @@ pub fn cosine_topk(
     let items_t = items.transpose();
     // With strictly positive values every product is > 0, so a zero accumulator means "not
     // touched yet" and the separate `seen` flags can be skipped in the hot loop.
-    let positive = queries.data.iter().all(|&v| v > 0.0) && items_t.data.iter().all(|&v| v > 0.0);
+    let positive = queries.all_positive() && items_t.view().all_positive();
     let n_items = items.nrows;
     let mut out = TopKRows {
         rows: queries.nrows,
@@ -282,7 +282,7 @@ fn cosine_topk_self(m: CsrRef<f32>, k: usize, exclude_self: bool, cancel: &Cance
     let (mt, positions) = m.transpose_with_positions(true);
     let mtv = mt.view();
     let positions = &positions;
-    let positive = m.data.iter().all(|&v| v > 0.0);
+    let positive = m.all_positive();
     let next = AtomicUsize::new(0);
     let threads = rayon::current_num_threads().max(1);
     let states: Vec<SelfState> = std::thread::scope(|scope| {
@@ -432,8 +432,7 @@ pub fn recommend_items(
         ));
     }
     let n_items = interactions.ncols;
-    let positive =
-        interactions.data.iter().all(|&v| v > 0.0) && neighbors.data.iter().all(|&v| v > 0.0);
+    let positive = interactions.all_positive() && neighbors.all_positive();
     let mut out = TopKRows {
         rows: users.len(),
         k,

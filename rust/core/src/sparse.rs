@@ -223,6 +223,13 @@ impl CsrRef<'_, f32> {
         Ok(())
     }
 
+    /// Every stored value is > 0 (counts, TF-IDF weights): a product of two such values is never
+    /// 0, so a sparse accumulator can tell its touched slots by their sums alone (the
+    /// branchless path of [`crate::similarity::Accumulator::add_row`]).
+    pub fn all_positive(&self) -> bool {
+        self.data.iter().all(|&v| v > 0.0)
+    }
+
     /// The l2 norm of each row, in f64.
     pub fn row_norms_f64(&self) -> Vec<f64> {
         (0..self.nrows)
