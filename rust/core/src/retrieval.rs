@@ -802,7 +802,7 @@ fn content_and_prior(w_content: f32, content: f32, prior: f32) -> f32 {
 ///
 /// Without a branch per post: which posts pass is unpredictable (a quarter of the head at
 /// 300,000 users on the benchmark's data), and the mispredicted branches cost more than the
-/// rest of the pass (0.58 -> 0.50 ms per user at 300,000 users).
+/// rest of the pass (0.59 -> 0.52 ms per user at 300,000 users, docs/scaling.md).
 fn cosines_above(
     sums: &mut [f32],
     (inv_norm, prior): (&[f32], &[f32]),
@@ -1058,9 +1058,11 @@ struct UserScratch {
     /// The exact cosine of each of `prior_head`, and the profile's terms by term.
     head_cos: Vec<f32>,
     terms_by_id: Vec<(u32, f32)>,
-    /// Positions in `prior_head` of the prior posts that join the pool.
+    /// Positions in `prior_head` and keys of the posts above the floor, at the front of a buffer
+    /// the head's size ([`cosines_above`]); its first `budget` are the prior posts that join
+    /// the pool.
     head_pick: Vec<(u32, f32)>,
-    /// `head_pick`'s positions in order.
+    /// Those positions in order.
     head_order: Vec<u32>,
     /// The positions of a pick in order (`content_list`'s), and the bits that order them
     /// ([`positions_in_order`]; left zeroed).
@@ -1144,7 +1146,8 @@ mod tests {
             let floor = floor.unwrap_or(f32::NEG_INFINITY);
             let mut all = keyed.clone();
             strongest(&mut all, cap);
-            // through the pass the head's pick makes, its sums and the keys the same here
+            // the posts above the floor, found by the head pick's own pass (inverse norms 1,
+            // priors 0 and a content weight of 1 make each key the sum itself)
             let mut sums: Vec<f32> = keyed.iter().map(|e| e.1).collect();
             let (ones, zeros) = (vec![1.0; sums.len()], vec![0.0; sums.len()]);
             let mut above = vec![(0, 0.0); 3];
