@@ -17,8 +17,9 @@ pipeline would give them. ``--config``: a ScoringConfig file (e.g. ``feedrank tu
 
 Printed: each path's ``topk`` time over the same users (model preparation apart) and their ratio,
 and the distribution over users of the top-k overlap, |candidate list ∩ exhaustive list| / |the
-exhaustive list| (users with an empty exhaustive list are left out), plus how often the scores of
-the shared posts differ (the candidate path's approximate normalizations).
+exhaustive list| (users with an empty exhaustive list are left out), where the misses sit (the
+exhaustive rank of each user's best missed post), and how often the scores of the shared posts
+differ (the candidate path's approximate normalizations).
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ def overlap(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+def first_miss(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
+    """Per user with a non-empty exhaustive list: the rank (1-based) in it of the best post the
+    candidate list misses, or its length + 1 when none is missed. With the cosine normalization
+    the shared posts score the same in both lists, so a user's first ``first_miss - 1`` posts are
+    the exhaustive ones, in the same order."""
+    out = []
+    for a, b in zip(exhaustive, retrieved):
+        want = a[a >= 0]
+        if want.size:
+            missed = np.flatnonzero(~np.isin(want, b[b >= 0]))
+            out.append(missed[0] + 1 if missed.size else want.size + 1)
+    return np.asarray(out)
+
+
 def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
     """Both paths on one synthetic data set: their times, and the overlap of their lists."""
     from dagster_pipeline.assets import compute_post_features, prepare_model, user_features
@@ -124,6 +139,10 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
             "median": float(np.median(ov)), "mean": float(ov.mean()),
             "same_set": float((ov == 1.0).mean())}
     figures["overlap"] = dist
+    # where the misses sit: how far down the exhaustive list the best missed post is
+    miss = first_miss(results["exhaustive"][0], results["candidates"][0])
+    figures["first_miss"] = {"min": int(miss.min()), "p1": float(np.percentile(miss, 1)),
+                             "same_first_10": float((miss > 10).mean()), "same_first_50": float((miss > 50).mean())}
     # the posts both lists hold: is their score the same (normalizations exact)?
     (ei, es), (ci, cs) = results["exhaustive"], results["candidates"]
     same = differ = 0
@@ -137,6 +156,8 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
     print("top-{k} overlap over {n:,} users: min {min:.4f}  p1 {p1:.4f}  p5 {p5:.4f}  median {median:.4f}  "
           "mean {mean:.4f}  (users with the same set: {same_set:.1%})".format(
               k=candidates_cfg["top_k"], n=ov.size, **dist))
+    print("rank of the best post missed: min {min}  p1 {p1:.0f}  (users whose first 10 / 50 posts are all "
+          "in the candidate list: {same_first_10:.2%} / {same_first_50:.2%})".format(**figures["first_miss"]))
     print(f"shared posts scored differently (approximate normalization): "
           f"{figures['shared_posts_with_other_score']:.2%}", flush=True)
     return figures
