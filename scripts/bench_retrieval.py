@@ -137,7 +137,7 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
     ov = overlap(results["exhaustive"][0], results["candidates"][0])
     dist = {"min": float(ov.min()), "p1": float(np.percentile(ov, 1)), "p5": float(np.percentile(ov, 5)),
             "median": float(np.median(ov)), "mean": float(ov.mean()),
-            "same_set": float((ov == 1.0).mean())}
+            "same_set": float((ov == 1.0).mean()), "under_99": int((ov < 0.99).sum())}
     figures["overlap"] = dist
     # where the misses sit: how far down the exhaustive list the best missed post is
     miss = first_miss(results["exhaustive"][0], results["candidates"][0])
@@ -154,10 +154,11 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
     figures["shared_posts_with_other_score"] = differ / max(1, same + differ)
     print(f"topk ratio (exhaustive / candidates): {figures['topk_ratio']:.2f}x")
     print("top-{k} overlap over {n:,} users: min {min:.4f}  p1 {p1:.4f}  p5 {p5:.4f}  median {median:.4f}  "
-          "mean {mean:.4f}  (users with the same set: {same_set:.1%})".format(
+          "mean {mean:.4f}  (users with the same set: {same_set:.1%}; under 0.99: {under_99})".format(
               k=candidates_cfg["top_k"], n=ov.size, **dist))
-    print("rank of the best post missed: min {min}  p1 {p1:.0f}  (users whose first 10 / 50 posts are all "
-          "in the candidate list: {same_first_10:.2%} / {same_first_50:.2%})".format(**figures["first_miss"]))
+    print("rank of the best post missed ({none}: none): min {min}  p1 {p1:.0f}  (users whose first 10 / 50 posts "
+          "are all in the candidate list: {same_first_10:.2%} / {same_first_50:.2%})".format(
+              none=candidates_cfg["top_k"] + 1, **figures["first_miss"]))
     print(f"shared posts scored differently (approximate normalization): "
           f"{figures['shared_posts_with_other_score']:.2%}", flush=True)
     return figures
