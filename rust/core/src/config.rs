@@ -509,8 +509,8 @@ pub struct RetrievalSettings {
     /// At most this many posts per user are scored exactly (>= `top_k` in `candidates` mode).
     /// The default mode stays `exhaustive`: on the benchmark's synthetic data, with
     /// `content_normalization = "cosine"`, the default sizes keep 99.99% of the exhaustive
-    /// top-200 on average at 300,000 users x 600,000 posts (99.5% at the 1st percentile, and
-    /// every user's first 50 posts) in 0.6x its time, but take longer than the exhaustive
+    /// top-200 on average at 300,000 users x 600,000 posts (99.5% at the 1st percentile; the
+    /// first 50 posts of 99.99% of users) in 0.6x its time, but take longer than the exhaustive
     /// kernel at 100,000 users and below (scripts/bench_retrieval.py; docs/scaling.md).
     pub budget: usize,
     /// The collaborative model's strongest posts kept as candidates (the posts it scores:
