@@ -168,7 +168,9 @@ def test_after_a_run_the_feed_takes_new_posts_and_likes_pages_without_end_and_ex
         r = requests.get(explain, params={"userId": user}, headers={"X-Admin-Token": ADMIN_TOKEN}, timeout=30)
         assert r.status_code == 200 and r.json()["sources"]["personalized"], r.text
 
-        # a new post on the user's topic reaches their first page within 60 s
+        # a new post on the user's topic reaches their first page through the fresh source within
+        # 60 s (the random fallback, a shuffle of the newest posts loaded on first use, may show it
+        # first, before the fresh pool has it: that is not what this checks)
         words = " ".join(TOPICS[favourite][:6])
         with psycopg.connect(url, autocommit=True) as conn:
             (new_post,) = conn.execute(
@@ -176,11 +178,11 @@ def test_after_a_run_the_feed_takes_new_posts_and_likes_pages_without_end_and_ex
                 (author, f"just posted {words} #{TOPICS[favourite][0].replace('-', '')}"),
             ).fetchone()
         page = wait_until(
-            "the new post is on the user's first page",
-            lambda: (p := first_page(api, user)) and any(x["id"] == new_post for x in p) and p,
+            "the new post is on the user's first page from the fresh source",
+            lambda: (p := first_page(api, user)) and any(x["id"] == new_post and x["source"] == "fresh" for x in p)
+            and p,
             timeout=60, every=0.5,
         )
-        assert next(x for x in page if x["id"] == new_post)["source"] == "fresh"
 
         # three likes of a topic absent from the first page bring it onto the next first page
         shown = {topic_of(x["content"]) for x in page}
