@@ -72,28 +72,23 @@ def timed_topk(
     return np.concatenate(indices), np.concatenate(scores), seconds
 
 
-def overlap(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
-    """Per user with a non-empty exhaustive list: the share of it the candidate list holds."""
-    out = []
-    for a, b in zip(exhaustive, retrieved):
-        want = a[a >= 0]
-        if want.size:
-            out.append(np.isin(want, b[b >= 0]).sum() / want.size)
-    return np.asarray(out)
+def misses(exhaustive: np.ndarray, retrieved: np.ndarray) -> list[np.ndarray]:
+    """Per user with a non-empty exhaustive list: which of its posts, in its order, the candidate
+    list misses (users with an empty exhaustive list are left out)."""
+    return [~np.isin(a[a >= 0], b[b >= 0]) for a, b in zip(exhaustive, retrieved) if (a >= 0).any()]
 
 
-def first_miss(exhaustive: np.ndarray, retrieved: np.ndarray) -> np.ndarray:
-    """Per user with a non-empty exhaustive list: the rank (1-based) in it of the best post the
-    candidate list misses, or its length + 1 when none is missed. With the cosine normalization
-    the shared posts score the same in both lists, so a user's first ``first_miss - 1`` posts are
-    the exhaustive ones, in the same order."""
-    out = []
-    for a, b in zip(exhaustive, retrieved):
-        want = a[a >= 0]
-        if want.size:
-            missed = np.flatnonzero(~np.isin(want, b[b >= 0]))
-            out.append(missed[0] + 1 if missed.size else want.size + 1)
-    return np.asarray(out)
+def overlap(missed: list[np.ndarray]) -> np.ndarray:
+    """Per user: the share of the exhaustive list the candidate list holds."""
+    return np.asarray([(~m).sum() / m.size for m in missed])
+
+
+def first_miss(missed: list[np.ndarray]) -> np.ndarray:
+    """Per user: the rank (1-based) in the exhaustive list of the best post the candidate list
+    misses, or its length + 1 when none is missed. With the cosine normalization the shared posts
+    score the same in both lists, so a user's first ``first_miss - 1`` posts are the exhaustive
+    ones, in the same order."""
+    return np.asarray([np.argmax(m) + 1 if m.any() else m.size + 1 for m in missed])
 
 
 def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
@@ -134,13 +129,14 @@ def measure(users_n: int, posts_n: int, interactions_n: int, args) -> dict:
         print(f"{mode:>10}: prepare {prepare:6.2f} s, topk {seconds:7.2f} s "
               f"({1e3 * seconds / users.size:.3f} ms per user)", flush=True)
     figures["topk_ratio"] = figures["exhaustive_topk_seconds"] / figures["candidates_topk_seconds"]
-    ov = overlap(results["exhaustive"][0], results["candidates"][0])
+    missed = misses(results["exhaustive"][0], results["candidates"][0])
+    ov = overlap(missed)
     dist = {"min": float(ov.min()), "p1": float(np.percentile(ov, 1)), "p5": float(np.percentile(ov, 5)),
             "median": float(np.median(ov)), "mean": float(ov.mean()),
             "same_set": float((ov == 1.0).mean()), "under_99": int((ov < 0.99).sum())}
     figures["overlap"] = dist
     # where the misses sit: how far down the exhaustive list the best missed post is
-    miss = first_miss(results["exhaustive"][0], results["candidates"][0])
+    miss = first_miss(missed)
     figures["first_miss"] = {"min": int(miss.min()), "p1": float(np.percentile(miss, 1)),
                              "same_first_10": float((miss > 10).mean()), "same_first_50": float((miss > 50).mean())}
     # the posts both lists hold: is their score the same (normalizations exact)?
